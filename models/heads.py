@@ -93,11 +93,12 @@ def _prepare(features: np.ndarray, train: np.ndarray) -> _Fold:
     # it does not blow up the many near-constant dimensions of pooled CNN features.
     scale = float(np.sqrt(((rows - mean) ** 2).sum(axis=1).mean())) or 1.0
     centred = (rows - mean) / scale
-    _, sing, vt = np.linalg.svd(centred, full_matrices=False)
-    keep = sing > sing[0] * 1e-6 if sing.size and sing[0] > 0 else np.zeros(0, bool)
-    basis = vt[keep].T
+    # The span of the rows from the small n x n Gram matrix: far cheaper than an SVD of n x d.
+    eigval, eigvec = np.linalg.eigh(centred @ centred.T)
+    top = float(eigval[-1]) if eigval.size else 0.0
+    keep = eigval > max(top, 1e-30) * 1e-10
+    basis = centred.T @ (eigvec[:, keep] / np.sqrt(eigval[keep]))
     projected = ((features - mean) / scale) @ basis
-    top = float(sing[0] ** 2) if sing.size else 0.0
     return _Fold(mean, scale, basis, projected, 0.5 * (top / len(rows) + 1.0))
 
 
@@ -111,9 +112,10 @@ def _descend(folds: list[_Fold], onehot: np.ndarray, train_masks: np.ndarray,
     n_folds, n_l2 = len(folds), len(l2s)
     rank = max(1, max(f.projected.shape[1] for f in folds))
     n, n_classes = onehot.shape
-    data = np.zeros((n_folds, n, rank))
+    data = np.zeros((n_folds, 1, n, rank))
     for i, fold in enumerate(folds):
-        data[i, :, : fold.projected.shape[1]] = fold.projected
+        data[i, 0, :, : fold.projected.shape[1]] = fold.projected
+    data_t = np.ascontiguousarray(data.transpose(0, 1, 3, 2))
     l2 = np.asarray(l2s)[None, :, None, None]
     rate = 1.0 / (np.array([f.lipschitz for f in folds])[:, None] + np.asarray(l2s)[None, :])
     rate = rate[:, :, None, None]
@@ -126,15 +128,15 @@ def _descend(folds: list[_Fold], onehot: np.ndarray, train_masks: np.ndarray,
         momentum = (step - 1) / (step + 2)
         look_w = weights + momentum * (weights - prev_w)
         look_b = biases + momentum * (biases - prev_b)
-        logits = np.einsum("fnr,flrc->flnc", data, look_w) + look_b
+        logits = data @ look_w + look_b
         residual = (softmax(logits) - onehot) * mask / counts
-        grad_w = np.einsum("fnr,flnc->flrc", data, residual) + l2 * look_w
+        grad_w = data_t @ residual + l2 * look_w
         grad_b = residual.sum(axis=2, keepdims=True)
         prev_w, prev_b = weights, biases
         weights = look_w - rate * grad_w
         biases = look_b - rate * grad_b
         if step in checkpoints:
-            logits = np.einsum("fnr,flrc->flnc", data, weights) + biases
+            logits = data @ weights + biases
             yield step, weights, biases, logits
 
 
