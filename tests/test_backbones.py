@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from models.backbones import Backbone, preprocess_numpy
+from models.registry import BACKBONES
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vgg16", "xception"])
+def test_keras_backbones_build_with_right_sizes(name):
+    spec = BACKBONES[name]
+    backbone = Backbone(name, weights=None)
+    size = spec.input_size
+    assert backbone.features_model.input_shape == (None, size, size, 3)
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3))
+    assert backbone.features(pixels).shape == (2, spec.feature_dim)
+
+
+def test_efficientnet_lite0_builds_with_real_weights():
+    backbone = Backbone("efficientnet_lite0")
+    pixels = np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3))
+    assert backbone.features(pixels).shape == (1, 1280)
+
+
+@pytest.mark.parametrize("name,module", [("resnet50", "resnet50"), ("vgg16", "vgg16"),
+                                         ("xception", "xception")])
+def test_preprocessing_matches_keras_applications(name, module):
+    import keras
+
+    pixels = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    expected = getattr(keras.applications, module).preprocess_input(pixels.copy())
+    np.testing.assert_allclose(preprocess_numpy(pixels, BACKBONES[name].preprocess), expected,
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_preprocess_layer_equals_numpy_twin():
+    from models.backbones import Preprocess
+
+    pixels = np.random.default_rng(2).uniform(0, 255, (1, 4, 4, 3)).astype(np.float32)
+    for mode in ("caffe", "tf", "lite"):
+        got = np.asarray(Preprocess(mode)(pixels))
+        np.testing.assert_allclose(got, preprocess_numpy(pixels, mode), rtol=1e-6, atol=1e-4)
+
+
+def test_lite_preprocessing_is_x_minus_127_over_128():
+    assert preprocess_numpy(np.array([127.0, 255.0, 0.0]), "lite").tolist() == [0.0, 1.0, -127 / 128]
