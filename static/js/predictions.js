@@ -1,0 +1,47 @@
+// Render a prediction answer: the image, each backbone's top-k with score bars, the ensemble.
+import { h, pct } from "./dom.js";
+
+function scoreRow(label, score, { strong = false } = {}) {
+  const width = Math.max(0, Math.min(100, 100 * (score || 0)));
+  return h("li", { class: `score-row${strong ? " top" : ""}` },
+    h("span", { class: "score-label", text: label, title: label }),
+    h("span", { class: "score-bar", "aria-hidden": "true" },
+      h("span", { class: "score-fill", style: { width: `${width}%` } })),
+    h("span", { class: "score-value", text: pct(score) }));
+}
+
+/**
+ * answer: {"backbones": {name: [{label, score}]}, "ensemble": {label, score, method, votes}}
+ * titles: optional {name: "Pretty name"}; imageUrl: object URL of the classified image.
+ */
+export function renderPrediction(container, answer, { imageUrl, fileName, titles = {} } = {}) {
+  const backbones = (answer && answer.backbones) || {};
+  const names = Object.keys(backbones);
+  const ensemble = answer && answer.ensemble;
+  const votes = (ensemble && ensemble.votes) || {};
+  const nVotes = Object.values(votes).reduce((a, b) => a + b, 0) || names.length;
+
+  const ensembleBox = ensemble ? h("div", { class: "ensemble-answer" },
+    h("p", { class: "eyebrow", text: `Ensemble (${ensemble.method || "majority vote"})` }),
+    h("p", { class: "answer-label", text: ensemble.label }),
+    h("p", { class: "answer-meta" },
+      `${votes[ensemble.label] ?? "–"} of ${nVotes} votes`,
+      ensemble.score != null ? ` · mean score ${pct(ensemble.score)}` : ""),
+    Object.keys(votes).length > 1 ? h("ul", { class: "votes" },
+      Object.entries(votes).sort((a, b) => b[1] - a[1]).map(([label, n]) =>
+        h("li", null, h("span", { class: "vote-label", text: label }), `: ${n}`))) : null) : null;
+
+  const perBackbone = h("div", { class: "backbone-answers" },
+    names.map((name) => {
+      const top = backbones[name] || [];
+      return h("section", { class: "backbone-answer", "aria-label": titles[name] || name },
+        h("h4", { text: titles[name] || name }),
+        h("ol", { class: "scores" }, top.map((t, i) => scoreRow(t.label, t.score, { strong: i === 0 }))));
+    }));
+
+  container.replaceChildren(h("div", { class: "prediction" },
+    imageUrl ? h("figure", { class: "prediction-image" },
+      h("img", { src: imageUrl, alt: fileName ? `Classified image ${fileName}` : "Classified image" }),
+      fileName ? h("figcaption", { text: fileName }) : null) : null,
+    h("div", { class: "prediction-body" }, ensembleBox, perBackbone)));
+}

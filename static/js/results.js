@@ -1,0 +1,222 @@
+// Results: backbones side by side with the ensemble, per-class tables, confusion heatmaps
+// whose cells open the images behind them, and the misclassified images.
+import { thumbnailUrl } from "./api.js";
+import { h, pct, plural, seconds } from "./dom.js";
+
+export const TITLES = { resnet50: "ResNet50", vgg16: "VGG16", xception: "Xception", efficientnet_lite0: "EfficientNet-Lite0" };
+const SOURCE_TITLES = { test: "test set", cv: "cross-validation (held-out folds)", train: "training set" };
+const title = (name) => TITLES[name] || name;
+
+// ---- heatmap -------------------------------------------------------------------------------
+
+function cellColour(count, rowTotal, diagonal) {
+  if (!count) return { background: "var(--cell-empty)", color: "var(--muted)" };
+  const share = rowTotal ? count / rowTotal : 0;
+  const lightness = Math.round(95 - 55 * share);
+  const hue = diagonal ? 222 : 4;
+  const saturation = diagonal ? 70 : 78;
+  return { background: `hsl(${hue} ${saturation}% ${lightness}%)`, color: lightness < 62 ? "#fff" : "#1b1f29" };
+}
+
+/**
+ * A confusion matrix as a table of buttons (rows: true class, columns: predicted).
+ * onCell({trueLabel, predLabel, count, source}) is called when a cell is clicked.
+ */
+export function heatmap(confusion, source, onCell, { caption } = {}) {
+  const labels = confusion.labels || [];
+  const matrix = confusion.matrix || [];
+  const table = h("table", { class: "heatmap", dataset: { source } },
+    h("caption", null, caption || `Confusion matrix · ${SOURCE_TITLES[source] || source}`),
+    h("thead", null, h("tr", null,
+      h("th", { scope: "col", class: "corner" },
+        h("span", { class: "axis axis-true", text: "true ↓" }), h("span", { class: "axis axis-pred", text: "predicted →" })),
+      labels.map((label) => h("th", { scope: "col", class: "col-label", title: label }, h("span", { text: label }))))),
+    h("tbody", null, labels.map((trueLabel, i) => {
+      const row = matrix[i] || [];
+      const total = row.reduce((a, b) => a + b, 0);
+      return h("tr", null,
+        h("th", { scope: "row", class: "row-label", title: trueLabel, text: trueLabel }),
+        labels.map((predLabel, j) => {
+          const count = row[j] || 0;
+          const diagonal = i === j;
+          return h("td", { class: diagonal ? "diag" : "off" },
+            h("button", {
+              type: "button", class: "cell", style: cellColour(count, total, diagonal),
+              dataset: { true: trueLabel, pred: predLabel, count: String(count) },
+              "aria-label": `${plural(count, "image")} of ${trueLabel} predicted as ${predLabel}`,
+              title: `true ${trueLabel} → predicted ${predLabel}: ${count}`,
+              text: String(count),
+              onclick: (e) => onCell({ trueLabel, predLabel, count, source, button: e.currentTarget }),
+            }));
+        }));
+    })));
+  return h("div", { class: "heatmap-wrap" }, table);
+}
+
+// ---- thumbnails ----------------------------------------------------------------------------
+
+export function thumb(p, caption) {
+  const name = p.source || p.sha256.slice(0, 12);
+  return h("figure", { class: "thumb" },
+    h("img", { src: thumbnailUrl(p.sha256), alt: name, loading: "lazy", width: 96, height: 96 }),
+    h("figcaption", null, caption || name));
+}
+
+function misclassified(entry, source, onOpen) {
+  const preds = ((entry.predictions || {})[source] || []).filter((p) => p.true !== p.pred);
+  const box = h("div", { class: "misclassified" },
+    h("h4", null, `Misclassified · ${SOURCE_TITLES[source] || source}`, h("span", { class: "count", text: ` (${preds.length})` })));
+  if (!preds.length) {
+    box.append(h("p", { class: "muted", text: (entry.predictions || {})[source] ? "None: every image was classified correctly." : "No per-image predictions in this report." }));
+    return box;
+  }
+  box.append(h("ul", { class: "miss-list" }, preds.map((p) => h("li", null,
+    h("button", { type: "button", class: "miss", onclick: () => onOpen(p),
+      "aria-label": `${p.source || p.sha256}: true ${p.true}, predicted ${p.pred}` },
+      h("img", { src: thumbnailUrl(p.sha256), alt: "", loading: "lazy", width: 48, height: 48 }),
+      h("span", { class: "miss-text" },
+        h("span", { class: "miss-name", text: p.source || p.sha256.slice(0, 12) }),
+        h("span", { class: "miss-labels" },
+          h("span", { class: "true-label", text: p.true }), " → ",
+          h("span", { class: "pred-label", text: p.pred }),
+          p.score != null ? h("span", { class: "muted", text: ` (${pct(p.score, 0)})` }) : null)))))));
+  return box;
+}
+
+// ---- one model card --------------------------------------------------------------------------
+
+function perClassTable(perClass) {
+  const rows = Object.entries(perClass || {});
+  return h("table", { class: "per-class" },
+    h("caption", { class: "visually-hidden", text: "Per-class scores" }),
+    h("thead", null, h("tr", null,
+      h("th", { scope: "col", text: "Class" }), h("th", { scope: "col", text: "Precision" }),
+      h("th", { scope: "col", text: "Recall" }), h("th", { scope: "col", text: "F1" }), h("th", { scope: "col", text: "n" }))),
+    h("tbody", null, rows.map(([label, s]) => h("tr", null,
+      h("th", { scope: "row", text: label, title: label }),
+      h("td", { text: pct(s.precision, 0) }), h("td", { text: pct(s.recall, 0) }),
+      h("td", { text: pct(s.f1, 0) }), h("td", { text: String(s.support ?? "–") })))));
+}
+
+function metric(value, label, { big = false, extra, cls = "" } = {}) {
+  return h("div", { class: `metric ${big ? "metric-big" : ""} ${cls}` },
+    h("span", { class: "metric-value" }, value, extra ? h("span", { class: "metric-extra", text: extra }) : null),
+    h("span", { class: "metric-label", text: label }));
+}
+
+function modelCard(name, entry, report, ctx, { ensemble = false, methodPicker = null } = {}) {
+  const cardTitle = ensemble ? "Ensemble" : title(name);
+  const shownSource = (entry.confusion && entry.confusion.source) || (entry.test ? "test" : entry.cv ? "cv" : "train");
+  const folds = report.cv_folds;
+  const onCell = (cell) => ctx.openCell(cardTitle, entry, cell);
+  const openOne = (p) => ctx.openImages(cardTitle, `${p.source || p.sha256.slice(0, 12)}: true ${p.true} → predicted ${p.pred}`, [p]);
+
+  const cv = entry.cv_accuracy != null
+    ? metric(pct(entry.cv_accuracy), `cross-validated accuracy${folds ? ` (${folds}-fold)` : ""}`,
+      { big: true, extra: entry.cv_accuracy_std != null ? ` ± ${pct(entry.cv_accuracy_std)}` : null })
+    : metric("–", report.cv_note || "cross-validated accuracy: not available", { big: true });
+  const test = entry.test_accuracy != null
+    ? metric(pct(entry.test_accuracy), `test-set accuracy (${plural((entry.test && entry.test.n) ?? report.n_test ?? 0, "held-out image")})`, { big: true, cls: "metric-test" })
+    : metric("–", "test-set accuracy: upload a test set to measure it", { big: true, cls: "metric-test metric-none" });
+
+  const card = h("article", { class: `model-card${ensemble ? " ensemble" : ""}`, dataset: { model: ensemble ? "ensemble" : name } },
+    h("header", { class: "model-head" },
+      h("h3", { text: cardTitle }),
+      ensemble ? (methodPicker || h("span", { class: "tag", text: entry.method || "majority vote" })) : null),
+    h("div", { class: "metrics" }, cv, test),
+    h("dl", { class: "facts" },
+      h("div", null, h("dt", { text: "Training-set score" }),
+        h("dd", null, pct(entry.train_accuracy), h("span", { class: "muted", text: " · on the images it trained on, not an accuracy estimate" }))),
+      ensemble ? null : h("div", null, h("dt", { text: "Training time" }), h("dd", { text: seconds(entry.train_seconds) })),
+      entry.hyperparameters ? h("div", null, h("dt", { text: "Head" }),
+        h("dd", { class: "hyper", text: Object.entries(entry.hyperparameters).map(([k, v]) => `${k}=${typeof v === "number" ? +v.toPrecision(3) : v}`).join(", ") })) : null),
+    h("h4", null, "Per class", h("span", { class: "muted", text: ` · ${SOURCE_TITLES[shownSource] || shownSource}` })),
+    perClassTable(entry.per_class),
+    entry.confusion ? heatmap(entry.confusion, shownSource, onCell,
+      { caption: `Confusion matrix · ${SOURCE_TITLES[shownSource] || shownSource}` }) : null,
+    shownSource !== "cv" && entry.cv && entry.cv.confusion ? h("details", { class: "more" },
+      h("summary", { text: "Cross-validation confusion matrix" }),
+      heatmap(entry.cv.confusion, "cv", onCell)) : null,
+    entry.train && entry.train.confusion && shownSource !== "train" ? h("details", { class: "more" },
+      h("summary", { text: "Training-set confusion matrix (not an accuracy estimate)" }),
+      heatmap(entry.train.confusion, "train", onCell)) : null,
+    misclassified(entry, shownSource, openOne));
+  return card;
+}
+
+// ---- the whole report ------------------------------------------------------------------------
+
+function summaryTable(report, ensemble) {
+  const rows = Object.entries(report.backbones || {}).map(([name, e]) => [title(name), e, false]);
+  if (ensemble) rows.push([`Ensemble (${ensemble.method || "vote"})`, ensemble, true]);
+  const best = Math.max(...rows.map(([, e]) => e.test_accuracy ?? e.cv_accuracy ?? -1));
+  return h("div", { class: "table-scroll" }, h("table", { class: "summary" },
+    h("caption", { class: "visually-hidden", text: "Summary of all models" }),
+    h("thead", null, h("tr", null,
+      h("th", { scope: "col", text: "Model" }),
+      h("th", { scope: "col", text: "Cross-validated accuracy" }),
+      h("th", { scope: "col", text: "Test-set accuracy" }),
+      h("th", { scope: "col", text: "Training-set score" }),
+      h("th", { scope: "col", text: "Training time" }))),
+    h("tbody", null, rows.map(([name, e, isEnsemble]) => h("tr", { class: isEnsemble ? "ensemble-row" : "" },
+      h("th", { scope: "row" }, name, (e.test_accuracy ?? e.cv_accuracy ?? -2) === best ? h("span", { class: "best", text: "best" }) : null),
+      h("td", { text: e.cv_accuracy != null ? `${pct(e.cv_accuracy)} ± ${pct(e.cv_accuracy_std)}` : "–" }),
+      h("td", { text: pct(e.test_accuracy) }),
+      h("td", { class: "muted", text: pct(e.train_accuracy) }),
+      h("td", { text: isEnsemble ? "–" : seconds(e.train_seconds) }))))));
+}
+
+/**
+ * Render `report` (GET /projects/<id>/results) into `container`.
+ * ctx: {openCell(modelTitle, entry, cell), openImages(modelTitle, heading, predictions)}
+ */
+export function renderResults(container, report, ctx) {
+  const names = Object.keys(report.backbones || {});
+  const ensembles = report.ensembles || (report.ensemble ? { vote: report.ensemble } : {});
+  const methods = Object.keys(ensembles);
+  let method = methods.includes("vote") ? "vote" : methods[0];
+
+  const counts = report.counts || {};
+  const nTrain = report.n_train ?? Object.values(counts).reduce((a, b) => a + b, 0);
+  const about = [
+    `${plural(nTrain, "training image")} in ${plural((report.classes || []).length, "class", "classes")}`,
+    report.cv_folds ? `${report.cv_folds}-fold cross-validation` : report.cv_note,
+    report.n_test ? `${plural(report.n_test, "test image")}` : "no test set",
+  ].filter(Boolean).join(" · ");
+
+  const cards = h("div", { class: "model-grid", style: { "--cards": String(names.length + (methods.length ? 1 : 0)) } });
+  const summaryBox = h("div", { class: "summary-box" });
+
+  function ensembleCard() {
+    const picker = methods.length > 1 ? h("label", { class: "method-picker" },
+      h("span", { class: "visually-hidden", text: "Ensemble method" }),
+      h("select", { onchange: (e) => { method = e.target.value; draw(); } },
+        methods.map((m) => h("option", { value: m, selected: m === method, text: ensembles[m].method || m })))) : null;
+    return modelCard("ensemble", ensembles[method], report, ctx, { ensemble: true, methodPicker: picker });
+  }
+
+  function draw() {
+    summaryBox.replaceChildren(summaryTable(report, method ? ensembles[method] : null));
+    cards.replaceChildren(...names.map((n) => modelCard(n, report.backbones[n], report, ctx)), method ? ensembleCard() : null);
+    const select = cards.querySelector(".method-picker select");
+    if (select && document.activeElement === document.body) select.focus();
+  }
+  draw();
+
+  const skipped = report.test_skipped || [];
+  container.replaceChildren(
+    h("p", { class: "results-about", text: about }),
+    summaryBox,
+    skipped.length ? h("div", { class: "notice notice-warn" },
+      h("p", { text: `${plural(skipped.length, "test image")} left out of the test metrics:` }),
+      h("ul", null, skipped.map((s) => h("li", { text: `${s.source}: ${s.reason}` })))) : null,
+    h("p", { class: "hint", text: "Click a cell of a confusion matrix to see the images behind it." }),
+    cards);
+}
+
+/** The images behind one confusion cell. */
+export function cellImages(entry, { trueLabel, predLabel, source }) {
+  return ((entry.predictions || {})[source] || []).filter((p) => p.true === trueLabel && p.pred === predLabel);
+}
+
+export { SOURCE_TITLES };
