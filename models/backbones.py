@@ -6,6 +6,7 @@ each family's own preprocessing runs inside the model as a `Preprocess` layer, s
 """
 from __future__ import annotations
 
+import os
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 from models.registry import BackboneSpec, get_spec
 from models.weights import resolve
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 import keras  # noqa: E402  (this module is the TensorFlow boundary; importing it is the point)
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)

