@@ -1,0 +1,466 @@
+// The project page: upload data, see classes and rejects, train with live progress,
+// compare results, and classify a dropped image.
+import { api, learnThumbnailUrl, reportError, showAlert, thumbnailUrl, upload } from "./api.js";
+import { $, h, pct, plural } from "./dom.js";
+import { dropzone } from "./dropzone.js";
+import { renderPrediction } from "./predictions.js";
+import { cellImages, renderResults, SOURCE_TITLES, thumb, TITLES } from "./results.js";
+
+const projectId = document.getElementById("main").dataset.projectId;
+const base = `/projects/${projectId}`;
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const THUMBS_SHOWN = 24;
+
+const state = {
+  project: null,
+  iterations: [],
+  iteration: null,
+  job: null,
+  pollTimer: null,
+  uploading: false,
+};
+
+// ---- the project and its classes -------------------------------------------------------------
+
+/** [{label, train, test}] from whatever shape the project's classes come in. */
+function classRows(project) {
+  const rows = new Map();
+  const row = (label) => {
+    if (!rows.has(label)) rows.set(label, { label, train: 0, test: 0 });
+    return rows.get(label);
+  };
+  const add = (value, split) => {
+    if (!value) return;
+    if (Array.isArray(value)) {
+      for (const c of value) {
+        if (typeof c === "string") { row(c); continue; }
+        const r = row(c.label ?? c.name);
+        if (split) r[split] = c.count ?? c.n ?? 0;
+        else {
+          r.train = c.train ?? c.count ?? c.n_train ?? c.train_count ?? r.train;
+          r.test = c.test ?? c.n_test ?? c.test_count ?? r.test;
+        }
+      }
+    } else if (typeof value === "object") {
+      for (const [label, v] of Object.entries(value)) {
+        const r = row(label);
+        if (typeof v === "number") r[split || "train"] = v;
+        else if (v && typeof v === "object") {
+          r.train = v.train ?? v.count ?? r.train;
+          r.test = v.test ?? r.test;
+        }
+      }
+    }
+  };
+  add(project.classes, null);
+  add(project.counts, "train");
+  add(project.train_counts, "train");
+  add(project.test_counts, "test");
+  return [...rows.values()].sort((a, b) => a.label.localeCompare(b.label));
+}
+
+function renderHeader(project) {
+  $("#project-title").textContent = project.name || `Project ${projectId}`;
+  document.title = `${project.name || `Project ${projectId}`} · Transferlab`;
+  const names = (project.backbones || []).map((b) => (typeof b === "string" ? b : b.name));
+  $("#project-meta").textContent = names.length ? `Backbones: ${names.map((n) => TITLES[n] || n).join(", ")}` : "";
+}
+
+const observer = "IntersectionObserver" in window
+  ? new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      if (entry.isIntersecting) {
+        observer.unobserve(entry.target);
+        loadThumbs(entry.target);
+      }
+    }
+  }, { rootMargin: "200px" })
+  : null;
+
+async function loadThumbs(strip, all = false) {
+  const { label, split, total } = strip.dataset;
+  try {
+    const query = new URLSearchParams({ label, split });
+    const body = await api(`${base}/images?${query}`);
+    const images = Array.isArray(body) ? body : body.images || [];
+    const first = images[0];
+    if (first) learnThumbnailUrl(first.sha256, first.thumbnail_url || first.thumbnail);
+    const shown = all ? images : images.slice(0, THUMBS_SHOWN);
+    strip.replaceChildren(...shown.map((im) => {
+      const name = im.name || im.filename || im.source || im.original_name || im.sha256.slice(0, 12);
+      return h("img", { src: im.thumbnail_url || im.thumbnail || thumbnailUrl(im.sha256), alt: name, title: name,
+        loading: "lazy", width: 64, height: 64, class: "thumb-sm" });
+    }));
+    const more = images.length - shown.length;
+    if (more > 0) {
+      strip.append(h("button", { type: "button", class: "btn btn-small more-thumbs", text: `Show all ${images.length}`,
+        onclick: () => loadThumbs(strip, true) }));
+    }
+    if (!images.length && Number(total)) strip.append(h("span", { class: "muted", text: "No thumbnails." }));
+  } catch (err) {
+    strip.replaceChildren(h("span", { class: "muted", text: "Could not load thumbnails." }));
+    reportError(err);
+  }
+}
+
+function thumbStrip(label, split, count) {
+  const strip = h("div", { class: "thumb-strip", dataset: { label, split, total: String(count) },
+    "aria-label": `${split === "test" ? "Test" : "Training"} images of ${label}` },
+  h("span", { class: "muted", text: "Loading thumbnails…" }));
+  if (observer) observer.observe(strip); else loadThumbs(strip);
+  return strip;
+}
+
+function renderClasses(project) {
+  const rows = classRows(project);
+  const list = $("#class-list");
+  const nTrain = rows.reduce((a, r) => a + r.train, 0);
+  const nTest = rows.reduce((a, r) => a + r.test, 0);
+  $("#dataset-summary").textContent = rows.length
+    ? `${plural(rows.length, "class", "classes")} · ${plural(nTrain, "training image")} · ${plural(nTest, "test image")}`
+    : "";
+  if (!rows.length) {
+    list.replaceChildren(h("p", { class: "empty", text: "No images yet. Drop a zip with one folder per class above." }));
+    return rows;
+  }
+  list.replaceChildren(...rows.map((r) => h("section", { class: "class-card", dataset: { label: r.label } },
+    h("header", { class: "class-head" },
+      h("h4", { class: "class-name", text: r.label, title: r.label }),
+      h("span", { class: "class-count", text: plural(r.train, "image") }),
+      r.test ? h("span", { class: "class-count test", text: `${r.test} test` }) : null,
+      r.train < 2 ? h("span", { class: "badge badge-warn", text: "needs more images" }) : null),
+    r.train ? thumbStrip(r.label, "train", r.train) : null,
+    r.test ? h("div", { class: "test-row" }, h("span", { class: "strip-label", text: "Test" }), thumbStrip(r.label, "test", r.test)) : null)));
+  return rows;
+}
+
+function updateTrainControls(rows) {
+  const names = (state.project.backbones || []).map((b) => (typeof b === "string" ? b : b.name));
+  $("#train-backbones").textContent = names.length
+    ? `Trains a classifier head on ${names.map((n) => TITLES[n] || n).join(", ")}, then ensembles them.`
+    : "";
+  const trainable = rows.filter((r) => r.train > 0);
+  const running = state.job && !TERMINAL.has(state.job.state);
+  const button = $("#train-btn");
+  button.disabled = running || trainable.length < 2;
+  button.textContent = state.iterations.length ? "Retrain" : "Train";
+  $("#train-hint").textContent = trainable.length < 2
+    ? "Add images of at least two classes to train."
+    : running ? "Training in the background; you can keep using the page." : "Features are cached, so retraining after adding images is quick.";
+}
+
+async function loadProject() {
+  const project = await api(base);
+  state.project = project;
+  renderHeader(project);
+  const rows = renderClasses(project);
+  updateTrainControls(rows);
+  return project;
+}
+
+// ---- uploads -------------------------------------------------------------------------------
+
+function uploadReport(files, split, body) {
+  const rejected = body.rejected || [];
+  const accepted = typeof body.accepted === "number" ? body.accepted : (body.accepted || []).length;
+  const duplicates = typeof body.duplicates === "number" ? body.duplicates : (body.duplicates || []).length;
+  const what = files.length === 1 ? files[0].name : plural(files.length, "file");
+  const report = h("div", { class: `upload-report${rejected.length ? " has-rejects" : ""}` },
+    h("p", { class: "upload-line" },
+      h("strong", { text: what }), split === "test" ? " (test set)" : "", ": ",
+      `${plural(accepted, "image")} added`,
+      duplicates ? ` · ${plural(duplicates, "duplicate")} skipped` : "",
+      rejected.length ? ` · ${rejected.length} rejected` : ""),
+    rejected.length ? h("div", { class: "rejects", role: "alert" },
+      h("h4", { text: `${plural(rejected.length, "file")} rejected` }),
+      h("ul", null, rejected.map((r) => h("li", null,
+        h("code", { class: "reject-name", text: r.name ?? r.source ?? r.path ?? "?" }), " — ",
+        h("span", { class: "reject-reason", text: r.reason ?? r.error ?? "rejected" }))))) : null,
+    h("button", { type: "button", class: "alert-close", "aria-label": "Dismiss", text: "×",
+      onclick: () => report.remove() }));
+  $("#upload-results").prepend(report);
+}
+
+async function sendFiles(files, split) {
+  if (state.uploading) {
+    showAlert("An upload is already running; wait for it to finish.");
+    return;
+  }
+  const label = $(split === "test" ? "#test-label" : "#train-label").value.trim();
+  const form = new FormData();
+  for (const f of files) form.append("file", f, f.name);
+  if (label) form.append("label", label);
+  form.append("split", split);
+
+  const status = $("#upload-status");
+  const bar = $("#upload-progress");
+  const text = $("#upload-text");
+  const total = files.reduce((a, f) => a + f.size, 0);
+  state.uploading = true;
+  status.hidden = false;
+  status.classList.remove("done");
+  bar.value = 0;
+  text.textContent = `Uploading ${files.length === 1 ? files[0].name : plural(files.length, "file")} (${(total / 1e6).toFixed(1)} MB)…`;
+  try {
+    const body = await upload(`${base}/images`, form, (fraction) => {
+      bar.value = Math.round(100 * fraction);
+      if (fraction >= 1) text.textContent = "Checking images…";
+    });
+    bar.value = 100;
+    text.textContent = "Upload complete.";
+    status.classList.add("done");
+    uploadReport(files, split, body || {});
+    await loadProject();
+  } catch (err) {
+    text.textContent = "Upload failed.";
+    reportError(err);
+  } finally {
+    state.uploading = false;
+  }
+}
+
+// ---- training ------------------------------------------------------------------------------
+
+function jobFraction(job) {
+  const p = job.progress;
+  if (p == null) return job.state === "succeeded" ? 1 : 0;
+  if (typeof p === "object") return p.fraction ?? (p.total ? p.done / p.total : 0);
+  return p > 1 ? p / 100 : p;
+}
+
+function renderJob(job) {
+  const box = $("#job");
+  box.hidden = false;
+  box.dataset.state = job.state;
+  const fraction = Math.max(0, Math.min(1, jobFraction(job)));
+  const stateLabel = { queued: "Queued", running: "Training", succeeded: "Done", failed: "Failed", cancelled: "Cancelled" }[job.state] || job.state;
+  $("#job-state").textContent = stateLabel;
+  $("#job-state").className = `badge badge-${job.state}`;
+  let stage = job.stage || (job.state === "queued" ? "waiting for the worker" : "");
+  if (job.done != null && job.total) stage += ` (${job.done}/${job.total})`;
+  if (job.state === "failed") stage = job.error || "Training failed.";
+  if (job.state === "cancelled") stage = "Training was cancelled.";
+  $("#job-stage").textContent = stage;
+  $("#job-percent").textContent = job.state === "failed" || job.state === "cancelled" ? "" : `${Math.round(100 * fraction)}%`;
+  $("#job-progress").value = Math.round(100 * fraction);
+  $("#cancel-btn").hidden = TERMINAL.has(job.state);
+}
+
+async function pollJob(jobId) {
+  clearTimeout(state.pollTimer);
+  let job;
+  try {
+    job = await api(`/jobs/${encodeURIComponent(jobId)}`);
+  } catch (err) {
+    reportError(err);
+    state.pollTimer = setTimeout(() => pollJob(jobId), 3000);
+    return;
+  }
+  job.id = job.id ?? jobId;
+  const was = state.job && state.job.state;
+  state.job = job;
+  renderJob(job);
+  if (!TERMINAL.has(job.state)) {
+    updateTrainControls(classRows(state.project));
+    state.pollTimer = setTimeout(() => pollJob(jobId), 1000);
+    return;
+  }
+  updateTrainControls(classRows(state.project));
+  if (was && !TERMINAL.has(was)) {
+    if (job.state === "succeeded") {
+      showAlert("Training finished.", { kind: "success", timeout: 6000 });
+      await loadIterations(true);
+    } else if (job.state === "failed") {
+      showAlert(`Training failed: ${job.error || "unknown error"}`);
+    }
+  }
+}
+
+async function startTraining() {
+  const button = $("#train-btn");
+  button.disabled = true;
+  try {
+    const body = await api(`${base}/train`, { method: "POST", json: {} });
+    const jobId = body.job_id ?? body.id;
+    state.job = { id: jobId, state: "queued", progress: 0, stage: "queued" };
+    renderJob(state.job);
+    updateTrainControls(classRows(state.project));
+    pollJob(jobId);
+  } catch (err) {
+    reportError(err);
+    updateTrainControls(classRows(state.project));
+  }
+}
+
+async function cancelTraining() {
+  if (!state.job) return;
+  const button = $("#cancel-btn");
+  button.disabled = true;
+  try {
+    await api(`/jobs/${encodeURIComponent(state.job.id)}/cancel`, { method: "POST" });
+    pollJob(state.job.id);
+  } catch (err) {
+    reportError(err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- results -------------------------------------------------------------------------------
+
+const iterationNumber = (it) => (typeof it === "number" ? it : it.iteration ?? it.number ?? it.id);
+
+function openImages(modelTitle, heading, predictions, sourceTitle) {
+  const panel = $("#cell-detail");
+  panel.hidden = false;
+  panel.replaceChildren(
+    h("header", { class: "detail-head" },
+      h("h3", null, h("span", { class: "muted", text: `${modelTitle}${sourceTitle ? ` · ${sourceTitle}` : ""} · ` }), heading),
+      h("button", { type: "button", class: "alert-close", "aria-label": "Close", text: "×",
+        onclick: () => { panel.hidden = true; document.querySelectorAll(".cell.selected").forEach((c) => c.classList.remove("selected")); } })),
+    predictions.length
+      ? h("div", { class: "thumb-grid" }, predictions.map((p) => thumb(p, h("span", null,
+        h("span", { class: "thumb-name", text: p.source || p.sha256.slice(0, 12) }),
+        h("span", { class: `thumb-labels ${p.true === p.pred ? "ok" : "wrong"}` },
+          p.true === p.pred ? `${p.pred} (${pct(p.score, 0)})` : `${p.true} → ${p.pred} (${pct(p.score, 0)})`)))))
+      : h("p", { class: "muted", text: "No images in this cell." }));
+  panel.scrollIntoView({ block: "nearest", behavior: "smooth" });
+}
+
+const ctx = {
+  openCell(modelTitle, entry, cell) {
+    document.querySelectorAll(".cell.selected").forEach((c) => c.classList.remove("selected"));
+    if (cell.button) cell.button.classList.add("selected");
+    const images = cellImages(entry, cell);
+    const heading = cell.trueLabel === cell.predLabel
+      ? `${cell.trueLabel} correctly classified: ${plural(images.length, "image")}`
+      : `true ${cell.trueLabel} → predicted ${cell.predLabel}: ${plural(images.length, "image")}`;
+    openImages(modelTitle, heading, images, SOURCE_TITLES[cell.source] || cell.source);
+  },
+  openImages(modelTitle, heading, predictions) {
+    openImages(modelTitle, heading, predictions);
+  },
+};
+
+async function loadResults(iteration) {
+  const container = $("#results");
+  container.setAttribute("aria-busy", "true");
+  try {
+    const query = iteration != null ? `?iteration=${encodeURIComponent(iteration)}` : "";
+    const report = await api(`${base}/results${query}`);
+    state.iteration = report.iteration ?? iteration;
+    $("#cell-detail").hidden = true;
+    renderResults(container, report, ctx);
+    setClassifyEnabled(true);
+  } catch (err) {
+    if (err.status === 404) {
+      container.replaceChildren(h("p", { class: "muted", text: "Train the project to see how well each backbone does." }));
+    } else {
+      reportError(err);
+    }
+  } finally {
+    container.removeAttribute("aria-busy");
+  }
+}
+
+async function loadIterations(showLatest) {
+  try {
+    const body = await api(`${base}/iterations`);
+    state.iterations = Array.isArray(body) ? body : body.iterations || [];
+  } catch (err) {
+    if (err.status !== 404) reportError(err);
+    state.iterations = [];
+  }
+  const field = $("#iteration-field");
+  const select = $("#iteration");
+  const numbers = state.iterations.map(iterationNumber).filter((n) => n != null).sort((a, b) => b - a);
+  field.hidden = numbers.length === 0;
+  select.replaceChildren(...numbers.map((n, i) => {
+    const it = state.iterations.find((x) => iterationNumber(x) === n);
+    const when = it && (it.created_at || it.finished_at);
+    const acc = it && (it.cv_accuracy ?? (it.ensemble && it.ensemble.cv_accuracy));
+    const bits = [`Iteration ${n}`];
+    if (i === 0) bits.push("latest");
+    if (acc != null) bits.push(`CV ${pct(acc)}`);
+    if (when) bits.push(new Date(when).toLocaleString());
+    return h("option", { value: String(n), text: bits.join(" · ") });
+  }));
+  updateTrainControls(classRows(state.project));
+  if (!numbers.length) {
+    setClassifyEnabled(false);
+    return;
+  }
+  if (showLatest || state.iteration == null || !numbers.includes(state.iteration)) state.iteration = numbers[0];
+  select.value = String(state.iteration);
+  await loadResults(state.iteration);
+}
+
+// ---- classify ------------------------------------------------------------------------------
+
+let classifyZone;
+let lastObjectUrl = null;
+
+function setClassifyEnabled(on) {
+  classifyZone.setEnabled(on);
+  $("#classify-hint").textContent = on
+    ? `Uses iteration ${state.iterations.length ? Math.max(...state.iterations.map(iterationNumber)) : ""} (the latest).`
+    : "Train the project first.";
+}
+
+async function classify(files) {
+  const file = files.find((f) => !f.type || f.type.startsWith("image/")) || files[0];
+  if (files.length > 1) showAlert("Classifying the first image only.", { kind: "info", timeout: 4000 });
+  const busy = $("#classify-busy");
+  const out = $("#classify-result");
+  if (lastObjectUrl) URL.revokeObjectURL(lastObjectUrl);
+  lastObjectUrl = URL.createObjectURL(file);
+  busy.hidden = false;
+  out.replaceChildren(h("figure", { class: "prediction-image pending" }, h("img", { src: lastObjectUrl, alt: `Image ${file.name}` })));
+  const form = new FormData();
+  form.append("file", file, file.name);
+  try {
+    const body = await api(`${base}/predict`, { method: "POST", form });
+    const answer = Array.isArray(body.results) ? body.results[0] : body;
+    renderPrediction(out, answer, { imageUrl: lastObjectUrl, fileName: file.name, titles: TITLES });
+  } catch (err) {
+    out.replaceChildren();
+    reportError(err);
+  } finally {
+    busy.hidden = true;
+  }
+}
+
+// ---- start ---------------------------------------------------------------------------------
+
+async function main() {
+  dropzone($("#train-drop"), (files) => sendFiles(files, "train"));
+  dropzone($("#test-drop"), (files) => sendFiles(files, "test"));
+  classifyZone = dropzone($("#classify-drop"), classify);
+  classifyZone.setEnabled(false);
+  $("#train-btn").addEventListener("click", startTraining);
+  $("#cancel-btn").addEventListener("click", cancelTraining);
+  $("#iteration").addEventListener("change", (e) => loadResults(Number(e.target.value)));
+
+  let project;
+  try {
+    project = await loadProject();
+  } catch (err) {
+    reportError(err);
+    if (err.status === 404) $("#project-title").textContent = "Project not found";
+    return;
+  }
+  const job = project.latest_job || project.job;
+  if (job && (job.id ?? job.job_id) != null) {
+    state.job = { ...job, id: job.id ?? job.job_id };
+    if (!TERMINAL.has(job.state)) {
+      renderJob(state.job);
+      state.job = { ...state.job, state: "running" }; // so the finish is noticed and results load
+      pollJob(state.job.id);
+    } else if (job.state === "failed") {
+      renderJob(state.job);
+    }
+  }
+  await loadIterations(true);
+}
+
+main();
