@@ -1,0 +1,87 @@
+import numpy as np
+from PIL import Image
+
+from models.features import FeatureCache, Item
+from models.images import sha256_hex
+
+
+class CountingBackbone:
+    """A real linear feature map (mean colour per quadrant), counting its forward passes."""
+
+    input_size = 32
+
+    def __init__(self):
+        self.images_seen = 0
+
+    def features(self, pixels, batch_size=32):
+        self.images_seen += len(pixels)
+        q = pixels.reshape(len(pixels), 2, 16, 2, 16, 3).mean(axis=(2, 4))
+        return q.reshape(len(pixels), -1).astype(np.float32)
+
+
+def _items(n, offset=0):
+    items = []
+    for i in range(offset, offset + n):
+        im = Image.new("RGB", (40, 30), (i * 20 % 256, 100, 200))
+        items.append(Item(sha256_hex(im.tobytes()), lambda im=im: im))
+    return items
+
+
+def test_each_image_is_computed_once_and_backbone_built_only_on_miss(tmp_path):
+    cache = FeatureCache(tmp_path)
+    backbone = CountingBackbone()
+    built = []
+
+    def make():
+        built.append(1)
+        return backbone
+
+    first = cache.get_or_compute("toy", _items(5), make)
+    assert first.shape == (5, 12) and backbone.images_seen == 5 and len(built) == 1
+    again = cache.get_or_compute("toy", _items(5), make)
+    np.testing.assert_array_equal(first, again)
+    assert backbone.images_seen == 5 and len(built) == 1  # nothing recomputed, nothing built
+    more = cache.get_or_compute("toy", _items(7), make)  # two new images
+    assert backbone.images_seen == 7 and more.shape == (7, 12)
+    # A new cache object on the same folder (another process) reuses the files.
+    assert FeatureCache(tmp_path).get_or_compute("toy", _items(7), make).shape == (7, 12)
+    assert backbone.images_seen == 7
+
+
+def test_views_and_backbones_are_separate_keys(tmp_path):
+    cache = FeatureCache(tmp_path)
+    backbone = CountingBackbone()
+    orig = cache.get_or_compute("toy", _items(2), lambda: backbone)
+    flipped = cache.get_or_compute("toy", _items(2), lambda: backbone, view="hflip")
+    cache.get_or_compute("other", _items(2), lambda: backbone)
+    assert backbone.images_seen == 6
+    assert orig.shape == flipped.shape
+
+
+def test_progress_reports_done_and_total(tmp_path):
+    seen = []
+    FeatureCache(tmp_path).get_or_compute("toy", _items(5), CountingBackbone,
+                                          progress=lambda d, t: seen.append((d, t)),
+                                          batch_size=2)
+    assert seen[0] == (0, 5) and seen[-1] == (5, 5)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_partial_or_corrupt_files_are_recomputed_not_trusted(tmp_path):
+    cache = FeatureCache(tmp_path)
+    items = _items(1)
+    cache.get_or_compute("toy", items, CountingBackbone)
+    path = cache.path("toy", "orig", items[0].sha256)
+    path.write_bytes(b"\x93NUMPY half a file")
+    (path.parent / "leftover.tmp").write_bytes(b"crash debris")
+    backbone = CountingBackbone()
+    vec = cache.get_or_compute("toy", items, lambda: backbone)
+    assert backbone.images_seen == 1 and vec.shape == (1, 12)
+    assert np.load(path).shape == (12,)
+
+
+def test_keys_must_be_sha256(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError):
+        FeatureCache(tmp_path).path("toy", "orig", "../../etc/passwd")
