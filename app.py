@@ -1,0 +1,124 @@
+"""Transferlab: build a custom image classifier from a few dozen images per class.
+
+    python app.py            serve the web app with gevent on TRANSFERLAB_HOST:TRANSFERLAB_PORT
+                             (default 127.0.0.1:5000) and start a worker child process
+    python app.py worker     run only a worker (the Huey consumer that trains)
+
+Set TRANSFERLAB_WORKER=false to serve without starting a worker (run workers yourself, e.g.
+on other machines with REDIS_URL and DATABASE_URL pointing at shared servers).
+"""
+from __future__ import annotations
+
+import sys
+
+_SERVING = __name__ == "__main__" and (len(sys.argv) < 2 or sys.argv[1] not in ("worker", "-h", "--help"))
+if _SERVING:  # gevent must patch the standard library before anything else imports it
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+
+from web import create_app  # noqa: E402
+
+log = logging.getLogger("transferlab")
+
+
+class WorkerSupervisor:
+    """Runs `python app.py worker` as a child process and restarts it if it dies."""
+
+    def __init__(self, app):
+        self.app = app
+        self.proc = None
+        self.stopping = False
+        self.greenlet = None
+
+    def _spawn(self):
+        from gevent import subprocess
+
+        from web.jobs import PARENT_PID_ENV
+
+        env = dict(os.environ)
+        env["TRANSFERLAB_INSTANCE_PATH"] = self.app.instance_path
+        env[PARENT_PID_ENV] = str(os.getpid())
+        script = os.path.abspath(__file__)
+        # Own session: Ctrl-C in the terminal reaches the server, which then stops the worker.
+        return subprocess.Popen([sys.executable, script, "worker"], env=env,
+                                start_new_session=True)
+
+    def _run(self):
+        import gevent
+
+        delay = 1.0
+        while not self.stopping:
+            self.proc = self._spawn()
+            log.info("worker started (pid %s)", self.proc.pid)
+            code = self.proc.wait()
+            if self.stopping:
+                break
+            log.warning("worker exited with code %s; restarting in %.0f s", code, delay)
+            gevent.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+    def start(self):
+        import gevent
+
+        self.greenlet = gevent.spawn(self._run)
+
+    def stop(self, timeout: float = 10.0):
+        self.stopping = True
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # immediate: a running job is marked failed
+            try:
+                proc.wait(timeout=timeout)
+            except Exception:
+                proc.kill()
+
+
+def serve(app) -> None:
+    import gevent
+    from gevent.pywsgi import WSGIServer
+
+    host, port = app.config["HOST"], int(app.config["PORT"])
+    supervisor = WorkerSupervisor(app) if app.config["WORKER"] else None
+    server = WSGIServer((host, port), app, log=None, error_log=logging.getLogger("gevent"))
+
+    def shutdown():
+        log.info("shutting down")
+        if supervisor:
+            supervisor.stop()
+        server.stop(timeout=5)
+
+    gevent.signal_handler(signal.SIGTERM, shutdown)
+    gevent.signal_handler(signal.SIGINT, shutdown)
+    if supervisor:
+        supervisor.start()
+    else:
+        log.info("TRANSFERLAB_WORKER is off: run `python app.py worker` to train")
+    log.info("Transferlab on http://%s:%s/ (instance folder %s)", host, port, app.instance_path)
+    server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    if argv and argv[0] == "worker":
+        from web.jobs import run_worker
+
+        run_worker(create_app())
+        return 0
+    if argv:
+        print(f"unknown command {argv[0]!r}\n{__doc__}", file=sys.stderr)
+        return 2
+    serve(create_app())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

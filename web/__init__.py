@@ -1,0 +1,52 @@
+"""Transferlab's web app: the application factory.
+
+`create_app()` wires configuration (`web.config`), the database (`web.db`), file storage
+(`web.storage`), the job queue (`web.jobs`), prediction (`web.prediction`), the JSON API
+(`web.api`) and the HTML pages (`web.pages`). Creating the app never imports TensorFlow.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from flask import Flask
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the Flask app. `test_config` overrides everything (tests pass a temporary
+    `INSTANCE_PATH`); otherwise config comes from defaults, `instance/config.py` and the
+    environment (`TRANSFERLAB_*`, `DATABASE_URL`, `REDIS_URL`)."""
+    from web import config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    app = Flask(
+        __name__,
+        instance_path=config.instance_path(test_config) or os.path.join(root, "instance"),
+        instance_relative_config=True,
+        template_folder=os.path.join(root, "templates"),
+        static_folder=os.path.join(root, "static"),
+    )
+    os.makedirs(app.instance_path, exist_ok=True)
+    config.load(app, test_config)
+
+    from web import db as database
+    from web.jobs import Jobs
+    from web.prediction import PredictionService
+    from web.storage import Storage
+
+    database.init_app(app)
+    app.extensions["transferlab.storage"] = Storage(app.config["STORAGE_DIR"],
+                                                    app.config["FEATURE_CACHE_DIR"])
+    app.extensions["transferlab.prediction"] = PredictionService(
+        app.config.get("WEIGHTS_DIR"), app.config["PREDICTOR_CACHE_SIZE"])
+    Jobs(app)
+
+    from web import api
+
+    app.register_blueprint(api.bp)
+    api.register_error_handlers(app)
+    if importlib.util.find_spec("web.pages") is not None:
+        from web import pages
+
+        app.register_blueprint(pages.bp)
+    return app

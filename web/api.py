@@ -1,0 +1,661 @@
+"""The JSON API under /api/v1 (documented in docs/API.md). The pages use nothing else.
+
+Errors are `{"error": "..."}` with a 4xx status: 400 bad input (naming the file and the
+reason), 404 unknown ids, 409 conflicts, 413 too large. Nothing here imports TensorFlow
+except the two predict routes, and those run it off the gevent loop.
+"""
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+from flask import Blueprint, current_app, jsonify, request, send_file, url_for
+from werkzeug.exceptions import HTTPException
+
+from models.registry import BACKBONES, DEFAULT_BACKBONES, OFFLINE_BACKBONE, availability
+from web.db import Iteration, Job, Project, ProjectImage, Upload, db, iso, utcnow
+from web.ingest import UploadError, check_label, check_split, ingest, upload_name
+from web.jobs import (JobConflict, Jobs, NotEnoughData, QueueUnavailable, class_counts,
+                      collect_garbage)
+from web.prediction import (BackboneUnavailable, PredictionService, imagenet_backbones,
+                            imagenet_candidates, offload)
+from web.storage import Storage, is_sha256
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+log = logging.getLogger("transferlab.api")
+
+IMMUTABLE = "private, max-age=31536000, immutable"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+def error_response(status: int, message: str, **extra):
+    response = jsonify({"error": message, **extra})
+    response.status_code = status
+    return response
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError):
+    return error_response(exc.status, exc.message, **exc.extra)
+
+
+def _storage() -> Storage:
+    return current_app.extensions["transferlab.storage"]
+
+
+def _jobs() -> Jobs:
+    return current_app.extensions["transferlab.jobs"]
+
+
+def _predictions() -> PredictionService:
+    return current_app.extensions["transferlab.prediction"]
+
+
+def _weights_dir():
+    return current_app.config.get("WEIGHTS_DIR")
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def get_project(project_id: int) -> Project:
+    project = db.session.get(Project, project_id)
+    if project is None:
+        raise ApiError(404, f"no project with id {project_id}")
+    return project
+
+
+def _json_body() -> dict:
+    body = request.get_json(silent=True)
+    if body is None:
+        raise ApiError(400, "send a JSON object (Content-Type: application/json)")
+    if not isinstance(body, dict):
+        raise ApiError(400, "the JSON body must be an object")
+    return body
+
+
+def _check_name(value) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(400, "'name' must be a non-empty string")
+    name = value.strip()
+    if len(name) > 200:
+        raise ApiError(400, "'name' is longer than 200 characters")
+    return name
+
+
+def _check_backbones(value) -> list[str]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ApiError(400, "'backbones' must be a non-empty list of backbone names; "
+                            f"known: {', '.join(BACKBONES)}")
+    unknown = [v for v in value if v not in BACKBONES]
+    if unknown:
+        raise ApiError(400, f"unknown backbone(s) {', '.join(map(repr, unknown))}; "
+                            f"known: {', '.join(BACKBONES)}")
+    return list(dict.fromkeys(value))
+
+
+def _int_arg(name: str, default=None, minimum: int | None = None, maximum: int | None = None):
+    raw = request.values.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name!r} must be an integer, got {raw!r}") from None
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ApiError(400, f"{name!r} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def thumbnail_url(sha256: str) -> str:
+    return url_for("api.image_thumbnail", sha256=sha256)
+
+
+def image_url(sha256: str) -> str:
+    return url_for("api.image_file", sha256=sha256)
+
+
+def backbone_json(name: str) -> dict:
+    spec = BACKBONES[name]
+    status = availability(name, _weights_dir())
+    return {
+        "name": name, "title": spec.title, "available": status.available,
+        "reason": status.reason, "input_size": spec.input_size,
+        "feature_dim": spec.feature_dim, "default": name in DEFAULT_BACKBONES,
+        "offline": spec.offline, "gflops": spec.gflops,
+    }
+
+
+def job_json(job: Job | None) -> dict | None:
+    if job is None:
+        return None
+    return {
+        "id": job.id, "job_id": job.id, "project_id": job.project_id, "state": job.state,
+        "progress": round(float(job.progress or 0.0), 4), "stage": job.stage,
+        "done": job.done, "total": job.total, "error": job.error,
+        "iteration": job.iteration.number if job.iteration is not None else None,
+        "cancel_requested": bool(job.cancel_requested), "backbones": job.backbones,
+        "n_train": job.n_train, "n_test": job.n_test,
+        "features_computed": job.features_computed, "features_total": job.features_total,
+        "created_at": iso(job.created_at), "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at), "updated_at": iso(job.updated_at),
+    }
+
+
+def iteration_json(it: Iteration) -> dict:
+    ensemble = (it.summary or {}).get("ensemble", {})
+    return {
+        "number": it.number, "iteration": it.number, "id": it.id, "job_id": it.job_id,
+        "created_at": iso(it.created_at), "classes": it.classes, "backbones": it.backbones,
+        "n_train": it.n_train, "n_test": it.n_test,
+        "features_computed": it.features_computed, "features_total": it.features_total,
+        "cv_accuracy": ensemble.get("cv_accuracy"),
+        "test_accuracy": ensemble.get("test_accuracy"),
+        "summary": it.summary,
+    }
+
+
+def _iterations(project_id: int) -> list[Iteration]:
+    return db.session.scalars(sa.select(Iteration).where(Iteration.project_id == project_id)
+                              .order_by(Iteration.number)).all()
+
+
+def _latest_job(project_id: int) -> Job | None:
+    return db.session.scalar(sa.select(Job).where(Job.project_id == project_id)
+                             .order_by(Job.id.desc()).limit(1))
+
+
+def project_json(project: Project, *, full: bool = True) -> dict:
+    train, test = class_counts(project.id, "train"), class_counts(project.id, "test")
+    latest_job = _latest_job(project.id)
+    iterations = _iterations(project.id)
+    out = {
+        "id": project.id, "name": project.name, "backbones": project.backbones,
+        "created_at": iso(project.created_at), "updated_at": iso(project.updated_at),
+        "classes": train, "test_classes": test,
+        "n_classes": len(train), "n_train": sum(train.values()), "n_test": sum(test.values()),
+        "latest_iteration": iterations[-1].number if iterations else None,
+        "status": latest_job.state if latest_job else None,
+        "latest_job": job_json(latest_job),
+        "can_train": len(train) >= 2 and not (latest_job and latest_job.state in ("queued", "running")),
+    }
+    if full:
+        out["backbone_status"] = [backbone_json(n) for n in project.backbones if n in BACKBONES]
+        out["iterations"] = [iteration_json(it) for it in iterations]
+    return out
+
+
+def image_json(row: ProjectImage) -> dict:
+    blob = row.blob
+    return {
+        "sha256": row.sha256, "label": row.label, "split": row.split, "name": row.name,
+        "thumbnail": thumbnail_url(row.sha256), "url": image_url(row.sha256),
+        "width": blob.width if blob else None, "height": blob.height if blob else None,
+        "size": blob.size if blob else None,
+        "content_type": blob.content_type if blob else None,
+        "created_at": iso(row.created_at),
+    }
+
+
+# -- backbones -----------------------------------------------------------------------------
+
+
+@bp.get("/backbones")
+def list_backbones():
+    return jsonify([backbone_json(name) for name in BACKBONES])
+
+
+@bp.get("/status")
+def status():
+    jobs = _jobs()
+    try:
+        pending = jobs.huey.pending_count()
+    except Exception as exc:  # the queue is down: say so rather than fail
+        pending = None
+        log.warning("queue unavailable: %s", exc)
+    return jsonify({
+        "queue": "redis" if current_app.config.get("REDIS_URL") else "sqlite",
+        "pending": pending,
+        "running": db.session.scalar(sa.select(sa.func.count()).select_from(Job)
+                                     .where(Job.state == "running")),
+        "queued": db.session.scalar(sa.select(sa.func.count()).select_from(Job)
+                                    .where(Job.state == "queued")),
+    })
+
+
+# -- projects ------------------------------------------------------------------------------
+
+
+@bp.get("/projects")
+def list_projects():
+    projects = db.session.scalars(sa.select(Project).order_by(Project.id.desc())).all()
+    return jsonify([project_json(p, full=False) for p in projects])
+
+
+@bp.post("/projects")
+def create_project():
+    body = _json_body()
+    name = _check_name(body.get("name"))
+    backbones = _check_backbones(body.get("backbones", list(DEFAULT_BACKBONES)))
+    project = Project(name=name, backbones=backbones)
+    db.session.add(project)
+    db.session.commit()
+    response = jsonify(project_json(project))
+    response.status_code = 201
+    response.headers["Location"] = url_for("api.get_project_route", project_id=project.id)
+    return response
+
+
+@bp.get("/projects/<int:project_id>")
+def get_project_route(project_id: int):
+    return jsonify(project_json(get_project(project_id)))
+
+
+@bp.patch("/projects/<int:project_id>")
+def update_project(project_id: int):
+    project = get_project(project_id)
+    body = _json_body()
+    if "name" in body:
+        project.name = _check_name(body["name"])
+    if "backbones" in body:
+        project.backbones = _check_backbones(body["backbones"])
+    project.updated_at = utcnow()
+    db.session.commit()
+    return jsonify(project_json(project))
+
+
+@bp.delete("/projects/<int:project_id>")
+def delete_project(project_id: int):
+    project = get_project(project_id)
+    jobs = _jobs()
+    for job in db.session.scalars(sa.select(Job).where(Job.project_id == project_id,
+                                                       Job.state.in_(("queued", "running")))):
+        jobs.cancel(job)
+    iteration_ids = [it.id for it in _iterations(project_id)]
+    db.session.execute(sa.update(Job).where(Job.project_id == project_id)
+                       .values(iteration_id=None, active_project=None))
+    for model in (Iteration, Job, Upload, ProjectImage):
+        db.session.execute(sa.delete(model).where(model.project_id == project_id))
+    db.session.delete(project)
+    db.session.commit()
+    _predictions().forget(iteration_ids)
+    _storage().delete_project(project_id)
+    collect_garbage(_storage())
+    return jsonify({"deleted": project_id})
+
+
+# -- images --------------------------------------------------------------------------------
+
+
+@bp.post("/projects/<int:project_id>/images")
+def upload_images(project_id: int):
+    project = get_project(project_id)
+    files = [f for f in request.files.getlist("file") if f and (f.filename or f.content_length)]
+    if not files:
+        raise ApiError(400, "no file: send images or zips as multipart/form-data field 'file'")
+    try:
+        label = check_label(request.form.get("label"))
+        split = check_split(request.form.get("split"))
+    except UploadError as exc:
+        raise ApiError(400, str(exc)) from None
+    report = ingest(project.id, files, label=label, split=split, storage=_storage(),
+                    thumb_size=current_app.config["THUMBNAIL_SIZE"])
+    for image in report["images"]:
+        image["thumbnail"] = thumbnail_url(image["sha256"])
+        image["url"] = image_url(image["sha256"])
+    project.updated_at = utcnow()
+    db.session.commit()
+    report["classes"] = class_counts(project.id, "train")
+    report["test_classes"] = class_counts(project.id, "test")
+    if report["accepted"] == 0 and not report["duplicates"] and report["rejected"]:
+        shown = "; ".join(f"{r['name']}: {r['reason']}" for r in report["rejected"][:5])
+        more = len(report["rejected"]) - 5
+        message = f"no image accepted: {shown}" + (f"; and {more} more" if more > 0 else "")
+        return error_response(400, message, **report)
+    return jsonify(report)
+
+
+@bp.get("/projects/<int:project_id>/images")
+def list_images(project_id: int):
+    get_project(project_id)
+    query = sa.select(ProjectImage).where(ProjectImage.project_id == project_id)
+    label = request.args.get("label")
+    if label:
+        query = query.where(ProjectImage.label == label)
+    split = request.args.get("split")
+    if split:
+        if split not in ("train", "test"):
+            raise ApiError(400, f"invalid split {split!r}: use 'train' or 'test'")
+        query = query.where(ProjectImage.split == split)
+    query = query.order_by(ProjectImage.split.desc(), ProjectImage.label, ProjectImage.id)
+    offset = _int_arg("offset", 0, 0)
+    limit = _int_arg("limit", None, 1, 100_000)
+    query = query.offset(offset)
+    if limit:
+        query = query.limit(limit)
+    return jsonify([image_json(row) for row in db.session.scalars(query)])
+
+
+def _project_image(project_id: int, sha256: str) -> ProjectImage:
+    get_project(project_id)
+    row = db.session.scalar(sa.select(ProjectImage).where(
+        ProjectImage.project_id == project_id, ProjectImage.sha256 == sha256))
+    if row is None:
+        raise ApiError(404, f"no image {sha256} in project {project_id}")
+    return row
+
+
+@bp.patch("/projects/<int:project_id>/images/<sha256>")
+def update_image(project_id: int, sha256: str):
+    row = _project_image(project_id, sha256)
+    body = _json_body()
+    try:
+        if "label" in body:
+            label = check_label(body["label"] if isinstance(body["label"], str) else None)
+            if label is None:
+                raise UploadError("'label' must be a non-empty string")
+            row.label = label
+        if "split" in body:
+            row.split = check_split(body["split"] if isinstance(body["split"], str) else "?")
+    except UploadError as exc:
+        raise ApiError(400, str(exc)) from None
+    db.session.commit()
+    return jsonify(image_json(row))
+
+
+@bp.delete("/projects/<int:project_id>/images/<sha256>")
+def delete_image(project_id: int, sha256: str):
+    row = _project_image(project_id, sha256)
+    db.session.delete(row)
+    db.session.commit()
+    return jsonify({"deleted": sha256, "classes": class_counts(project_id, "train"),
+                    "test_classes": class_counts(project_id, "test")})
+
+
+@bp.get("/projects/<int:project_id>/uploads")
+def list_uploads(project_id: int):
+    get_project(project_id)
+    uploads = db.session.scalars(sa.select(Upload).where(Upload.project_id == project_id)
+                                 .order_by(Upload.id.desc()).limit(50))
+    return jsonify([{
+        "id": u.id, "created_at": iso(u.created_at), "split": u.split, "label": u.label,
+        "accepted": u.accepted, "files": u.files, "rejected": u.rejected,
+        "duplicates": u.duplicates} for u in uploads])
+
+
+def _served_image(sha256: str) -> None:
+    """404 unless `sha256` is an image some project holds (nothing else is served)."""
+    if not is_sha256(sha256) or db.session.scalar(
+            sa.select(ProjectImage.id).where(ProjectImage.sha256 == sha256).limit(1)) is None:
+        raise ApiError(404, f"no image {sha256}")
+
+
+def _send(path, mimetype: str, sha256: str, suffix: str = "", download_name: str | None = None):
+    response = send_file(path, mimetype=mimetype, conditional=True, etag=f"{sha256}{suffix}",
+                         max_age=31536000, download_name=download_name)
+    response.headers["Cache-Control"] = IMMUTABLE
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    return response
+
+
+def _ensure_derived(sha256: str, path_of, size: int, put) -> None:
+    storage = _storage()
+    if path_of(sha256).is_file():
+        return
+    from models.images import ImageRejected, decode_image, thumbnail_jpeg
+
+    def make():
+        try:
+            put(sha256, thumbnail_jpeg(decode_image(storage.read_blob(sha256)), size))
+        except (ImageRejected, OSError) as exc:
+            raise ApiError(404, f"image {sha256} is not readable: {exc}") from None
+
+    offload(make)
+
+
+@bp.get("/images/<sha256>")
+def image_file(sha256: str):
+    _served_image(sha256)
+    storage = _storage()
+    from web.db import Blob
+
+    blob = db.session.get(Blob, sha256)
+    path = storage.blob_path(sha256)
+    if blob is None or not path.is_file():
+        raise ApiError(404, f"image {sha256} is missing from storage")
+    ext = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp",
+           "image/bmp": ".bmp", "image/gif": ".gif", "image/tiff": ".tif"}.get(
+               blob.content_type, "")
+    return _send(path, blob.content_type, sha256, download_name=f"{sha256[:16]}{ext}")
+
+
+@bp.get("/images/<sha256>/thumbnail")
+def image_thumbnail(sha256: str):
+    _served_image(sha256)
+    storage = _storage()
+    _ensure_derived(sha256, storage.thumb_path, current_app.config["THUMBNAIL_SIZE"],
+                    storage.put_thumbnail)
+    return _send(storage.thumb_path(sha256), "image/jpeg", sha256, "-thumb")
+
+
+@bp.get("/images/<sha256>/preview")
+def image_preview(sha256: str):
+    """A JPEG no larger than PREVIEW_SIZE on its long side (browsers cannot show TIFF)."""
+    _served_image(sha256)
+    storage = _storage()
+    _ensure_derived(sha256, storage.preview_path, current_app.config["PREVIEW_SIZE"],
+                    storage.put_preview)
+    return _send(storage.preview_path(sha256), "image/jpeg", sha256, "-preview")
+
+
+# -- training ------------------------------------------------------------------------------
+
+
+@bp.post("/projects/<int:project_id>/train")
+def train_project(project_id: int):
+    project = get_project(project_id)
+    try:
+        job = _jobs().start_training(project)
+    except NotEnoughData as exc:
+        raise ApiError(400, str(exc)) from None
+    except JobConflict as exc:
+        raise ApiError(409, str(exc), job=job_json(exc.job),
+                       job_id=exc.job.id if exc.job else None) from None
+    except QueueUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
+    unavailable = [b for b in (backbone_json(n) for n in project.backbones) if not b["available"]]
+    body = {**job_json(job), "job_id": job.id,
+            "warnings": [f"{b['name']}: {b['reason']} (the worker will try to download it)"
+                         for b in unavailable]}
+    response = jsonify(body)
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.get_job", job_id=job.id)
+    return response
+
+
+@bp.get("/projects/<int:project_id>/jobs")
+def list_jobs(project_id: int):
+    get_project(project_id)
+    jobs = db.session.scalars(sa.select(Job).where(Job.project_id == project_id)
+                              .order_by(Job.id.desc()).limit(100))
+    return jsonify([job_json(j) for j in jobs])
+
+
+def _get_job(job_id: int) -> Job:
+    job = db.session.get(Job, job_id)
+    if job is None:
+        raise ApiError(404, f"no job with id {job_id}")
+    return job
+
+
+@bp.get("/jobs/<int:job_id>")
+def get_job(job_id: int):
+    return jsonify(job_json(_get_job(job_id)))
+
+
+@bp.post("/jobs/<int:job_id>/cancel")
+def cancel_job(job_id: int):
+    job = _get_job(job_id)
+    outcome = _jobs().cancel(job)
+    if outcome == "finished":
+        raise ApiError(409, f"job {job_id} has already finished ({job.state})",
+                       job=job_json(job))
+    response = jsonify(job_json(job))
+    response.status_code = 200 if outcome == "cancelled" else 202
+    return response
+
+
+# -- results -------------------------------------------------------------------------------
+
+
+def _iteration(project_id: int) -> Iteration:
+    number = _int_arg("iteration", None, 1)
+    query = sa.select(Iteration).where(Iteration.project_id == project_id)
+    if number is None:
+        it = db.session.scalar(query.order_by(Iteration.number.desc()).limit(1))
+        if it is None:
+            raise ApiError(404, f"project {project_id} has no trained iteration yet: train it first")
+    else:
+        it = db.session.scalar(query.where(Iteration.number == number))
+        if it is None:
+            raise ApiError(404, f"project {project_id} has no iteration {number}")
+    return it
+
+
+def _read_report(folder) -> dict:
+    import json
+
+    from models.training import REPORT_FILE
+
+    return json.loads((folder / REPORT_FILE).read_text())
+
+
+@bp.get("/projects/<int:project_id>/results")
+def results(project_id: int):
+    get_project(project_id)
+    it = _iteration(project_id)
+    try:
+        report = _read_report(_storage().resolve(it.folder))
+    except (OSError, ValueError) as exc:
+        raise ApiError(404, f"iteration {it.number} has no readable report: {exc}") from None
+    pattern = thumbnail_url("0" * 64).replace("0" * 64, "{sha256}")
+    for entry in [*report.get("backbones", {}).values(), *report.get("ensembles", {}).values(),
+                  report.get("ensemble") or {}]:
+        for preds in (entry.get("predictions") or {}).values():
+            for p in preds:
+                p.setdefault("thumbnail", pattern.replace("{sha256}", p["sha256"]))
+    report.update({
+        "iteration": it.number, "iteration_id": it.id, "project_id": project_id,
+        "job_id": it.job_id, "created_at": iso(it.created_at),
+        "features_computed": it.features_computed, "features_total": it.features_total,
+        "iterations": [i.number for i in _iterations(project_id)],
+        "thumbnail_url": pattern,
+    })
+    return jsonify(report)
+
+
+@bp.get("/projects/<int:project_id>/iterations")
+def list_iterations(project_id: int):
+    get_project(project_id)
+    return jsonify([iteration_json(it) for it in _iterations(project_id)])
+
+
+# -- prediction ----------------------------------------------------------------------------
+
+
+def _uploaded_image():
+    """The one image of a predict request, decoded (400 naming the file when unusable)."""
+    files = [f for f in request.files.getlist("file") if f and f.filename is not None]
+    if not files:
+        raise ApiError(400, "no file: send one image as multipart/form-data field 'file'")
+    if len(files) > 1:
+        raise ApiError(400, f"send one image per request, got {len(files)}")
+    upload = files[0]
+    name = upload_name(upload.filename, 0)
+    data = upload.stream.read()
+    from models.images import ImageRejected, decode_image
+
+    try:
+        return name, offload(decode_image, data)
+    except ImageRejected as exc:
+        raise ApiError(400, f"{name}: {exc.reason}", name=name, reason=exc.reason) from None
+
+
+@bp.post("/projects/<int:project_id>/predict")
+def predict(project_id: int):
+    get_project(project_id)
+    it = _iteration(project_id)
+    top_k = _int_arg("top_k", current_app.config["TOP_K"], 1, 20)
+    name, image = _uploaded_image()
+    folder = _storage().resolve(it.folder)
+    try:
+        answers = offload(_predictions().predict, it.id, folder, [image], top_k)
+    except BackboneUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
+    return jsonify({**answers[0], "name": name, "iteration": it.number, "classes": it.classes})
+
+
+@bp.post("/imagenet/predict")
+def imagenet_predict():
+    raw = request.values.get("backbones")
+    requested = [b.strip() for b in raw.split(",") if b.strip()] if raw else None
+    try:
+        backbones = imagenet_backbones(requested, _weights_dir())
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    top_k = _int_arg("top_k", current_app.config["TOP_K"], 1, 20)
+    name, image = _uploaded_image()
+    try:
+        answers = offload(_predictions().imagenet, [image], backbones, top_k)
+    except BackboneUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
+    return jsonify({**answers[0], "name": name, "mode": "imagenet"})
+
+
+@bp.get("/imagenet/backbones")
+def imagenet_backbone_list():
+    from web.prediction import imagenet_unavailable_reason
+
+    out = []
+    for name in imagenet_candidates():
+        reason = imagenet_unavailable_reason(name, _weights_dir())
+        out.append({**backbone_json(name), "available": reason is None,
+                    "reason": reason or backbone_json(name)["reason"],
+                    "default": name in DEFAULT_BACKBONES or name == OFFLINE_BACKBONE})
+    return jsonify(out)
+
+
+def register_error_handlers(app) -> None:
+    """JSON errors for every /api/ URL (including unknown routes), HTML elsewhere."""
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        if request.path.startswith("/api/"):
+            message = exc.description or exc.name
+            if exc.code == 413:
+                limit = current_app.config.get("MAX_CONTENT_LENGTH")
+                message = f"upload too large (limit {limit} bytes)" if limit else "upload too large"
+            elif exc.code == 404 and request.url_rule is None:
+                message = f"not found: {request.path}"
+            elif exc.code == 500:
+                message = "internal error (see the server log)"
+            elif exc.code == 405:
+                message = f"method {request.method} not allowed on {request.path}"
+            response = error_response(exc.code or 500, message)
+            if exc.code == 405 and hasattr(exc, "valid_methods") and exc.valid_methods:
+                response.headers["Allow"] = ", ".join(exc.valid_methods)
+            return response
+        return exc
+
+
+__all__ = ["bp", "register_error_handlers"]

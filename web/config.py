@@ -1,0 +1,90 @@
+"""Configuration: defaults, then `instance/config.py`, then the environment, then test overrides.
+
+Environment variables: every `TRANSFERLAB_<KEY>` sets `<KEY>` (values are parsed as JSON when
+they parse, so `TRANSFERLAB_PORT=8000` is an int and `TRANSFERLAB_WORKER=false` a bool), plus
+the conventional `DATABASE_URL` and `REDIS_URL`. Paths left as None are derived from the
+instance folder once everything is loaded (see `finalize`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+INSTANCE_ENV = "TRANSFERLAB_INSTANCE_PATH"
+
+DEFAULTS: dict = {
+    # Where everything lives unless configured otherwise: Flask's instance folder.
+    "SQLALCHEMY_DATABASE_URI": None,  # default sqlite:///<instance>/transferlab.db; DATABASE_URL
+    "REDIS_URL": None,  # set it to queue jobs on Redis (RedisHuey) instead of SQLite
+    "HUEY_NAME": "transferlab",
+    "HUEY_DB": None,  # SqliteHuey file, default <instance>/huey.db
+    "STORAGE_DIR": None,  # images, thumbnails, iterations; default: the instance folder
+    "FEATURE_CACHE_DIR": None,  # the shared bottleneck cache; default <instance>/features
+    "WEIGHTS_DIR": None,  # extra folder holding backbone weights under Keras's file names
+    "MAX_CONTENT_LENGTH": 512 * 1024 * 1024,  # largest request (upload) in bytes -> 413
+    "MAX_FORM_MEMORY_SIZE": 1024 * 1024,  # non-file form fields
+    "THUMBNAIL_SIZE": 160,
+    "PREVIEW_SIZE": 1024,
+    "HOST": "127.0.0.1",
+    "PORT": 5000,
+    "WORKER": True,  # `python app.py` starts a worker child process (false: run your own)
+    "WORKER_THREADS": 1,  # jobs run at once per worker process (TensorFlow uses all cores)
+    "WORKER_POLL_SECONDS": 1.0,  # longest wait between queue polls when idle
+    "STALE_JOB_SECONDS": 900,  # a running job of another machine's worker silent this long fails
+    "PREDICTOR_CACHE_SIZE": 4,  # trained iterations kept loaded per web process
+    "TOP_K": 3,
+    "SQLALCHEMY_TRACK_MODIFICATIONS": False,
+}
+
+
+def instance_path(test_config: dict | None) -> str | None:
+    """The instance folder from the test config or `$TRANSFERLAB_INSTANCE_PATH` (else Flask's)."""
+    if test_config and test_config.get("INSTANCE_PATH"):
+        return os.path.abspath(test_config["INSTANCE_PATH"])
+    env = os.environ.get(INSTANCE_ENV)
+    return os.path.abspath(env) if env else None
+
+
+def load(app, test_config: dict | None) -> None:
+    """Fill `app.config` in order: defaults, instance file, environment, `test_config`."""
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_prefixed_env("TRANSFERLAB")
+    if os.environ.get("DATABASE_URL"):
+        app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
+    if os.environ.get("REDIS_URL"):
+        app.config["REDIS_URL"] = os.environ["REDIS_URL"]
+    if test_config:
+        app.config.from_mapping(test_config)
+    finalize(app)
+
+
+def finalize(app) -> None:
+    """Derive the paths and the database URL that were left unset."""
+    cfg = app.config
+    cfg["INSTANCE_PATH"] = app.instance_path
+    storage = Path(cfg["STORAGE_DIR"] or app.instance_path)
+    cfg["STORAGE_DIR"] = str(storage)
+    cfg["FEATURE_CACHE_DIR"] = str(cfg["FEATURE_CACHE_DIR"] or storage / "features")
+    cfg["HUEY_DB"] = str(cfg["HUEY_DB"] or Path(app.instance_path) / "huey.db")
+    uri = cfg["SQLALCHEMY_DATABASE_URI"] or f"sqlite:///{Path(app.instance_path) / 'transferlab.db'}"
+    if uri.startswith("postgres://"):  # Heroku-style URLs; SQLAlchemy wants postgresql://
+        uri = "postgresql://" + uri[len("postgres://"):]
+    cfg["SQLALCHEMY_DATABASE_URI"] = uri
+    if uri.startswith("sqlite"):
+        options = dict(cfg.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
+        connect_args = dict(options.get("connect_args") or {})
+        connect_args.setdefault("timeout", 30)  # web and worker write the same file
+        options["connect_args"] = connect_args
+        cfg["SQLALCHEMY_ENGINE_OPTIONS"] = options
+    for key in ("MAX_CONTENT_LENGTH", "PORT", "THUMBNAIL_SIZE", "PREVIEW_SIZE", "WORKER_THREADS",
+                "PREDICTOR_CACHE_SIZE", "TOP_K"):
+        if cfg.get(key) is not None:
+            cfg[key] = int(cfg[key])
+    cfg["WORKER"] = _truthy(cfg["WORKER"])
+
+
+def _truthy(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "0", "false", "no", "off")
+    return bool(value)

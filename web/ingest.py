@@ -1,0 +1,204 @@
+"""Uploads into a project: engine reader -> stored files -> database rows, and a report.
+
+Each uploaded file is read by the engine (`models.datasets`: zip layouts, zip-slip and
+zip-bomb checks, decoding checks) and committed on its own: accepted images are kept even when
+other members, or other files of the same request, are rejected. Every skipped file is
+reported with its reason. The CPU-heavy part (reading zips, decoding, thumbnails, writing
+files) runs off the gevent loop (`offload`), so other requests are served meanwhile.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import BinaryIO
+
+import sqlalchemy as sa
+from PIL import Image
+
+from models.datasets import (Dataset, DatasetError, Rejection, Sample, ZipLimits,
+                             normalize_label, read_image_file, read_zip)
+from models.images import MAX_PIXELS, ImageRejected, decode_image, thumbnail_jpeg
+from web.db import Blob, ProjectImage, Upload, db, utcnow
+from web.prediction import offload
+from web.storage import CONTENT_TYPES, Storage
+
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
+LIMITS = ZipLimits()
+
+
+class UploadError(ValueError):
+    """The request itself is unusable (bad label or split, no file): a 400."""
+
+
+@dataclass
+class Stored:
+    """An accepted sample after its files were written: what the database needs."""
+
+    sample: Sample
+    content_type: str
+    width: int
+    height: int
+
+
+def upload_name(filename: str | None, index: int) -> str:
+    """The client's file name without any folder part (shown to the user, never a path)."""
+    name = PurePosixPath((filename or "").replace("\\", "/")).name.strip()
+    return name or f"upload-{index + 1}"
+
+
+def check_label(label: str | None) -> str | None:
+    if label is None or not label.strip():
+        return None
+    try:
+        return normalize_label(label)
+    except ValueError as exc:
+        raise UploadError(f"invalid label {label!r}: {exc}") from None
+
+
+def check_split(split: str | None) -> str:
+    split = (split or "train").strip().lower()
+    if split not in ("train", "test"):
+        raise UploadError(f"invalid split {split!r}: use 'train' or 'test'")
+    return split
+
+
+def read_upload(stream: BinaryIO, name: str, label: str | None,
+                max_pixels: int = MAX_PIXELS) -> Dataset:
+    """One uploaded file as a dataset: a zip (any layout the engine reads) or one image."""
+    head = stream.read(4)
+    stream.seek(0)
+    try:
+        if name.lower().endswith(".zip") or head in ZIP_MAGICS:
+            return read_zip(stream, name=name, label=label, max_pixels=max_pixels, limits=LIMITS)
+        stream.seek(0, io.SEEK_END)
+        size = stream.tell()
+        stream.seek(0)
+        if size > LIMITS.max_member_size:
+            return Dataset(rejected=[Rejection(
+                name, f"file too large: {size} bytes (limit {LIMITS.max_member_size})")])
+        if label is None:
+            return Dataset(rejected=[Rejection(
+                name, "an image needs a class: send it with a label, or inside a zip")])
+        return read_image_file(stream.read(), name=name, label=label, max_pixels=max_pixels)
+    except DatasetError as exc:
+        return Dataset(rejected=[Rejection(exc.source, exc.reason)])
+
+
+def store_samples(storage: Storage, samples: list[Sample], thumb_size: int) -> tuple[
+        list[Stored], list[Rejection]]:
+    """Write each sample's original bytes and thumbnail (idempotent: keyed by sha256)."""
+    stored, rejected = [], []
+    for sample in samples:
+        try:
+            fmt = Image.open(io.BytesIO(sample.data)).format or "JPEG"
+            image = decode_image(sample.data)
+        except (ImageRejected, OSError, ValueError) as exc:  # validated by the reader already
+            rejected.append(Rejection(sample.source, getattr(exc, "reason", str(exc))))
+            continue
+        storage.put_blob(sample.sha256, sample.data)
+        if not storage.thumb_path(sample.sha256).is_file():
+            storage.put_thumbnail(sample.sha256, thumbnail_jpeg(image, thumb_size))
+        stored.append(Stored(sample, CONTENT_TYPES.get(fmt, "application/octet-stream"),
+                             image.width, image.height))
+    return stored, rejected
+
+
+def _insert_ignore(table, values: dict):
+    """INSERT that silently skips a row whose unique key exists (SQLite and PostgreSQL)."""
+    dialect = db.session.get_bind().dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:  # other databases: plain insert in a savepoint, duplicates ignored
+        try:
+            with db.session.begin_nested():
+                return db.session.execute(sa.insert(table).values(**values))
+        except sa.exc.IntegrityError:
+            return None
+    return db.session.execute(insert(table).values(**values).on_conflict_do_nothing())
+
+
+def _existing(project_id: int, shas: list[str]) -> dict[str, ProjectImage]:
+    found: dict[str, ProjectImage] = {}
+    for start in range(0, len(shas), 500):
+        chunk = shas[start:start + 500]
+        rows = db.session.scalars(sa.select(ProjectImage).where(
+            ProjectImage.project_id == project_id, ProjectImage.sha256.in_(chunk)))
+        found.update({row.sha256: row for row in rows})
+    return found
+
+
+def _split_words(split: str) -> str:
+    return "training set" if split == "train" else "test set"
+
+
+def add_to_project(project_id: int, stored: list[Stored], split: str) -> tuple[list[dict], list[dict]]:
+    """Insert blobs and project images; an image already in the project is a duplicate."""
+    accepted, duplicates = [], []
+    existing = _existing(project_id, [s.sample.sha256 for s in stored])
+    now = utcnow()
+    for item in stored:
+        sample = item.sample
+        kept = existing.get(sample.sha256)
+        if kept is None:
+            _insert_ignore(Blob.__table__, dict(
+                sha256=sample.sha256, size=len(sample.data), content_type=item.content_type,
+                width=item.width, height=item.height, created_at=now, touched_at=now))
+            db.session.execute(sa.update(Blob).where(Blob.sha256 == sample.sha256)
+                               .values(touched_at=now))
+            result = _insert_ignore(ProjectImage.__table__, dict(
+                project_id=project_id, sha256=sample.sha256, label=sample.label, split=split,
+                name=sample.source[:1000], created_at=now))
+            if result is not None and result.rowcount:
+                accepted.append({"sha256": sample.sha256, "label": sample.label, "split": split,
+                                 "name": sample.source})
+                continue
+            kept = _existing(project_id, [sample.sha256]).get(sample.sha256)  # lost a race
+        duplicates.append({
+            "name": sample.source, "label": sample.label, "sha256": sample.sha256,
+            "kept_name": kept.name if kept else None,
+            "kept_label": kept.label if kept else None,
+            "kept_split": kept.split if kept else None,
+            "reason": (f"already in the project ({_split_words(kept.split)}, class {kept.label!r})"
+                       if kept else "already in the project"),
+        })
+    return accepted, duplicates
+
+
+def ingest(project_id: int, files: list, *, label: str | None, split: str,
+           storage: Storage, thumb_size: int = 160) -> dict:
+    """Read, store and record every uploaded file; returns the upload report (API shape).
+
+    `files` are werkzeug FileStorage objects (or anything with `.stream` and `.filename`).
+    Each file is committed on its own, so what was accepted stays even if a later file fails.
+    """
+    report_files, rejected, duplicates, accepted = [], [], [], []
+    for index, upload in enumerate(files):
+        name = upload_name(upload.filename, index)
+        dataset = offload(read_upload, upload.stream, name, label)
+        stored, store_rejected = offload(store_samples, storage, dataset.samples, thumb_size)
+        file_accepted, file_dups = add_to_project(project_id, stored, split)
+        db.session.commit()
+        file_rejected = [{"name": r.source, "reason": r.reason}
+                         for r in [*dataset.rejected, *store_rejected]]
+        file_dups = [
+            {"name": d.source, "label": d.label, "sha256": d.sha256, "kept_name": d.kept_source,
+             "kept_label": d.kept_label, "kept_split": split,
+             "reason": (f"same image as {d.kept_source} (class {d.kept_label!r})"
+                        if d.cross_class else f"same image as {d.kept_source}")}
+            for d in dataset.duplicates
+        ] + file_dups
+        report_files.append({"name": name, "accepted": len(file_accepted),
+                             "rejected": len(file_rejected), "duplicates": len(file_dups)})
+        accepted += file_accepted
+        rejected += file_rejected
+        duplicates += file_dups
+    record = Upload(project_id=project_id, split=split, label=label, accepted=len(accepted),
+                    files=report_files, rejected=rejected, duplicates=duplicates)
+    db.session.add(record)
+    db.session.commit()
+    return {"upload_id": record.id, "accepted": len(accepted), "rejected": rejected,
+            "duplicates": duplicates, "files": report_files, "images": accepted,
+            "split": split}

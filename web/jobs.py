@@ -1,0 +1,464 @@
+"""Training jobs on a Huey queue: enqueue and cancel from the web, run in a worker process.
+
+Queue: `SqliteHuey` in the instance folder by default (no server to install), `RedisHuey` when
+`REDIS_URL` is set (then workers on other machines can share the work: they need the same
+database and storage folder). The queue only carries the job id; the job's state, progress,
+stage and error live in the `jobs` table, written by the worker and read by the web process.
+
+Lifecycle: `queued` -> `running` -> `succeeded` | `failed` | `cancelled`.
+* The web process creates the row (`queued`) and enqueues the id. One active job per project
+  is enforced by a unique column, so two simultaneous clicks cannot start two jobs.
+* The worker claims the row with a conditional UPDATE (queued -> running). A job cancelled
+  while queued is already `cancelled` (and its queue message revoked), so it never runs.
+* Cancelling a running job sets `cancel_requested`; the training progress callback reads it
+  and stops the run (features computed so far stay in the cache).
+* A job left `running` by a worker that died is marked failed when a worker starts again.
+
+Run a worker with `python app.py worker` (`python app.py` starts one as a child process).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from web.db import Blob, Iteration, Job, Project, ProjectImage, db, utcnow
+from web.storage import Storage
+
+log = logging.getLogger("transferlab.worker")
+
+TRAIN_TASK = "transferlab.train"
+GC_TASK = "transferlab.gc"
+PARENT_PID_ENV = "TRANSFERLAB_PARENT_PID"
+PROGRESS_SHARE = 0.97  # training's share of the bar; saving the iteration is the rest
+
+
+class JobCancelled(Exception):
+    """Raised inside the training run when the job was cancelled (or deleted)."""
+
+
+class JobConflict(Exception):
+    """A job for this project is already queued or running."""
+
+    def __init__(self, job: Job | None):
+        super().__init__("a training job for this project is already queued or running")
+        self.job = job
+
+
+class NotEnoughData(ValueError):
+    """Training needs at least two classes with training images."""
+
+
+class QueueUnavailable(RuntimeError):
+    """The job could not be put on the queue (e.g. Redis is down)."""
+
+
+def make_huey(config):
+    """The queue: Redis when `REDIS_URL` is configured, else a SQLite file (no server)."""
+    if config.get("REDIS_URL"):
+        from huey import RedisHuey
+
+        return RedisHuey(config["HUEY_NAME"], url=config["REDIS_URL"], results=False)
+    from huey import SqliteHuey
+
+    path = Path(config["HUEY_DB"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteHuey(config["HUEY_NAME"], filename=str(path), results=False)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def class_counts(project_id: int, split: str = "train") -> dict[str, int]:
+    rows = db.session.execute(
+        sa.select(ProjectImage.label, sa.func.count())
+        .where(ProjectImage.project_id == project_id, ProjectImage.split == split)
+        .group_by(ProjectImage.label).order_by(ProjectImage.label))
+    return {label: count for label, count in rows}
+
+
+def active_job(project_id: int) -> Job | None:
+    return db.session.scalar(sa.select(Job).where(Job.active_project == project_id))
+
+
+@dataclass(frozen=True)
+class StoredSample:
+    """A project image as the engine's `train()` sees a `Sample`, read from storage lazily:
+    bytes are only read (and decoded) when the feature cache misses."""
+
+    sha256: str
+    label: str
+    source: str
+    path: Path
+
+    @property
+    def data(self) -> bytes:
+        return self.path.read_bytes()
+
+    def image(self):
+        from models.images import decode_image
+
+        return decode_image(self.data)
+
+
+class Jobs:
+    """The Flask extension: the Huey instance, its tasks, and the job operations."""
+
+    def __init__(self, app):
+        from huey import crontab
+        from huey.signals import SIGNAL_INTERRUPTED
+
+        self.app = app
+        self.huey = make_huey(app.config)
+        self.train_task = self.huey.task(name=TRAIN_TASK)(self._train_task)
+        self.gc_task = self.huey.periodic_task(crontab(minute="*/30"), name=GC_TASK)(
+            self._gc_task)
+        self.huey.signal(SIGNAL_INTERRUPTED)(self._on_interrupted)
+        app.extensions["transferlab.jobs"] = self
+
+    @property
+    def storage(self) -> Storage:
+        return self.app.extensions["transferlab.storage"]
+
+    # -- web side ------------------------------------------------------------------------
+
+    def start_training(self, project: Project) -> Job:
+        """Queue a training job for `project`; raises NotEnoughData, JobConflict,
+        QueueUnavailable."""
+        counts = class_counts(project.id)
+        if len(counts) < 2:
+            have = ", ".join(f"{k} ({v})" for k, v in counts.items()) or "none"
+            raise NotEnoughData(
+                f"training needs at least 2 classes with training images; this project has "
+                f"{len(counts)} ({have})")
+        job = Job(project_id=project.id, state="queued", active_project=project.id,
+                  backbones=list(project.backbones), progress=0.0, stage="queued",
+                  n_train=sum(counts.values()), n_test=sum(class_counts(project.id, "test").values()))
+        db.session.add(job)
+        try:
+            db.session.commit()
+        except sa.exc.IntegrityError:
+            db.session.rollback()
+            raise JobConflict(active_job(project.id)) from None
+        task = self.train_task.s(job.id)
+        try:
+            self.huey.enqueue(task)
+        except Exception as exc:  # the queue is down: do not leave a job that never runs
+            log.exception("could not enqueue job %s", job.id)
+            self._finish(job.id, "failed", error=f"could not queue the job: {exc}",
+                         from_states=("queued",))
+            raise QueueUnavailable(f"could not queue the job: {exc}") from exc
+        job.queue_id = task.id
+        db.session.commit()
+        return job
+
+    def cancel(self, job: Job) -> str:
+        """Cancel `job`: "cancelled" (it was queued: it will never run), "requested" (it is
+        running: the worker stops it shortly) or "finished" (too late, nothing changed)."""
+        now = utcnow()
+        done = db.session.execute(
+            sa.update(Job).where(Job.id == job.id, Job.state == "queued").values(
+                state="cancelled", active_project=None, cancel_requested=True, stage="cancelled",
+                finished_at=now, updated_at=now))
+        if done.rowcount:
+            db.session.commit()
+            if job.queue_id:
+                try:
+                    self.huey.revoke_by_id(job.queue_id, revoke_once=True)
+                except Exception:  # the row already says cancelled; the worker checks it
+                    log.warning("could not revoke queue message of job %s", job.id)
+            db.session.refresh(job)
+            return "cancelled"
+        requested = db.session.execute(
+            sa.update(Job).where(Job.id == job.id, Job.state == "running").values(
+                cancel_requested=True, stage="cancelling"))
+        db.session.commit()
+        db.session.refresh(job)
+        return "requested" if requested.rowcount else "finished"
+
+    # -- worker side ---------------------------------------------------------------------
+
+    def _train_task(self, job_id: int) -> None:
+        with self.app.app_context():
+            try:
+                run_training(self.app, job_id)
+            finally:
+                db.session.remove()
+
+    def _gc_task(self) -> None:
+        with self.app.app_context():
+            try:
+                collect_garbage(self.storage)
+            finally:
+                db.session.remove()
+
+    def _on_interrupted(self, signal_name, task, *args) -> None:
+        """The worker is stopping while `task` runs: the job cannot finish, say so."""
+        if getattr(task, "name", None) != TRAIN_TASK or not task.args:
+            return
+        with self.app.app_context():
+            self._finish(task.args[0], "failed", error="interrupted: the worker was stopped "
+                         "while this job was running; train again", from_states=("running",))
+            db.session.remove()
+
+    def _finish(self, job_id: int, state: str, *, error: str | None = None,
+                from_states=("running",), **values) -> bool:
+        now = utcnow()
+        result = db.session.execute(
+            sa.update(Job).where(Job.id == job_id, Job.state.in_(from_states)).values(
+                state=state, active_project=None, error=error, finished_at=now, updated_at=now,
+                stage=values.pop("stage", state), **values))
+        db.session.commit()
+        return bool(result.rowcount)
+
+
+def run_training(app, job_id: int) -> str:
+    """Run one training job in this (worker) process; returns the job's final state."""
+    jobs: Jobs = app.extensions["transferlab.jobs"]
+    storage: Storage = app.extensions["transferlab.storage"]
+    now = utcnow()
+    claimed = db.session.execute(
+        sa.update(Job).where(Job.id == job_id, Job.state == "queued").values(
+            state="running", started_at=now, updated_at=now, worker=worker_id(),
+            stage="loading images", progress=0.0))
+    db.session.commit()
+    if not claimed.rowcount:
+        log.info("job %s is not queued any more (cancelled?): skipped", job_id)
+        return "skipped"
+    job = db.session.get(Job, job_id)
+    project = db.session.get(Project, job.project_id)
+    log.info("job %s: training project %s", job_id, job.project_id)
+    tmp: Path | None = None
+    try:
+        if project is None:
+            raise JobCancelled()
+        from models.backbones import load_backbone
+        from models.features import FeatureCache
+        from models.training import train
+
+        rows = db.session.scalars(
+            sa.select(ProjectImage).where(ProjectImage.project_id == project.id)
+            .order_by(ProjectImage.id)).all()
+        samples = {split: [StoredSample(r.sha256, r.label, r.name, storage.blob_path(r.sha256))
+                           for r in rows if r.split == split] for split in ("train", "test")}
+        backbones = list(job.backbones or project.backbones)
+        weights_dir = app.config.get("WEIGHTS_DIR")
+        cache = FeatureCache(app.config["FEATURE_CACHE_DIR"])
+        db.session.commit()  # end the read transaction: the progress callback writes
+
+        def on_progress(p) -> None:
+            with db.engine.begin() as conn:
+                row = conn.execute(sa.select(Job.cancel_requested, Job.state)
+                                   .where(Job.id == job_id)).first()
+                if row is None or row.cancel_requested or row.state != "running":
+                    raise JobCancelled()
+                conn.execute(sa.update(Job).where(Job.id == job_id).values(
+                    progress=round(PROGRESS_SHARE * float(p.fraction), 4), stage=p.stage,
+                    done=int(p.done), total=int(p.total), updated_at=utcnow(),
+                    features_computed=cache.computed))
+
+        on_progress(_Start())
+        result = train(samples["train"], backbones, cache,
+                       lambda name: load_backbone(name, "imagenet", weights_dir),
+                       test_samples=samples["test"], progress=on_progress)
+        on_progress(_Start("saving", PROGRESS_SHARE))  # last chance to cancel
+        report = result.report
+        report["backbone_titles"] = {n: _title(n) for n in backbones}
+        tmp = storage.temp_dir()
+        result.save(tmp)
+        number = (db.session.scalar(sa.select(sa.func.max(Iteration.number))
+                                    .where(Iteration.project_id == project.id)) or 0) + 1
+        relpath = storage.iteration_relpath(project.id, number)
+        storage.commit_dir(tmp, relpath)
+        tmp = None
+        total = (report["n_train"] + report["n_test"]) * len(backbones)
+        iteration = Iteration(
+            project_id=project.id, number=number, job_id=job_id, folder=relpath,
+            classes=report["classes"], backbones=backbones, n_train=report["n_train"],
+            n_test=report["n_test"], features_computed=cache.computed, features_total=total,
+            summary=summarize(report))
+        db.session.add(iteration)
+        db.session.flush()
+        now = utcnow()
+        finished = db.session.execute(
+            sa.update(Job).where(Job.id == job_id, Job.state == "running",
+                                 Job.cancel_requested.is_(False)).values(
+                state="succeeded", active_project=None, finished_at=now, updated_at=now,
+                stage="done", progress=1.0, iteration_id=iteration.id,
+                features_computed=cache.computed, features_total=total,
+                n_train=report["n_train"], n_test=report["n_test"]))
+        if not finished.rowcount:  # cancelled (or marked failed) meanwhile: keep no iteration
+            db.session.rollback()
+            shutil.rmtree(storage.resolve(relpath), ignore_errors=True)
+            raise JobCancelled()
+        db.session.commit()
+        log.info("job %s: iteration %s of project %s (%s of %s features computed)",
+                 job_id, number, project.id, cache.computed, total)
+        return "succeeded"
+    except JobCancelled:
+        db.session.rollback()
+        jobs._finish(job_id, "cancelled")
+        log.info("job %s cancelled", job_id)
+        return "cancelled"
+    except Exception as exc:
+        db.session.rollback()
+        message = _error_message(exc)
+        log.error("job %s failed: %s\n%s", job_id, message, traceback.format_exc())
+        jobs._finish(job_id, "failed", error=message)
+        return "failed"
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _Start:
+    """A progress event of our own (before training starts / while saving)."""
+
+    stage: str = "starting"
+    fraction: float = 0.0
+    done: int = 0
+    total: int = 0
+
+
+def _title(name: str) -> str:
+    from models.registry import BACKBONES
+
+    spec = BACKBONES.get(name)
+    return spec.title if spec else name
+
+
+def _error_message(exc: Exception) -> str:
+    from models.training import TrainingError
+    from models.weights import WeightsNotFound
+
+    if isinstance(exc, (TrainingError, WeightsNotFound)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+SUMMARY_KEYS = ("cv_accuracy", "cv_accuracy_std", "test_accuracy", "train_accuracy",
+                "train_seconds")
+
+
+def summarize(report: dict) -> dict:
+    """Headline numbers per backbone and for the ensemble (for iteration lists)."""
+    out = {name: {k: entry.get(k) for k in SUMMARY_KEYS}
+           for name, entry in report.get("backbones", {}).items()}
+    out["ensemble"] = {k: report.get("ensemble", {}).get(k) for k in SUMMARY_KEYS}
+    return out
+
+
+# -- worker process ------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_stale_jobs(stale_seconds: float = 900) -> list[int]:
+    """Mark failed the jobs left `running` by a worker that is gone; returns their ids.
+
+    A job of a worker on this host fails when that process is not alive (or is us: we have
+    just started, so we run nothing); a job of another host's worker fails when it has not
+    reported progress for `stale_seconds`.
+    """
+    host, me = socket.gethostname(), os.getpid()
+    cutoff = utcnow() - timedelta(seconds=stale_seconds)
+    failed = []
+    for job in db.session.scalars(sa.select(Job).where(Job.state == "running")).all():
+        owner, _, pid = (job.worker or "").rpartition(":")
+        dead = not job.worker
+        if owner == host and pid.isdigit():
+            dead = dead or int(pid) == me or not _pid_alive(int(pid))
+        dead = dead or job.updated_at < cutoff
+        if dead:
+            failed.append(job.id)
+    now = utcnow()
+    for job_id in failed:
+        db.session.execute(sa.update(Job).where(Job.id == job_id, Job.state == "running").values(
+            state="failed", active_project=None, finished_at=now, updated_at=now, stage="failed",
+            error="the worker stopped while this job was running (it was restarted); "
+                  "train again"))
+    db.session.commit()
+    return failed
+
+
+def collect_garbage(storage: Storage, grace_seconds: float = 3600) -> int:
+    """Delete stored images no project uses any more (spared for `grace_seconds` after their
+    last upload, so a concurrent upload never loses a file); returns how many."""
+    cutoff = utcnow() - timedelta(seconds=grace_seconds)
+    orphans = db.session.scalars(
+        sa.select(Blob.sha256).where(
+            Blob.touched_at < cutoff,
+            ~sa.exists().where(ProjectImage.sha256 == Blob.sha256))).all()
+    for start in range(0, len(orphans), 500):
+        chunk = orphans[start:start + 500]
+        db.session.execute(sa.delete(Blob).where(
+            Blob.sha256.in_(chunk), Blob.touched_at < cutoff,
+            ~sa.exists().where(ProjectImage.sha256 == Blob.sha256)))
+        db.session.commit()
+        for sha in chunk:
+            storage.delete_image_files(sha)
+    tmp = storage.root / "tmp"
+    if tmp.is_dir():  # temporary folders of crashed runs
+        for path in tmp.iterdir():
+            try:
+                if time.time() - path.stat().st_mtime > 86400:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
+    return len(orphans)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Stop this worker when the `python app.py` process that started it is gone."""
+    while True:
+        time.sleep(2)
+        if os.getppid() != parent_pid:
+            log.warning("parent process %s is gone; stopping the worker", parent_pid)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
+def run_worker(app) -> None:
+    """Run the Huey consumer for `app` in this process until SIGINT/SIGTERM."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
+    jobs: Jobs = app.extensions["transferlab.jobs"]
+    with app.app_context():
+        failed = fail_stale_jobs(app.config["STALE_JOB_SECONDS"])
+        if failed:
+            log.warning("marked %d stale running job(s) as failed: %s", len(failed), failed)
+        db.session.remove()
+    parent = os.environ.get(PARENT_PID_ENV)
+    if parent and parent.isdigit():
+        threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True,
+                         name="parent-watch").start()
+    if app.config.get("WORKER_PRELOAD", True):
+        import models.backbones  # noqa: F401  (TensorFlow loads now, not in the first job)
+    consumer = jobs.huey.create_consumer(
+        workers=max(1, int(app.config["WORKER_THREADS"])), worker_type="thread",
+        initial_delay=0.05, backoff=1.15, max_delay=float(app.config["WORKER_POLL_SECONDS"]),
+        periodic=True, check_worker_health=True)
+    log.info("worker %s ready (queue: %s)", worker_id(),
+             "redis" if app.config.get("REDIS_URL") else app.config["HUEY_DB"])
+    consumer.run()

@@ -1,0 +1,144 @@
+"""Classify images in the web process: trained iterations and the pretrained ImageNet mode.
+
+TensorFlow is imported only when the first prediction arrives, never at import or to render a
+page. A trained iteration is loaded once per process (an LRU keyed by iteration id) and the
+backbones once per process (the engine's `load_backbone` cache), never per request. Under
+gevent the TensorFlow work runs in gevent's thread pool (`offload`), so the server keeps
+answering other requests while an image is classified.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from models.registry import BACKBONES, DEFAULT_BACKBONES, OFFLINE_BACKBONE, availability
+
+
+def _gevent_patched() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return False
+    return monkey.is_module_patched("threading")
+
+
+def offload(func: Callable, *args, **kwargs):
+    """Run blocking CPU work off the gevent loop (in its native thread pool) when serving
+    under gevent; call it directly otherwise (test client, worker, CLI)."""
+    if _gevent_patched():
+        import gevent
+
+        return gevent.get_hub().threadpool.apply(func, args, kwargs)
+    return func(*args, **kwargs)
+
+
+class BackboneUnavailable(RuntimeError):
+    """A backbone's weights cannot be loaded here; the message says what to do."""
+
+
+class PredictionService:
+    """Loaded models for one web process. Thread-safe; every method may block (offload it)."""
+
+    def __init__(self, weights_dir: str | None = None, cache_size: int = 4):
+        self.weights_dir = weights_dir
+        self.cache_size = max(1, int(cache_size))
+        self._predictors: OrderedDict[int, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[int, threading.Lock] = {}
+
+    def _make_backbone(self, name: str):
+        from models.backbones import load_backbone
+        from models.weights import WeightsNotFound
+
+        try:
+            return load_backbone(name, "imagenet", self.weights_dir)
+        except WeightsNotFound as exc:
+            raise BackboneUnavailable(f"{name}: {exc}") from exc
+
+    def predictor(self, iteration_id: int, folder: str | Path):
+        """The `Predictor` for one trained iteration, loaded on first use and kept (LRU)."""
+        with self._lock:
+            if iteration_id in self._predictors:
+                self._predictors.move_to_end(iteration_id)
+                return self._predictors[iteration_id]
+            gate = self._loading.setdefault(iteration_id, threading.Lock())
+        with gate:  # one load per iteration even when requests race
+            with self._lock:
+                if iteration_id in self._predictors:
+                    return self._predictors[iteration_id]
+            from models.predictor import Predictor
+
+            predictor = Predictor(Path(folder), self._make_backbone)
+            with self._lock:
+                self._predictors[iteration_id] = predictor
+                self._loading.pop(iteration_id, None)
+                while len(self._predictors) > self.cache_size:
+                    self._predictors.popitem(last=False)
+            return predictor
+
+    def predict(self, iteration_id: int, folder: str | Path, images: Sequence, top_k: int = 3):
+        return self.predictor(iteration_id, folder).predict(list(images), top_k=top_k)
+
+    def imagenet(self, images: Sequence, backbones: Sequence[str], top_k: int = 3):
+        from models.backbones import imagenet_labels
+        from models.predictor import imagenet_predict
+        from models.weights import WeightsNotFound
+
+        loaded = {name: self._make_backbone(name) for name in backbones}
+        try:
+            return imagenet_predict(list(images), loaded, imagenet_labels(), top_k=top_k)
+        except WeightsNotFound as exc:  # the classifier (top) weights are a separate file
+            raise BackboneUnavailable(str(exc)) from exc
+
+    def forget(self, iteration_ids: Sequence[int]) -> None:
+        with self._lock:
+            for iteration_id in iteration_ids:
+                self._predictors.pop(iteration_id, None)
+
+
+def imagenet_candidates() -> list[str]:
+    """Backbones the ImageNet mode offers: the defaults plus the offline EfficientNet-Lite0."""
+    names = list(DEFAULT_BACKBONES)
+    if OFFLINE_BACKBONE not in names:
+        names.append(OFFLINE_BACKBONE)
+    return [n for n in names if n in BACKBONES]
+
+
+def imagenet_unavailable_reason(name: str, weights_dir: str | None) -> str | None:
+    """Why `name` cannot classify ImageNet labels here (None if it can): the pretrained mode
+    needs the full model's weights, a separate file from the features-only one for Keras."""
+    from models.weights import WeightsNotFound, find_local
+
+    status = availability(name, weights_dir)
+    if not status.available:
+        return status.reason
+    spec = BACKBONES[name]
+    if spec.classifier_weights is not None:
+        try:
+            find_local(spec.classifier_weights, weights_dir)
+        except WeightsNotFound as exc:
+            return str(exc)
+    return None
+
+
+def imagenet_backbones(requested: Sequence[str] | None, weights_dir: str | None) -> list[str]:
+    """The backbones to use: the requested ones (each must be available, else ValueError
+    naming it and why), or all available candidates."""
+    if requested:
+        chosen = []
+        for name in requested:
+            if name not in BACKBONES:
+                raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+            reason = imagenet_unavailable_reason(name, weights_dir)
+            if reason:
+                raise ValueError(f"{name} is not available: {reason}")
+            if name not in chosen:
+                chosen.append(name)
+        return chosen
+    chosen = [n for n in imagenet_candidates() if not imagenet_unavailable_reason(n, weights_dir)]
+    if not chosen:
+        raise ValueError("no backbone has its weights here; "
+                         "see GET /api/v1/backbones for what to install")
+    return chosen
