@@ -26,6 +26,12 @@ export function append(el, children) {
   return el;
 }
 
+/** Replace el's children; null/false children are skipped (DOM's replaceChildren would print "null"). */
+export function fill(el, ...children) {
+  el.replaceChildren();
+  return append(el, children);
+}
+
 export function clear(el) {
   el.replaceChildren();
   return el;

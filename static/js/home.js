@@ -77,8 +77,7 @@ function updateWarning() {
   box.replaceChildren(
     h("p", null, h("strong", { text: `Weights not found for ${missing.map((b) => b.title || TITLES[b.name] || b.name).join(", ")}.` }),
       " Training downloads them through Keras if this server can reach the internet; otherwise it stops with this error. ",
-      "Put the file where the reason says, or uncheck the backbone (EfficientNet-Lite0 always works offline)."),
-    h("ul", null, missing.map((b) => h("li", { text: `${b.title || TITLES[b.name] || b.name}: ${b.reason}` }))));
+      "Put the file where its note above says, or uncheck the backbone (EfficientNet-Lite0 always works offline)."));
 }
 
 async function loadBackbones() {

@@ -1,7 +1,7 @@
 // Results: backbones side by side with the ensemble, per-class tables, confusion heatmaps
 // whose cells open the images behind them, and the misclassified images.
 import { thumbnailUrl } from "./api.js";
-import { h, pct, plural, seconds } from "./dom.js";
+import { fill, h, pct, plural, seconds } from "./dom.js";
 
 export const TITLES = { resnet50: "ResNet50", vgg16: "VGG16", xception: "Xception", efficientnet_lite0: "EfficientNet-Lite0" };
 const SOURCE_TITLES = { test: "test set", cv: "cross-validation (held-out folds)", train: "training set" };
@@ -197,14 +197,14 @@ export function renderResults(container, report, ctx) {
 
   function draw() {
     summaryBox.replaceChildren(summaryTable(report, method ? ensembles[method] : null));
-    cards.replaceChildren(...names.map((n) => modelCard(n, report.backbones[n], report, ctx)), method ? ensembleCard() : null);
+    fill(cards, names.map((n) => modelCard(n, report.backbones[n], report, ctx)), method ? ensembleCard() : null);
     const select = cards.querySelector(".method-picker select");
     if (select && document.activeElement === document.body) select.focus();
   }
   draw();
 
   const skipped = report.test_skipped || [];
-  container.replaceChildren(
+  fill(container,
     h("p", { class: "results-about", text: about }),
     summaryBox,
     skipped.length ? h("div", { class: "notice notice-warn" },
