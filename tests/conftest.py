@@ -80,3 +80,128 @@ def photo_test_folder(tmp_path_factory):
         for i, im in enumerate(_photo_variants(getattr(data, photo)(), 3, 100 + seed)):
             im.save(root / label / f"{label}_test_{i}.jpg", quality=90)
     return root
+
+
+# --- the web app's worker (web/jobs.py): a real Huey consumer in a subprocess -------------
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `import web`, `import models` under plain `pytest`
+    sys.path.insert(0, str(REPO))
+
+
+class WorkerProcess:
+    """`python app.py worker` against an instance folder; its output goes to `log_path`.
+
+    Downloads are made to fail fast (a dead local proxy), so a worker can never reach the
+    network even if asked to train a backbone whose weights are not on disk.
+    """
+
+    def __init__(self, instance_path, **env):
+        self.instance_path = Path(instance_path)
+        self.instance_path.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.instance_path / f"worker-{time.time_ns()}.log"
+        self.env = {**os.environ, "TRANSFERLAB_INSTANCE_PATH": str(self.instance_path),
+                    "TRANSFERLAB_WORKER_POLL_SECONDS": "0.2", "TF_CPP_MIN_LOG_LEVEL": "2",
+                    "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+                    "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+                    "NO_PROXY": "", "no_proxy": "", "PYTHONUNBUFFERED": "1",
+                    **{k: str(v) for k, v in env.items()}}
+        self.proc = None
+
+    def start(self):
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "worker"],
+                                     cwd=REPO, env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout=120.0):
+        """Block until the worker says it is consuming the queue (TensorFlow loaded)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "ready (queue" in self.log():
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.1)
+        raise TimeoutError(f"worker not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=20.0):
+        if self.alive:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+@pytest.fixture(scope="session")
+def start_worker():
+    """Factory: `start_worker(instance_path, **env) -> WorkerProcess` (started, not yet
+    necessarily ready: call `.wait_ready()`); every worker is stopped at the session's end.
+    The app under test must use the same instance folder (`create_app({"INSTANCE_PATH":
+    ...})`), hence the same SQLite database and SQLite queue."""
+    workers = []
+
+    def start(instance_path, **env):
+        worker = WorkerProcess(instance_path, **env).start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+WEB_PHOTOS = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket", "astronaut": "astronaut"}
+
+
+@pytest.fixture(scope="session")
+def web_photos():
+    """JPEG bytes of distinct variants of real photos: {class: [12 JPEGs]} for 4 classes
+    (cat, coffee, rocket, astronaut); tests slice them into training, test and extra sets."""
+    import io
+
+    from skimage import data
+
+    out = {}
+    for seed, (label, photo) in enumerate(WEB_PHOTOS.items()):
+        images = []
+        for im in _photo_variants(getattr(data, photo)(), 12, 500 + seed):
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=88)
+            images.append(buf.getvalue())
+        out[label] = images
+    return out
+
+
+def make_zip(members: dict) -> bytes:
+    """A zip (bytes) of {member path: bytes}."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buf.getvalue()

@@ -263,10 +263,12 @@ def run_training(app, job_id: int) -> str:
                                    .where(Job.id == job_id)).first()
                 if row is None or row.cancel_requested or row.state != "running":
                     raise JobCancelled()
-                conn.execute(sa.update(Job).where(Job.id == job_id).values(
-                    progress=round(PROGRESS_SHARE * float(p.fraction), 4), stage=p.stage,
-                    done=int(p.done), total=int(p.total), updated_at=utcnow(),
-                    features_computed=cache.computed))
+                values = dict(progress=round(PROGRESS_SHARE * float(p.fraction), 4),
+                              stage=p.stage, updated_at=utcnow(),
+                              features_computed=cache.computed)
+                if p.total:
+                    values.update(done=int(p.done), total=int(p.total))
+                conn.execute(sa.update(Job).where(Job.id == job_id).values(**values))
 
         on_progress(_Start())
         result = train(samples["train"], backbones, cache,

@@ -1,0 +1,465 @@
+"""The JSON API without training: projects, backbones, uploads, image serving, errors, jobs.
+
+Everything runs in-process with Flask's test client on a temporary instance folder; no worker
+is started here (jobs stay queued), see test_web_training.py for the real worker.
+"""
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from conftest import make_zip
+from PIL import Image
+
+from web import create_app
+from web.db import Job, db
+
+
+@pytest.fixture
+def app(tmp_path):
+    return create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def new_project(client, name="Pets", backbones=("efficientnet_lite0",)) -> int:
+    r = client.post("/api/v1/projects", json={"name": name, "backbones": list(backbones)})
+    assert r.status_code == 201, r.json
+    return r.json["id"]
+
+
+def upload(client, project_id, files, **form):
+    """POST files ([(name, bytes)]) as repeated multipart 'file' fields."""
+    data = {"file": [(io.BytesIO(b), name) for name, b in files], **form}
+    return client.post(f"/api/v1/projects/{project_id}/images", data=data,
+                       content_type="multipart/form-data")
+
+
+def png_bytes(color=(200, 30, 30), size=(40, 30), mode="RGB", fmt="PNG"):
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, fmt)
+    return buf.getvalue()
+
+
+# -- backbones and projects ------------------------------------------------------------------
+
+
+def test_backbones_availability(client, empty_keras_home):
+    r = client.get("/api/v1/backbones")
+    assert r.status_code == 200
+    by_name = {b["name"]: b for b in r.json}
+    assert set(by_name) >= {"resnet50", "vgg16", "xception", "efficientnet_lite0"}
+    for b in r.json:
+        assert set(b) >= {"name", "available", "reason", "input_size"}
+    lite = by_name["efficientnet_lite0"]
+    assert lite["available"] is True and lite["input_size"] == 224
+    resnet = by_name["resnet50"]
+    assert resnet["available"] is False
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in resnet["reason"]
+    assert str(empty_keras_home) in resnet["reason"]  # says where to put it
+    assert {b["name"] for b in r.json if b["default"]} == {"resnet50", "vgg16", "xception"}
+
+
+def test_weights_dir_config_makes_a_backbone_available(tmp_path, empty_keras_home):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"x")
+    app = create_app({"INSTANCE_PATH": str(tmp_path / "i"), "WEIGHTS_DIR": str(weights)})
+    by_name = {b["name"]: b for b in app.test_client().get("/api/v1/backbones").json}
+    assert by_name["vgg16"]["available"] is True
+    assert by_name["resnet50"]["available"] is False
+
+
+def test_create_list_get_update_delete_project(client):
+    r = client.post("/api/v1/projects", json={"name": "  Birds  "})
+    assert r.status_code == 201
+    body = r.json
+    assert body["name"] == "Birds"
+    assert body["backbones"] == ["resnet50", "vgg16", "xception"]  # the defaults
+    assert [b["name"] for b in body["backbone_status"]] == body["backbones"]
+    assert r.headers["Location"].endswith(f"/api/v1/projects/{body['id']}")
+    assert body["classes"] == {} and body["iterations"] == [] and body["latest_job"] is None
+
+    pid = new_project(client, "Pets")
+    listed = client.get("/api/v1/projects").json
+    assert [p["name"] for p in listed] == ["Pets", "Birds"]
+
+    r = client.patch(f"/api/v1/projects/{pid}", json={"name": "Pets 2",
+                                                       "backbones": ["efficientnet_lite0", "vgg16"]})
+    assert r.status_code == 200 and r.json["backbones"] == ["efficientnet_lite0", "vgg16"]
+    assert client.get(f"/api/v1/projects/{pid}").json["name"] == "Pets 2"
+
+    assert client.delete(f"/api/v1/projects/{pid}").status_code == 200
+    assert client.get(f"/api/v1/projects/{pid}").status_code == 404
+    assert len(client.get("/api/v1/projects").json) == 1
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({}, "name"),
+    ({"name": ""}, "name"),
+    ({"name": 3}, "name"),
+    ({"name": "x" * 201}, "200"),
+    ({"name": "ok", "backbones": []}, "backbones"),
+    ({"name": "ok", "backbones": ["mobilenet"]}, "mobilenet"),
+    ({"name": "ok", "backbones": "resnet50"}, None),  # a comma list is accepted
+])
+def test_create_project_validation(client, body, fragment):
+    r = client.post("/api/v1/projects", json=body)
+    if fragment is None:
+        assert r.status_code == 201 and r.json["backbones"] == ["resnet50"]
+        return
+    assert r.status_code == 400
+    assert fragment in r.json["error"]
+
+
+def test_create_project_needs_json(client):
+    r = client.post("/api/v1/projects", data="name=x")
+    assert r.status_code == 400 and "JSON" in r.json["error"]
+    r = client.post("/api/v1/projects", json=["x"])
+    assert r.status_code == 400
+
+
+def test_unknown_ids_are_404_json(client):
+    for method, url in [("get", "/api/v1/projects/999"), ("delete", "/api/v1/projects/999"),
+                        ("get", "/api/v1/projects/999/images"),
+                        ("post", "/api/v1/projects/999/images"),
+                        ("post", "/api/v1/projects/999/train"),
+                        ("get", "/api/v1/projects/999/results"),
+                        ("get", "/api/v1/projects/999/iterations"),
+                        ("post", "/api/v1/projects/999/predict"),
+                        ("get", "/api/v1/jobs/999"), ("post", "/api/v1/jobs/999/cancel"),
+                        ("get", "/api/v1/images/" + "a" * 64),
+                        ("get", "/api/v1/images/" + "a" * 64 + "/thumbnail"),
+                        ("get", "/api/v1/images/not-a-hash/thumbnail"),
+                        ("get", "/api/v1/no/such/route")]:
+        r = getattr(client, method)(url)
+        assert r.status_code == 404, (method, url, r.status_code)
+        assert r.is_json and r.json["error"], url
+    r = client.put("/api/v1/projects")
+    assert r.status_code == 405 and r.is_json
+
+
+# -- uploads -----------------------------------------------------------------------------------
+
+
+def test_upload_zip_of_class_folders_with_a_bad_member(client, web_photos):
+    pid = new_project(client)
+    members = {f"data/{label}/{i}.jpg": b for label in ("cat", "coffee")
+               for i, b in enumerate(web_photos[label][:4])}
+    members["data/cat/broken.jpg"] = web_photos["cat"][5][:300]  # truncated JPEG
+    members["data/coffee/notes.txt"] = b"hello"
+    members["../evil.jpg"] = web_photos["cat"][6]
+    r = upload(client, pid, [("photos.zip", make_zip(members))])
+    assert r.status_code == 200, r.json
+    body = r.json
+    assert body["accepted"] == 8
+    assert body["classes"] == {"cat": 4, "coffee": 4}
+    reasons = {x["name"]: x["reason"] for x in body["rejected"]}
+    assert reasons["photos.zip:data/cat/broken.jpg"] == "truncated or corrupt image"
+    assert reasons["photos.zip:data/coffee/notes.txt"] == "not an image"
+    assert reasons["photos.zip:../evil.jpg"] == "unsafe path"
+    assert body["files"] == [{"name": "photos.zip", "accepted": 8, "rejected": 3,
+                              "duplicates": 0}]
+    assert all(im["thumbnail"].endswith(f"/images/{im['sha256']}/thumbnail")
+               for im in body["images"])
+
+    project = client.get(f"/api/v1/projects/{pid}").json
+    assert project["classes"] == {"cat": 4, "coffee": 4} and project["n_train"] == 8
+    assert project["can_train"] is True
+    uploads = client.get(f"/api/v1/projects/{pid}/uploads").json
+    assert uploads[0]["accepted"] == 8 and len(uploads[0]["rejected"]) == 3
+
+
+def test_upload_one_zip_per_class_loose_image_and_test_set(client, web_photos):
+    pid = new_project(client)
+    cats = make_zip({f"{i}.jpg": b for i, b in enumerate(web_photos["cat"][:3])})
+    r = upload(client, pid, [("whatever.zip", cats)], label="cat")
+    assert r.status_code == 200 and r.json["classes"] == {"cat": 3}
+    # a zip of loose images without a label: the class is the zip's name
+    rockets = make_zip({f"r{i}.png": b for i, b in enumerate(web_photos["rocket"][:2])})
+    r = upload(client, pid, [("rocket.zip", rockets)])
+    assert r.json["classes"] == {"cat": 3, "rocket": 2}
+    # several loose images in one request, into one class
+    r = upload(client, pid, [("a.jpg", web_photos["coffee"][0]),
+                             ("b.jpg", web_photos["coffee"][1])], label="coffee")
+    assert r.status_code == 200 and r.json["accepted"] == 2
+    assert r.json["classes"] == {"cat": 3, "coffee": 2, "rocket": 2}
+    # a test set
+    test_zip = make_zip({f"{label}/t{i}.jpg": web_photos[label][10 + i]
+                         for label in ("cat", "coffee") for i in range(2)})
+    r = upload(client, pid, [("test.zip", test_zip)], split="test")
+    assert r.status_code == 200
+    assert r.json["test_classes"] == {"cat": 2, "coffee": 2}
+    assert r.json["classes"] == {"cat": 3, "coffee": 2, "rocket": 2}
+
+    listed = client.get(f"/api/v1/projects/{pid}/images").json
+    assert len(listed) == 11
+    assert set(listed[0]) >= {"sha256", "label", "split", "thumbnail", "url", "name"}
+    tests = client.get(f"/api/v1/projects/{pid}/images?split=test").json
+    assert len(tests) == 4 and {i["split"] for i in tests} == {"test"}
+    cats = client.get(f"/api/v1/projects/{pid}/images?label=cat&split=train").json
+    assert len(cats) == 3 and {i["label"] for i in cats} == {"cat"}
+    assert client.get(f"/api/v1/projects/{pid}/images?split=nope").status_code == 400
+    project = client.get(f"/api/v1/projects/{pid}").json
+    assert project["test_classes"] == {"cat": 2, "coffee": 2} and project["n_test"] == 4
+
+
+def test_all_formats_and_duplicates(client, web_photos):
+    pid = new_project(client)
+    rgba = png_bytes((10, 200, 10, 128), mode="RGBA")
+    files = [("x.png", png_bytes()), ("x.webp", png_bytes((1, 2, 3), fmt="WEBP")),
+             ("x.bmp", png_bytes((4, 5, 6), fmt="BMP")), ("x.gif", png_bytes((7, 8, 9), fmt="GIF")),
+             ("x.tif", png_bytes((9, 9, 9), fmt="TIFF")), ("y.png", rgba),
+             ("x.jpg", web_photos["cat"][0])]
+    r = upload(client, pid, files, label="misc")
+    assert r.status_code == 200 and r.json["accepted"] == 7, r.json
+    types = {im["name"]: im["content_type"]
+             for im in client.get(f"/api/v1/projects/{pid}/images").json}
+    assert types == {"x.png": "image/png", "x.webp": "image/webp", "x.bmp": "image/bmp",
+                     "x.gif": "image/gif", "x.tif": "image/tiff", "y.png": "image/png",
+                     "x.jpg": "image/jpeg"}
+    # the same image again, into another class: reported as a duplicate, not added
+    r = upload(client, pid, [("again.jpg", web_photos["cat"][0])], label="other")
+    assert r.status_code == 200 and r.json["accepted"] == 0
+    (dup,) = r.json["duplicates"]
+    assert dup["name"] == "again.jpg" and dup["kept_label"] == "misc"
+    assert "already in the project" in dup["reason"]
+    # duplicates inside one zip
+    z = make_zip({"a/1.jpg": web_photos["cat"][1], "b/1.jpg": web_photos["cat"][1]})
+    r = upload(client, pid, [("d.zip", z)])
+    assert r.json["accepted"] == 1 and len(r.json["duplicates"]) == 1
+
+
+def test_upload_bad_input_is_400_naming_file_and_reason(client, web_photos):
+    pid = new_project(client)
+    r = client.post(f"/api/v1/projects/{pid}/images")
+    assert r.status_code == 400 and "file" in r.json["error"]
+    r = upload(client, pid, [("notes.txt", b"just text")], label="cat")
+    assert r.status_code == 400
+    assert "notes.txt" in r.json["error"] and "not an image" in r.json["error"]
+    assert r.json["rejected"] == [{"name": "notes.txt", "reason": "not an image"}]
+    r = upload(client, pid, [("fake.zip", b"PK\x03\x04 broken")])
+    assert r.status_code == 400 and "fake.zip" in r.json["error"]
+    r = upload(client, pid, [("cat.jpg", web_photos["cat"][0])])  # an image needs a label
+    assert r.status_code == 400 and "cat.jpg" in r.json["error"] and "label" in r.json["error"]
+    r = upload(client, pid, [("cat.jpg", web_photos["cat"][0])], label="a/b")
+    assert r.status_code == 400 and "label" in r.json["error"]
+    r = upload(client, pid, [("cat.jpg", web_photos["cat"][0])], label="cat", split="valid")
+    assert r.status_code == 400 and "split" in r.json["error"]
+    # one good file and one bad one: the good one is kept
+    r = upload(client, pid, [("bad.jpg", b"\xff\xd8\xff broken"),
+                             ("good.jpg", web_photos["cat"][0])], label="cat")
+    assert r.status_code == 200 and r.json["accepted"] == 1
+    assert r.json["rejected"] == [{"name": "bad.jpg", "reason": "truncated or corrupt image"}]
+
+
+def test_upload_too_large_is_413(tmp_path, web_photos):
+    app = create_app({"INSTANCE_PATH": str(tmp_path / "i"), "MAX_CONTENT_LENGTH": 50_000})
+    client = app.test_client()
+    pid = new_project(client)
+    big = make_zip({f"cat/{i}.jpg": b for i, b in enumerate(web_photos["cat"][:8])})
+    assert len(big) > 50_000
+    r = upload(client, pid, [("big.zip", big)])
+    assert r.status_code == 413 and r.is_json and "too large" in r.json["error"]
+    assert client.get(f"/api/v1/projects/{pid}").json["n_train"] == 0
+
+
+def test_upload_escapes_nothing_but_keeps_names_as_data(client, web_photos):
+    pid = new_project(client)
+    name = '<img src=x onerror=alert(1)>'
+    z = make_zip({f"{name}/1.jpg": web_photos["cat"][0], "ok/1.jpg": web_photos["cat"][1]})
+    r = upload(client, pid, [("x.zip", z)])
+    assert r.status_code == 200 and name in r.json["classes"]  # JSON carries it verbatim
+    assert r.headers["Content-Type"].startswith("application/json")
+
+
+# -- serving images --------------------------------------------------------------------------
+
+
+def test_image_files_and_thumbnails(client, web_photos):
+    pid = new_project(client)
+    r = upload(client, pid, [("c.jpg", web_photos["cat"][0]), ("p.png", png_bytes())],
+               label="cat")
+    shas = {im["name"]: im["sha256"] for im in r.json["images"]}
+    jpg, png = shas["c.jpg"], shas["p.png"]
+
+    r = client.get(f"/api/v1/images/{jpg}")
+    assert r.status_code == 200 and r.mimetype == "image/jpeg"
+    assert r.data == web_photos["cat"][0]
+    assert "max-age=31536000" in r.headers["Cache-Control"]
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert client.get(f"/api/v1/images/{png}").mimetype == "image/png"
+
+    r = client.get(f"/api/v1/images/{jpg}/thumbnail")
+    assert r.status_code == 200 and r.mimetype == "image/jpeg"
+    thumb = Image.open(io.BytesIO(r.data))
+    assert max(thumb.size) <= 160
+    etag = r.headers["ETag"]
+    r2 = client.get(f"/api/v1/images/{jpg}/thumbnail", headers={"If-None-Match": etag})
+    assert r2.status_code == 304
+
+    r = client.get(f"/api/v1/images/{png}/preview")
+    assert r.status_code == 200 and r.mimetype == "image/jpeg"
+
+    # an image that is in no project any more is not served
+    assert client.delete(f"/api/v1/projects/{pid}/images/{jpg}").status_code == 200
+    assert client.get(f"/api/v1/images/{jpg}").status_code == 404
+    assert client.get(f"/api/v1/images/{jpg}/thumbnail").status_code == 404
+    assert client.get(f"/api/v1/projects/{pid}").json["classes"] == {"cat": 1}
+
+
+def test_relabel_and_move_image(client, web_photos):
+    pid = new_project(client)
+    r = upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
+    sha = r.json["images"][0]["sha256"]
+    r = client.patch(f"/api/v1/projects/{pid}/images/{sha}", json={"label": "kitty",
+                                                                    "split": "test"})
+    assert r.status_code == 200 and r.json["label"] == "kitty" and r.json["split"] == "test"
+    assert client.get(f"/api/v1/projects/{pid}").json["test_classes"] == {"kitty": 1}
+    r = client.patch(f"/api/v1/projects/{pid}/images/{sha}", json={"split": "both"})
+    assert r.status_code == 400
+
+
+# -- training requests (no worker: jobs stay queued) -------------------------------------------
+
+
+def test_train_needs_two_classes(client, web_photos):
+    pid = new_project(client)
+    r = client.post(f"/api/v1/projects/{pid}/train")
+    assert r.status_code == 400 and "2 classes" in r.json["error"]
+    upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
+    r = client.post(f"/api/v1/projects/{pid}/train")
+    assert r.status_code == 400 and "cat (1)" in r.json["error"]
+
+
+def test_train_conflict_and_cancel_queued(app, client, web_photos):
+    pid = new_project(client)
+    upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
+    upload(client, pid, [("k.jpg", web_photos["coffee"][0])], label="coffee")
+    r = client.post(f"/api/v1/projects/{pid}/train")
+    assert r.status_code == 202
+    job_id = r.json["job_id"]
+    assert r.headers["Location"].endswith(f"/api/v1/jobs/{job_id}")
+    job = client.get(f"/api/v1/jobs/{job_id}").json
+    assert job["state"] == "queued" and job["progress"] == 0 and job["iteration"] is None
+    assert set(job) >= {"state", "progress", "stage", "error", "iteration"}
+
+    r = client.post(f"/api/v1/projects/{pid}/train")
+    assert r.status_code == 409 and r.json["job_id"] == job_id
+    project = client.get(f"/api/v1/projects/{pid}").json
+    assert project["status"] == "queued" and project["latest_job"]["id"] == job_id
+    assert project["can_train"] is False
+
+    r = client.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json["state"] == "cancelled"
+    assert r.json["started_at"] is None
+    r = client.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert r.status_code == 409
+    # the queue message is revoked, and a worker would skip the row anyway
+    jobs = app.extensions["transferlab.jobs"]
+    assert jobs.huey.pending_count() == 1
+    with app.app_context():
+        from web.jobs import run_training
+
+        assert run_training(app, job_id) == "skipped"
+        assert db.session.get(Job, job_id).state == "cancelled"
+    # a new job can be queued now
+    r = client.post(f"/api/v1/projects/{pid}/train")
+    assert r.status_code == 202 and r.json["job_id"] != job_id
+    assert [j["state"] for j in client.get(f"/api/v1/projects/{pid}/jobs").json] == [
+        "queued", "cancelled"]
+
+
+def test_results_and_predict_before_training(client, web_photos):
+    pid = new_project(client)
+    r = client.get(f"/api/v1/projects/{pid}/results")
+    assert r.status_code == 404 and "train" in r.json["error"]
+    assert client.get(f"/api/v1/projects/{pid}/iterations").json == []
+    r = client.post(f"/api/v1/projects/{pid}/predict",
+                    data={"file": (io.BytesIO(web_photos["cat"][0]), "c.jpg")})
+    assert r.status_code == 404
+    assert client.get(f"/api/v1/projects/{pid}/results?iteration=x").status_code == 400
+
+
+def test_imagenet_predict_bad_input(client, empty_keras_home):
+    r = client.post("/api/v1/imagenet/predict")
+    assert r.status_code == 400 and "file" in r.json["error"]
+    r = client.post("/api/v1/imagenet/predict",
+                    data={"file": (io.BytesIO(b"GIF89a broken"), "anim.gif")})
+    assert r.status_code == 400
+    assert r.json["error"] == "anim.gif: truncated or corrupt image"
+    r = client.post("/api/v1/imagenet/predict?backbones=resnet50",
+                    data={"file": (io.BytesIO(png_bytes()), "p.png")})
+    assert r.status_code == 400 and "resnet50" in r.json["error"]
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels" in r.json["error"]
+    r = client.post("/api/v1/imagenet/predict?backbones=nope",
+                    data={"file": (io.BytesIO(png_bytes()), "p.png")})
+    assert r.status_code == 400 and "unknown backbone" in r.json["error"]
+    listed = {b["name"]: b for b in client.get("/api/v1/imagenet/backbones").json}
+    assert listed["efficientnet_lite0"]["available"] is True
+    assert listed["vgg16"]["available"] is False
+
+
+# -- the worker's bookkeeping (unit level) ---------------------------------------------------
+
+
+def test_stale_running_jobs_are_failed_on_worker_start(app, client, web_photos):
+    import os
+    import socket
+
+    from web.jobs import fail_stale_jobs
+
+    pid = new_project(client)
+    upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
+    upload(client, pid, [("k.jpg", web_photos["coffee"][0])], label="coffee")
+    job_id = client.post(f"/api/v1/projects/{pid}/train").json["job_id"]
+    other = new_project(client, "other")
+    upload(client, other, [("c.jpg", web_photos["cat"][1])], label="cat")
+    upload(client, other, [("k.jpg", web_photos["coffee"][1])], label="coffee")
+    alive_id = client.post(f"/api/v1/projects/{other}/train").json["job_id"]
+    with app.app_context():
+        dead = db.session.get(Job, job_id)
+        dead.state, dead.worker = "running", f"{socket.gethostname()}:{2**22 + 12345}"
+        alive = db.session.get(Job, alive_id)  # a live worker of this host: left alone
+        alive.state, alive.worker = "running", f"{socket.gethostname()}:{os.getppid()}"
+        db.session.commit()
+        assert fail_stale_jobs(900) == [job_id]
+    job = client.get(f"/api/v1/jobs/{job_id}").json
+    assert job["state"] == "failed" and "worker stopped" in job["error"]
+    assert client.get(f"/api/v1/jobs/{alive_id}").json["state"] == "running"
+    # the project can be trained again
+    assert client.post(f"/api/v1/projects/{pid}/train").status_code == 202
+
+
+def test_config_from_environment_and_instance_file(tmp_path, monkeypatch):
+    instance = tmp_path / "inst"
+    instance.mkdir()
+    (instance / "config.py").write_text("THUMBNAIL_SIZE = 99\nPORT = 7000\n")
+    monkeypatch.setenv("TRANSFERLAB_INSTANCE_PATH", str(instance))
+    monkeypatch.setenv("TRANSFERLAB_PORT", "8123")
+    monkeypatch.setenv("TRANSFERLAB_MAX_CONTENT_LENGTH", "1000")
+    monkeypatch.setenv("TRANSFERLAB_WORKER", "false")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'other.db'}")
+    app = create_app()
+    assert app.instance_path == str(instance)
+    assert app.config["THUMBNAIL_SIZE"] == 99  # instance file
+    assert app.config["PORT"] == 8123  # environment beats the instance file
+    assert app.config["MAX_CONTENT_LENGTH"] == 1000 and app.config["WORKER"] is False
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path / 'other.db'}"
+    assert app.config["HUEY_DB"] == str(instance / "huey.db")
+    assert app.config["FEATURE_CACHE_DIR"] == str(instance / "features")
+    assert (tmp_path / "other.db").exists()
+
+
+def test_status_endpoint(client):
+    body = client.get("/api/v1/status").json
+    assert body["queue"] == "sqlite" and body["pending"] == 0 and body["running"] == 0
+
+
+def test_json_everywhere_under_api(client):
+    r = client.get("/api/v1/projects/abc")
+    assert r.status_code == 404 and json.loads(r.data)["error"]
