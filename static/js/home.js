@@ -51,7 +51,7 @@ function backboneRow(b) {
   if (b.offline) facts.push("weights ship with the app");
   if (b.gflops) facts.push(`${b.gflops} GFLOPs`);
   return h("div", { class: `backbone-option${b.available ? "" : " unavailable"}` },
-    h("input", { type: "checkbox", id, name: "backbones", value: b.name, checked: DEFAULTS.includes(b.name),
+    h("input", { type: "checkbox", id, name: "backbones", value: b.name, checked: b.default ?? DEFAULTS.includes(b.name),
       "aria-describedby": `${id}-status`, onchange: updateWarning }),
     h("label", { for: id },
       h("span", { class: "backbone-title", text: title }),

@@ -15,18 +15,17 @@ function chosen() {
 async function loadBackbones() {
   const box = $("#imagenet-backbones");
   try {
-    const body = await api("/backbones");
+    const body = await api("/imagenet/backbones");
     backbones = Array.isArray(body) ? body : body.backbones || [];
     box.replaceChildren(...backbones.map((b) => {
-      const available = b.imagenet_available ?? b.available;
-      const reason = b.imagenet_reason ?? b.reason;
+      const { available, reason } = b;
       const id = `in-${b.name}`;
       return h("span", { class: `chip${available ? "" : " unavailable"}` },
-        h("input", { type: "checkbox", id, value: b.name, checked: available, "aria-describedby": available ? null : `${id}-why` }),
+        h("input", { type: "checkbox", id, value: b.name, checked: available && (b.default ?? true), "aria-describedby": available ? null : `${id}-why` }),
         h("label", { for: id, text: b.title || TITLES[b.name] || b.name }),
         available ? null : h("span", { id: `${id}-why`, class: "chip-why", text: `weights missing: ${reason || "not found"}` }));
     }));
-    if (!backbones.some((b) => b.imagenet_available ?? b.available)) {
+    if (!backbones.some((b) => b.available)) {
       showAlert("No backbone has its ImageNet weights on this server.", { kind: "warn" });
     }
   } catch (err) {

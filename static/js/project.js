@@ -1,7 +1,7 @@
 // The project page: upload data, see classes and rejects, train with live progress,
 // compare results, and classify a dropped image.
 import { api, learnThumbnailUrl, reportError, showAlert, thumbnailUrl, upload } from "./api.js";
-import { $, h, pct, plural } from "./dom.js";
+import { $, fill, h, pct, plural } from "./dom.js";
 import { dropzone } from "./dropzone.js";
 import { renderPrediction } from "./predictions.js";
 import { cellImages, renderResults, SOURCE_TITLES, thumb, TITLES } from "./results.js";
@@ -56,6 +56,7 @@ function classRows(project) {
   add(project.counts, "train");
   add(project.train_counts, "train");
   add(project.test_counts, "test");
+  add(project.test_classes, "test");
   return [...rows.values()].sort((a, b) => a.label.localeCompare(b.label));
 }
 
@@ -84,11 +85,11 @@ async function loadThumbs(strip, all = false) {
     const body = await api(`${base}/images?${query}`);
     const images = Array.isArray(body) ? body : body.images || [];
     const first = images[0];
-    if (first) learnThumbnailUrl(first.sha256, first.thumbnail_url || first.thumbnail);
+    if (first) learnThumbnailUrl(first.sha256, first.thumbnail || first.thumbnail_url);
     const shown = all ? images : images.slice(0, THUMBS_SHOWN);
     strip.replaceChildren(...shown.map((im) => {
       const name = im.name || im.filename || im.source || im.original_name || im.sha256.slice(0, 12);
-      return h("img", { src: im.thumbnail_url || im.thumbnail || thumbnailUrl(im.sha256), alt: name, title: name,
+      return h("img", { src: im.thumbnail || im.thumbnail_url || thumbnailUrl(im.sha256), alt: name, title: name,
         loading: "lazy", width: 64, height: 64, class: "thumb-sm" });
     }));
     const more = images.length - shown.length;
@@ -139,6 +140,13 @@ function updateTrainControls(rows) {
   $("#train-backbones").textContent = names.length
     ? `Trains a classifier head on ${names.map((n) => TITLES[n] || n).join(", ")}, then ensembles them.`
     : "";
+  const missing = (state.project.backbone_status || []).filter((b) => !b.available);
+  const warn = $("#train-warning");
+  warn.hidden = !missing.length;
+  fill(warn, missing.length ? [
+    h("strong", { text: `Weights not found for ${missing.map((b) => b.title || TITLES[b.name] || b.name).join(", ")}.` }),
+    " Training will try to download them and fails without internet access.",
+    h("ul", null, missing.map((b) => h("li", { text: `${b.title || TITLES[b.name] || b.name}: ${b.reason}` })))] : null);
   const trainable = rows.filter((r) => r.train > 0);
   const running = state.job && !TERMINAL.has(state.job.state);
   const button = $("#train-btn");
@@ -160,25 +168,46 @@ async function loadProject() {
 
 // ---- uploads -------------------------------------------------------------------------------
 
-function uploadReport(files, split, body) {
+function uploadReport(body, { what, split, when } = {}) {
   const rejected = body.rejected || [];
   const accepted = typeof body.accepted === "number" ? body.accepted : (body.accepted || []).length;
-  const duplicates = typeof body.duplicates === "number" ? body.duplicates : (body.duplicates || []).length;
-  const what = files.length === 1 ? files[0].name : plural(files.length, "file");
+  const dups = Array.isArray(body.duplicates) ? body.duplicates : [];
+  const nDups = typeof body.duplicates === "number" ? body.duplicates : dups.length;
+  const files = body.files || [];
+  const name = what || (files.length === 1 ? files[0].name : files.length ? plural(files.length, "file") : "Upload");
   const report = h("div", { class: `upload-report${rejected.length ? " has-rejects" : ""}` },
     h("p", { class: "upload-line" },
-      h("strong", { text: what }), split === "test" ? " (test set)" : "", ": ",
+      h("strong", { text: name }), (split || body.split) === "test" ? " (test set)" : "", ": ",
       `${plural(accepted, "image")} added`,
-      duplicates ? ` · ${plural(duplicates, "duplicate")} skipped` : "",
-      rejected.length ? ` · ${rejected.length} rejected` : ""),
+      nDups ? ` · ${plural(nDups, "duplicate")} skipped` : "",
+      rejected.length ? ` · ${rejected.length} rejected` : "",
+      when ? h("span", { class: "muted", text: ` · ${new Date(when).toLocaleString()}` }) : null),
     rejected.length ? h("div", { class: "rejects", role: "alert" },
       h("h4", { text: `${plural(rejected.length, "file")} rejected` }),
       h("ul", null, rejected.map((r) => h("li", null,
         h("code", { class: "reject-name", text: r.name ?? r.source ?? r.path ?? "?" }), " — ",
         h("span", { class: "reject-reason", text: r.reason ?? r.error ?? "rejected" }))))) : null,
+    dups.length ? h("details", { class: "dups" },
+      h("summary", { text: `${plural(dups.length, "duplicate")} skipped (already in the project)` }),
+      h("ul", null, dups.map((d) => h("li", null,
+        h("code", { text: d.name ?? "?" }), " — ", h("span", { text: d.reason ?? "duplicate" }))))) : null,
     h("button", { type: "button", class: "alert-close", "aria-label": "Dismiss", text: "×",
       onclick: () => report.remove() }));
-  $("#upload-results").prepend(report);
+  return report;
+}
+
+/** Earlier uploads' reports (kept by the server), so rejects stay visible after a reload. */
+async function loadUploadHistory() {
+  try {
+    const uploads = await api(`${base}/uploads`);
+    const box = $("#upload-results");
+    for (const u of (uploads || []).slice(0, 5)) {
+      if (!(u.rejected || []).length) continue;
+      box.append(uploadReport(u, { when: u.created_at }));
+    }
+  } catch (err) {
+    if (err.status !== 404) reportError(err);
+  }
 }
 
 async function sendFiles(files, split) {
@@ -209,11 +238,19 @@ async function sendFiles(files, split) {
     bar.value = 100;
     text.textContent = "Upload complete.";
     status.classList.add("done");
-    uploadReport(files, split, body || {});
+    const what = files.length === 1 ? files[0].name : plural(files.length, "file");
+    $("#upload-results").prepend(uploadReport(body || {}, { what, split }));
     await loadProject();
   } catch (err) {
     text.textContent = "Upload failed.";
-    reportError(err);
+    if (err.body && Array.isArray(err.body.rejected)) {
+      // Nothing accepted: the server still reports every file with its reason.
+      const what = files.length === 1 ? files[0].name : plural(files.length, "file");
+      $("#upload-results").prepend(uploadReport(err.body, { what, split }));
+      showAlert(`No image was accepted from ${what}.`);
+    } else {
+      reportError(err);
+    }
   } finally {
     state.uploading = false;
   }
@@ -279,10 +316,14 @@ async function pollJob(jobId) {
 async function startTraining() {
   const button = $("#train-btn");
   button.disabled = true;
+  clearTimeout(state.pollTimer);
+  renderJob({ state: "queued", progress: 0, stage: "starting…" });
+  $("#cancel-btn").hidden = true;
   try {
     const body = await api(`${base}/train`, { method: "POST", json: {} });
     const jobId = body.job_id ?? body.id;
-    state.job = { id: jobId, state: "queued", progress: 0, stage: "queued" };
+    if ((body.warnings || []).length) showAlert("Some backbones' weights are missing:", { kind: "warn", details: body.warnings });
+    state.job = { ...body, id: jobId, state: body.state || "queued", progress: body.progress || 0 };
     renderJob(state.job);
     updateTrainControls(classRows(state.project));
     pollJob(jobId);
@@ -460,7 +501,7 @@ async function main() {
       renderJob(state.job);
     }
   }
-  await loadIterations(true);
+  await Promise.all([loadIterations(true), loadUploadHistory()]);
 }
 
 main();

@@ -55,10 +55,14 @@ export function heatmap(confusion, source, onCell, { caption } = {}) {
 
 // ---- thumbnails ----------------------------------------------------------------------------
 
+const thumbSrc = (p) => p.thumbnail || thumbnailUrl(p.sha256);
+const previewHref = (p) => thumbSrc(p).replace(/\/thumbnail$/, "/preview");
+
 export function thumb(p, caption) {
   const name = p.source || p.sha256.slice(0, 12);
   return h("figure", { class: "thumb" },
-    h("img", { src: thumbnailUrl(p.sha256), alt: name, loading: "lazy", width: 96, height: 96 }),
+    h("a", { href: previewHref(p), target: "_blank", rel: "noopener", title: `Open ${name}` },
+      h("img", { src: thumbSrc(p), alt: name, loading: "lazy", width: 96, height: 96 })),
     h("figcaption", null, caption || name));
 }
 
@@ -73,7 +77,7 @@ function misclassified(entry, source, onOpen) {
   box.append(h("ul", { class: "miss-list" }, preds.map((p) => h("li", null,
     h("button", { type: "button", class: "miss", onclick: () => onOpen(p),
       "aria-label": `${p.source || p.sha256}: true ${p.true}, predicted ${p.pred}` },
-      h("img", { src: thumbnailUrl(p.sha256), alt: "", loading: "lazy", width: 48, height: 48 }),
+      h("img", { src: thumbSrc(p), alt: "", loading: "lazy", width: 48, height: 48 }),
       h("span", { class: "miss-text" },
         h("span", { class: "miss-name", text: p.source || p.sha256.slice(0, 12) }),
         h("span", { class: "miss-labels" },

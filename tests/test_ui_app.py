@@ -1,0 +1,429 @@
+"""Browser tests of the pages: Playwright driving Debian's Chromium against a live server.
+
+One server (`python app.py`, gevent, no worker child) and one Huey worker subprocess share a
+temporary instance folder. The tests run in file order as one user's session: create a
+project with EfficientNet-Lite0 (real offline weights), drop a zip, pick files, train (and
+cancel), read the results, click a confusion cell, classify a dropped image, use the
+ImageNet page. Class and file names carrying HTML must show up as text, never as markup.
+
+Skipped when Chromium or Playwright is missing. Nothing here reaches the network: the
+browser only talks to 127.0.0.1 and the server processes get a dead proxy.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+sync_api = pytest.importorskip("playwright.sync_api")
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian's chromium is not installed", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parents[1]
+XSS = "<img src=x onerror=alert(1)>"
+TIMEOUT = 20_000  # ms, for ordinary UI waits
+TRAIN_TIMEOUT = 150_000  # ms, worker start + feature extraction + fitting
+
+DROP_JS = """([selector, files]) => {
+  const dt = new DataTransfer();
+  for (const f of files) {
+    const bytes = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
+    dt.items.add(new File([bytes], f.name, { type: f.type }));
+  }
+  const target = document.querySelector(selector);
+  for (const type of ["dragenter", "dragover", "drop"]) {
+    target.dispatchEvent(new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: dt }));
+  }
+}"""
+
+
+def make_zip(members: dict) -> bytes:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+def drop_files(page, selector, files):
+    """Dispatch real dragenter/dragover/drop events carrying Files built in the page."""
+    payload = [{"name": name, "type": mime, "b64": base64.b64encode(data).decode()}
+               for name, data, mime in files]
+    page.evaluate(DROP_JS, [selector, payload])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _offline_env(instance: Path, keras_home: Path) -> dict:
+    dead = "http://127.0.0.1:9"
+    return {**os.environ, "TRANSFERLAB_INSTANCE_PATH": str(instance), "KERAS_HOME": str(keras_home),
+            "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
+            "HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "https_proxy": dead,
+            "NO_PROXY": "", "no_proxy": ""}
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """`python app.py` on a free loopback port; yields an object with url, instance, env."""
+    root = tmp_path_factory.mktemp("ui")
+    instance, keras_home = root / "instance", root / "keras_home"
+    instance.mkdir()
+    keras_home.mkdir()  # empty: the Keras backbones are unavailable, EfficientNet-Lite0 is not
+    port = _free_port()
+    env = {**_offline_env(instance, keras_home), "TRANSFERLAB_PORT": str(port),
+           "TRANSFERLAB_HOST": "127.0.0.1", "TRANSFERLAB_WORKER": "false"}
+    env.pop("TRANSFERLAB_WEIGHTS_DIR", None)
+    log_path = root / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/api/v1/backbones", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not start:\n{log_path.read_text(errors='replace')}")
+        time.sleep(0.2)
+
+    class Live:
+        pass
+
+    live = Live()
+    live.url, live.instance, live.keras_home, live.log_path = url, instance, keras_home, log_path
+    yield live
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def worker(live, start_worker):
+    """Started on first use, so a job can first be cancelled while it is still queued."""
+    return start_worker(live.instance, KERAS_HOME=str(live.keras_home))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run"])
+        yield browser
+        browser.close()
+
+
+class Session:
+    """One user's tab, plus everything that must never happen in it."""
+
+    def __init__(self, page):
+        self.page = page
+        self.dialogs: list[str] = []
+        self.errors: list[str] = []
+        self.project_url: str | None = None
+        page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.set_default_timeout(TIMEOUT)
+
+    def assert_clean(self):
+        assert self.dialogs == [], f"a dialog fired: {self.dialogs}"
+        assert self.errors == [], f"JavaScript errors: {self.errors}"
+        injected = self.page.evaluate("document.querySelectorAll('img[src=\"x\"], [onerror]').length")
+        assert injected == 0, "markup from a class or file name was injected into the page"
+
+
+@pytest.fixture(scope="module")
+def session(browser, live):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, base_url=live.url)
+    # Belt and braces: the page may only ever talk to the live server.
+    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(live.url)
+                  else route.abort())
+    s = Session(context.new_page())
+    yield s
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def data(web_photos):
+    cat, coffee, rocket = web_photos["cat"], web_photos["coffee"], web_photos["rocket"]
+    members = {f"photos/cat/cat_{i}.jpg": cat[i] for i in range(6)}
+    members.update({f"photos/coffee/coffee_{i}.jpg": coffee[i] for i in range(6)})
+    members["photos/cat/bad.jpg"] = b"this is a text file, not a JPEG\n"
+    test_members = {f"cat/t{i}.jpg": cat[6 + i] for i in range(2)}
+    test_members.update({f"coffee/t{i}.jpg": coffee[6 + i] for i in range(2)})
+    return {
+        "train_zip": make_zip(members),
+        "test_zip": make_zip(test_members),
+        "xss_images": rocket[:3],
+        "query": cat[11],
+        "whole_cat": _jpeg_of_chelsea(),
+    }
+
+
+def _jpeg_of_chelsea() -> bytes:
+    from PIL import Image
+    from skimage import data
+
+    buf = io.BytesIO()
+    Image.fromarray(data.chelsea()).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def class_card(page, label):
+    return page.locator(".class-card").filter(has=page.locator(".class-name", has_text=label))
+
+
+# ---- the flow -------------------------------------------------------------------------------
+
+
+def test_home_lists_backbones_and_creates_project(session, live):
+    page = session.page
+    page.goto("/")
+    page.wait_for_selector("#backbone-list input[value=efficientnet_lite0]")
+    # Defaults are checked; an unavailable backbone says why and what to do.
+    assert page.is_checked("#bb-resnet50") and page.is_checked("#bb-vgg16") and page.is_checked("#bb-xception")
+    assert not page.is_checked("#bb-efficientnet_lite0")
+    resnet = page.locator(".backbone-option", has=page.locator("#bb-resnet50"))
+    assert "weights missing" in resnet.inner_text()
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in resnet.inner_text()
+    assert str(live.keras_home) in resnet.inner_text()
+    assert page.is_visible("#backbone-warning")
+    lite = page.locator(".backbone-option", has=page.locator("#bb-efficientnet_lite0"))
+    assert "available" in lite.inner_text()
+
+    for name in ("resnet50", "vgg16", "xception"):
+        page.uncheck(f"#bb-{name}")
+    page.check("#bb-efficientnet_lite0")
+    assert page.is_hidden("#backbone-warning")
+    page.fill("#project-name", "Cats & coffee")
+    page.click("#create-btn")
+    page.wait_for_url("**/projects/*")
+    page.wait_for_selector("#project-title:has-text('Cats & coffee')")
+    session.project_url = page.url
+    assert "EfficientNet-Lite0" in page.inner_text("#project-meta")
+    assert page.is_disabled("#train-btn")
+    session.assert_clean()
+
+
+def test_drop_zip_shows_classes_thumbnails_and_rejects(session, data):
+    page = session.page
+    drop_files(page, "#train-drop", [("photos.zip", data["train_zip"], "application/zip")])
+    report = page.wait_for_selector(".upload-report")
+    assert page.evaluate("document.querySelector('#upload-progress').value") == 100
+    text = report.inner_text()
+    assert "12 images added" in text and "1 rejected" in text
+    reject = page.locator(".rejects li", has_text="bad.jpg")
+    assert reject.count() == 1 and reject.locator(".reject-reason").inner_text().strip()
+    for label in ("cat", "coffee"):
+        card = class_card(page, label)
+        card.wait_for()
+        assert "6 images" in card.locator(".class-count").first.inner_text()
+    # Thumbnails are fetched lazily and really decode.
+    page.wait_for_function("""() => {
+        const imgs = [...document.querySelectorAll('.class-card .thumb-sm')];
+        return imgs.length === 12 && imgs.every((i) => i.complete && i.naturalWidth > 0);
+    }""")
+    assert page.is_enabled("#train-btn")
+    session.assert_clean()
+
+
+def test_file_picker_adds_test_set_and_html_class_name_stays_text(session, data):
+    page = session.page
+    # The picker path (keyboard users): the test-set zip through the hidden file input.
+    page.set_input_files("#test-drop input[type=file]", files=[
+        {"name": "test.zip", "mimeType": "application/zip", "buffer": data["test_zip"]}])
+    page.wait_for_selector(".class-card .class-count.test")
+    assert "2 test" in class_card(page, "cat").inner_text()
+    assert "4 test images" in page.inner_text("#dataset-summary")
+
+    # Loose images with a class name that is HTML: shown as text, nothing injected.
+    page.fill("#train-label", XSS)
+    page.set_input_files("#train-drop input[type=file]", files=[
+        {"name": f"r{i}.jpg", "mimeType": "image/jpeg", "buffer": b} for i, b in enumerate(data["xss_images"])])
+    card = class_card(page, "onerror")
+    card.wait_for()
+    assert card.locator(".class-name").inner_text() == XSS
+    assert "3 images" in card.inner_text()
+    page.wait_for_function("document.querySelectorAll('.class-card').length === 3")
+    page.fill("#train-label", "")
+    session.assert_clean()
+
+
+def test_train_cancel_while_queued(session):
+    page = session.page
+    # No worker yet: the job waits in the queue, and Cancel takes it out.
+    page.click("#train-btn")
+    page.wait_for_selector("#job-state:has-text('Queued')")
+    assert page.is_visible("#cancel-btn")
+    assert page.is_disabled("#train-btn")
+    page.click("#cancel-btn")
+    page.wait_for_selector("#job-state:has-text('Cancelled')")
+    assert page.is_hidden("#cancel-btn")
+    assert page.is_enabled("#train-btn")
+    session.assert_clean()
+
+
+def test_train_progress_reaches_results(session, worker):
+    page = session.page
+    worker.wait_ready()
+    page.click("#train-btn")
+    page.wait_for_selector("#job-state:not(:has-text('Cancelled'))")
+    # Progress is polled and drawn while the page stays usable.
+    seen = set()
+    deadline = time.monotonic() + TRAIN_TIMEOUT / 1000
+    while time.monotonic() < deadline:
+        state = page.inner_text("#job-state")
+        seen.add((state, page.inner_text("#job-stage")))
+        if state in ("Done", "Failed", "Cancelled"):
+            break
+        page.wait_for_timeout(250)
+    assert page.inner_text("#job-state") == "Done", f"{seen}\n{worker.log()[-3000:]}"
+    assert any(state == "Training" for state, _ in seen), seen
+    assert page.evaluate("document.querySelector('#job-progress').value") == 100
+    page.wait_for_selector(".model-card.ensemble", timeout=TIMEOUT)
+    session.assert_clean()
+
+
+def test_results_show_honest_metrics_and_heatmaps(session):
+    page = session.page
+    cards = page.locator(".model-card")
+    assert cards.count() == 2  # EfficientNet-Lite0 and the ensemble, side by side
+    lite = page.locator(".model-card[data-model=efficientnet_lite0]")
+    text = lite.inner_text()
+    assert "cross-validated accuracy" in text and "%" in text and "±" in text
+    assert "test-set accuracy" in text
+    assert "Training-set score" in text and "not an accuracy estimate" in text
+    assert "Training time" in text
+    # Per-class table, and the heatmap says which data it shows (a test set exists).
+    assert lite.locator(".per-class tbody tr").count() == 3
+    assert "Confusion matrix · test set" in lite.locator(".heatmap caption").first.inner_text()
+    assert lite.locator(".heatmap").first.locator("button.cell").count() == 9
+    assert "Training-set confusion matrix" in text
+    assert page.locator("#iteration option").count() == 1  # the cancelled job made none
+    # The HTML class name is text in the per-class table and the heatmap headers.
+    assert lite.locator(".per-class tbody th", has_text="onerror").inner_text() == XSS
+    session.assert_clean()
+
+
+def test_confusion_cell_shows_its_images(session):
+    page = session.page
+    lite = page.locator(".model-card[data-model=efficientnet_lite0]")
+    cell = lite.locator(".heatmap").first.locator("button.cell[data-true=cat][data-pred=cat]")
+    count = int(cell.get_attribute("data-count"))
+    assert count >= 1
+    cell.click()
+    panel = page.locator("#cell-detail")
+    panel.wait_for()
+    assert "test set" in panel.inner_text() and "cat" in panel.inner_text()
+    assert panel.locator(".thumb img").count() == count
+    page.wait_for_function("""() => [...document.querySelectorAll('#cell-detail .thumb img')]
+        .every((i) => i.complete && i.naturalWidth > 0)""")
+    # The training-set matrix is there too, and its cells open the training images.
+    lite.locator("details.more", has_text="Training-set").locator("summary").click()
+    train_cell = lite.locator(".heatmap[data-source=train] button.cell[data-true=coffee][data-pred=coffee]")
+    train_cell.click()
+    assert "training set" in panel.inner_text()
+    assert panel.locator(".thumb img").count() == int(train_cell.get_attribute("data-count"))
+    session.assert_clean()
+
+
+def test_drop_image_to_classify(session, data):
+    page = session.page
+    drop_files(page, "#classify-drop", [("query.jpg", data["query"], "image/jpeg")])
+    answer = page.wait_for_selector(".ensemble-answer, #alerts .alert-error", timeout=60_000)
+    assert page.locator("#alerts .alert-error").count() == 0, page.inner_text("#alerts")
+    assert page.locator("#classify-result .prediction-image img").count() == 1
+    assert page.locator(".answer-label").inner_text() == "cat"
+    assert "votes" in answer.inner_text()
+    per_backbone = page.locator(".backbone-answer")
+    assert per_backbone.count() == 1
+    assert "EfficientNet-Lite0" in per_backbone.inner_text()
+    assert per_backbone.locator(".score-row").count() == 3
+    session.assert_clean()
+
+
+def test_screenshot_of_results(session, tmp_path_factory):
+    """A full-page screenshot of the project page with results, for a human to look at
+    (set TRANSFERLAB_UI_SCREENSHOTS=<folder> to keep it)."""
+    page = session.page
+    page.locator("#results-section").scroll_into_view_if_needed()
+    folder = Path(os.environ.get("TRANSFERLAB_UI_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / "project.png"), full_page=True)
+    page.set_viewport_size({"width": 420, "height": 900})  # a phone: nothing overflows the page
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    page.screenshot(path=str(folder / "project-narrow.png"), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    assert overflow <= 0
+    assert (folder / "project.png").stat().st_size > 10_000
+
+
+def test_reload_keeps_rejects_and_results(session):
+    page = session.page
+    page.reload()
+    page.wait_for_selector(".model-card.ensemble")
+    assert page.locator(".rejects li", has_text="bad.jpg").count() == 1
+    assert page.locator(".class-card").count() == 3
+    session.assert_clean()
+
+
+def test_all_rejected_upload_shows_error_and_reasons(session):
+    page = session.page
+    page.set_input_files("#train-drop input[type=file]", files=[
+        {"name": f"{XSS}.jpg", "mimeType": "image/jpeg", "buffer": b"not an image"}])
+    page.wait_for_selector(".alert-error")
+    assert "No image was accepted" in page.inner_text("#alerts")
+    first = page.locator(".upload-report").first
+    assert XSS in first.locator(".reject-name").inner_text()
+    page.locator("#alerts .alert-close").first.click()
+    session.assert_clean()
+
+
+def test_imagenet_page_classifies_offline(session):
+    page = session.page
+    page.goto("/imagenet")
+    page.wait_for_selector("#imagenet-backbones input[value=efficientnet_lite0]")
+    assert page.is_checked("#in-efficientnet_lite0")
+    assert "weights missing" in page.inner_text("#imagenet-backbones")  # the Keras ones, here
+    drop_files(page, "#imagenet-drop", [("chelsea.jpg", _jpeg_of_chelsea(), "image/jpeg")])
+    page.wait_for_selector("#imagenet-result .ensemble-answer, #alerts .alert-error", timeout=60_000)
+    assert page.locator("#alerts .alert-error").count() == 0, page.inner_text("#alerts")
+    top3 = page.locator(".backbone-answer .score-label").all_inner_texts()
+    assert len(top3) == 3
+    assert any("cat" in label for label in top3), top3  # tabby / tiger cat / Egyptian cat
+    session.assert_clean()
+
+
+def test_project_list_links_to_project(session):
+    page = session.page
+    page.goto("/")
+    link = page.locator(".project-link", has_text="Cats & coffee")
+    link.wait_for()
+    assert "3 classes" in link.inner_text()
+    link.click()
+    page.wait_for_url(session.project_url)
+    session.assert_clean()
