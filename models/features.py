@@ -27,6 +27,11 @@ VIEWS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "rot90": lambda im: im.transpose(Image.Transpose.ROTATE_90),
     "rot180": lambda im: im.transpose(Image.Transpose.ROTATE_180),
     "rot270": lambda im: im.transpose(Image.Transpose.ROTATE_270),
+    "transpose": lambda im: im.transpose(Image.Transpose.TRANSPOSE),
+    "transverse": lambda im: im.transpose(Image.Transpose.TRANSVERSE),
+    # A centred 80% crop, for scale: a closer look at the middle of the picture.
+    "zoom": lambda im: im.crop((im.width // 10, im.height // 10,
+                                im.width - im.width // 10, im.height - im.height // 10)),
 }
 
 Progress = Callable[[int, int], None]  # (done, total)
