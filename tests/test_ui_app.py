@@ -145,9 +145,16 @@ class Session:
         self.dialogs: list[str] = []
         self.errors: list[str] = []
         self.project_url: str | None = None
+        self.passed: set[str] = set()
         page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
         page.on("pageerror", lambda e: self.errors.append(str(e)))
         page.set_default_timeout(TIMEOUT)
+
+    def needs(self, *steps):
+        """Skip (rather than time out) when a step this test builds on has failed."""
+        missing = [s for s in steps if s not in self.passed]
+        if missing:
+            pytest.skip(f"needs the earlier step(s) {', '.join(missing)}")
 
     def assert_clean(self):
         assert self.dialogs == [], f"a dialog fired: {self.dialogs}"
@@ -227,9 +234,11 @@ def test_home_lists_backbones_and_creates_project(session, live):
     assert "EfficientNet-Lite0" in page.inner_text("#project-meta")
     assert page.is_disabled("#train-btn")
     session.assert_clean()
+    session.passed.add("create")
 
 
 def test_drop_zip_shows_classes_thumbnails_and_rejects(session, data):
+    session.needs("create")
     page = session.page
     drop_files(page, "#train-drop", [("photos.zip", data["train_zip"], "application/zip")])
     report = page.wait_for_selector(".upload-report")
@@ -249,9 +258,11 @@ def test_drop_zip_shows_classes_thumbnails_and_rejects(session, data):
     }""")
     assert page.is_enabled("#train-btn")
     session.assert_clean()
+    session.passed.add("drop")
 
 
 def test_file_picker_adds_test_set_and_html_class_name_stays_text(session, data):
+    session.needs("drop")
     page = session.page
     # The picker path (keyboard users): the test-set zip through the hidden file input.
     page.set_input_files("#test-drop input[type=file]", files=[
@@ -271,9 +282,11 @@ def test_file_picker_adds_test_set_and_html_class_name_stays_text(session, data)
     page.wait_for_function("document.querySelectorAll('.class-card').length === 3")
     page.fill("#train-label", "")
     session.assert_clean()
+    session.passed.add("picker")
 
 
 def test_train_cancel_while_queued(session):
+    session.needs("picker")
     page = session.page
     # No worker yet: the job waits in the queue, and Cancel takes it out.
     page.click("#train-btn")
@@ -285,9 +298,11 @@ def test_train_cancel_while_queued(session):
     assert page.is_hidden("#cancel-btn")
     assert page.is_enabled("#train-btn")
     session.assert_clean()
+    session.passed.add("cancel")
 
 
 def test_train_progress_reaches_results(session, worker):
+    session.needs("picker")
     page = session.page
     worker.wait_ready()
     page.click("#train-btn")
@@ -306,9 +321,11 @@ def test_train_progress_reaches_results(session, worker):
     assert page.evaluate("document.querySelector('#job-progress').value") == 100
     page.wait_for_selector(".model-card.ensemble", timeout=TIMEOUT)
     session.assert_clean()
+    session.passed.add("train")
 
 
 def test_results_show_honest_metrics_and_heatmaps(session):
+    session.needs("train")
     page = session.page
     cards = page.locator(".model-card")
     assert cards.count() == 2  # EfficientNet-Lite0 and the ensemble, side by side
@@ -327,9 +344,11 @@ def test_results_show_honest_metrics_and_heatmaps(session):
     # The HTML class name is text in the per-class table and the heatmap headers.
     assert lite.locator(".per-class tbody th", has_text="onerror").inner_text() == XSS
     session.assert_clean()
+    session.passed.add("results")
 
 
 def test_confusion_cell_shows_its_images(session):
+    session.needs("train")
     page = session.page
     lite = page.locator(".model-card[data-model=efficientnet_lite0]")
     cell = lite.locator(".heatmap").first.locator("button.cell[data-true=cat][data-pred=cat]")
@@ -349,9 +368,11 @@ def test_confusion_cell_shows_its_images(session):
     assert "training set" in panel.inner_text()
     assert panel.locator(".thumb img").count() == int(train_cell.get_attribute("data-count"))
     session.assert_clean()
+    session.passed.add("cell")
 
 
 def test_drop_image_to_classify(session, data):
+    session.needs("train")
     page = session.page
     drop_files(page, "#classify-drop", [("query.jpg", data["query"], "image/jpeg")])
     answer = page.wait_for_selector(".ensemble-answer, #alerts .alert-error", timeout=60_000)
@@ -364,11 +385,13 @@ def test_drop_image_to_classify(session, data):
     assert "EfficientNet-Lite0" in per_backbone.inner_text()
     assert per_backbone.locator(".score-row").count() == 3
     session.assert_clean()
+    session.passed.add("classify")
 
 
 def test_screenshot_of_results(session, tmp_path_factory):
     """A full-page screenshot of the project page with results, for a human to look at
     (set TRANSFERLAB_UI_SCREENSHOTS=<folder> to keep it)."""
+    session.needs("train")
     page = session.page
     page.locator("#results-section").scroll_into_view_if_needed()
     folder = Path(os.environ.get("TRANSFERLAB_UI_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
@@ -380,18 +403,22 @@ def test_screenshot_of_results(session, tmp_path_factory):
     page.set_viewport_size({"width": 1400, "height": 1000})
     assert overflow <= 0
     assert (folder / "project.png").stat().st_size > 10_000
+    session.passed.add("screenshot")
 
 
 def test_reload_keeps_rejects_and_results(session):
+    session.needs("train")
     page = session.page
     page.reload()
     page.wait_for_selector(".model-card.ensemble")
     assert page.locator(".rejects li", has_text="bad.jpg").count() == 1
     assert page.locator(".class-card").count() == 3
     session.assert_clean()
+    session.passed.add("reload")
 
 
 def test_all_rejected_upload_shows_error_and_reasons(session):
+    session.needs("create")
     page = session.page
     page.set_input_files("#train-drop input[type=file]", files=[
         {"name": f"{XSS}.jpg", "mimeType": "image/jpeg", "buffer": b"not an image"}])
@@ -401,6 +428,7 @@ def test_all_rejected_upload_shows_error_and_reasons(session):
     assert XSS in first.locator(".reject-name").inner_text()
     page.locator("#alerts .alert-close").first.click()
     session.assert_clean()
+    session.passed.add("rejected")
 
 
 def test_imagenet_page_classifies_offline(session):
@@ -416,9 +444,11 @@ def test_imagenet_page_classifies_offline(session):
     assert len(top3) == 3
     assert any("cat" in label for label in top3), top3  # tabby / tiger cat / Egyptian cat
     session.assert_clean()
+    session.passed.add("imagenet")
 
 
 def test_project_list_links_to_project(session):
+    session.needs("picker")
     page = session.page
     page.goto("/")
     link = page.locator(".project-link", has_text="Cats & coffee")
@@ -427,3 +457,4 @@ def test_project_list_links_to_project(session):
     link.click()
     page.wait_for_url(session.project_url)
     session.assert_clean()
+    session.passed.add("list")

@@ -317,18 +317,26 @@ async function startTraining() {
   const button = $("#train-btn");
   button.disabled = true;
   clearTimeout(state.pollTimer);
+  state.job = null;
   renderJob({ state: "queued", progress: 0, stage: "starting…" });
-  $("#cancel-btn").hidden = true;
+  $("#cancel-btn").disabled = true; // until the server has said which job it is
   try {
     const body = await api(`${base}/train`, { method: "POST", json: {} });
     const jobId = body.job_id ?? body.id;
     if ((body.warnings || []).length) showAlert("Some backbones' weights are missing:", { kind: "warn", details: body.warnings });
     state.job = { ...body, id: jobId, state: body.state || "queued", progress: body.progress || 0 };
     renderJob(state.job);
+    $("#cancel-btn").disabled = false;
     updateTrainControls(classRows(state.project));
     pollJob(jobId);
   } catch (err) {
     reportError(err);
+    $("#job").hidden = true;
+    if (err.status === 409 && err.body && err.body.job) {
+      // Already training (another tab?): follow that job.
+      state.job = { ...err.body.job, state: "running" };
+      pollJob(err.body.job.id);
+    }
     updateTrainControls(classRows(state.project));
   }
 }
