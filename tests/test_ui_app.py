@@ -337,7 +337,7 @@ def test_results_show_honest_metrics_and_heatmaps(session):
     assert "Training time" in text
     # Per-class table, and the heatmap says which data it shows (a test set exists).
     assert lite.locator(".per-class tbody tr").count() == 3
-    assert "Confusion matrix · test set" in lite.locator(".heatmap caption").first.inner_text()
+    assert "Confusion matrix · test set" in lite.locator(".heatmap-title").first.inner_text()
     assert lite.locator(".heatmap").first.locator("button.cell").count() == 9
     assert "Training-set confusion matrix" in text
     assert page.locator("#iteration option").count() == 1  # the cancelled job made none

@@ -25,7 +25,7 @@ export function renderPrediction(container, answer, { imageUrl, fileName, titles
     h("p", { class: "eyebrow", text: `Ensemble (${ensemble.method || "majority vote"})` }),
     h("p", { class: "answer-label", text: ensemble.label }),
     h("p", { class: "answer-meta" },
-      `${votes[ensemble.label] ?? "–"} of ${nVotes} votes`,
+      `${votes[ensemble.label] ?? "–"} of ${nVotes} ${nVotes === 1 ? "vote" : "votes"}`,
       ensemble.score != null ? ` · mean score ${pct(ensemble.score)}` : ""),
     Object.keys(votes).length > 1 ? h("ul", { class: "votes" },
       Object.entries(votes).sort((a, b) => b[1] - a[1]).map(([label, n]) =>

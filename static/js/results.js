@@ -4,7 +4,7 @@ import { thumbnailUrl } from "./api.js";
 import { fill, h, pct, plural, seconds } from "./dom.js";
 
 export const TITLES = { resnet50: "ResNet50", vgg16: "VGG16", xception: "Xception", efficientnet_lite0: "EfficientNet-Lite0" };
-const SOURCE_TITLES = { test: "test set", cv: "cross-validation (held-out folds)", train: "training set" };
+const SOURCE_TITLES = { test: "test set", cv: "cross-validation", train: "training set" };
 const title = (name) => TITLES[name] || name;
 
 // ---- heatmap -------------------------------------------------------------------------------
@@ -25,8 +25,9 @@ function cellColour(count, rowTotal, diagonal) {
 export function heatmap(confusion, source, onCell, { caption } = {}) {
   const labels = confusion.labels || [];
   const matrix = confusion.matrix || [];
-  const table = h("table", { class: "heatmap", dataset: { source } },
-    h("caption", null, caption || `Confusion matrix · ${SOURCE_TITLES[source] || source}`),
+  const heading = caption || `Confusion matrix · ${SOURCE_TITLES[source] || source}`;
+  const table = h("table", { class: `heatmap${labels.length <= 4 ? " heatmap-small" : ""}`, dataset: { source } },
+    h("caption", { class: "visually-hidden", text: `${heading} (rows: true class, columns: predicted class)` }),
     h("thead", null, h("tr", null,
       h("th", { scope: "col", class: "corner" },
         h("span", { class: "axis axis-true", text: "true ↓" }), h("span", { class: "axis axis-pred", text: "predicted →" })),
@@ -50,7 +51,9 @@ export function heatmap(confusion, source, onCell, { caption } = {}) {
             }));
         }));
     })));
-  return h("div", { class: "heatmap-wrap" }, table);
+  return h("figure", { class: "heatmap-figure" },
+    h("figcaption", { class: "heatmap-title", text: heading }),
+    h("div", { class: "heatmap-wrap" }, table));
 }
 
 // ---- thumbnails ----------------------------------------------------------------------------
@@ -117,7 +120,7 @@ function modelCard(name, entry, report, ctx, { ensemble = false, methodPicker = 
 
   const cv = entry.cv_accuracy != null
     ? metric(pct(entry.cv_accuracy), `cross-validated accuracy${folds ? ` (${folds}-fold)` : ""}`,
-      { big: true, extra: entry.cv_accuracy_std != null ? ` ± ${pct(entry.cv_accuracy_std)}` : null })
+      { big: true, extra: entry.cv_accuracy_std != null ? `± ${pct(entry.cv_accuracy_std)}` : null })
     : metric("–", report.cv_note || "cross-validated accuracy: not available", { big: true });
   const test = entry.test_accuracy != null
     ? metric(pct(entry.test_accuracy), `test-set accuracy (${plural((entry.test && entry.test.n) ?? report.n_test ?? 0, "held-out image")})`, { big: true, cls: "metric-test" })
@@ -188,7 +191,7 @@ export function renderResults(container, report, ctx) {
     report.n_test ? `${plural(report.n_test, "test image")}` : "no test set",
   ].filter(Boolean).join(" · ");
 
-  const cards = h("div", { class: "model-grid", style: { "--cards": String(names.length + (methods.length ? 1 : 0)) } });
+  const cards = h("div", { class: "model-grid", dataset: { cards: String(names.length + (methods.length ? 1 : 0)) } });
   const summaryBox = h("div", { class: "summary-box" });
 
   function ensembleCard() {
