@@ -20,10 +20,13 @@ async function loadBackbones() {
     box.replaceChildren(...backbones.map((b) => {
       const { available, reason } = b;
       const id = `in-${b.name}`;
-      return h("span", { class: `chip${available ? "" : " unavailable"}` },
-        h("input", { type: "checkbox", id, value: b.name, checked: available && (b.default ?? true), "aria-describedby": available ? null : `${id}-why` }),
-        h("label", { for: id, text: b.title || TITLES[b.name] || b.name }),
-        available ? null : h("span", { id: `${id}-why`, class: "chip-why", text: `weights missing: ${reason || "not found"}` }));
+      return h("div", { class: `backbone-option${available ? "" : " unavailable"}` },
+        h("input", { type: "checkbox", id, value: b.name, checked: available && (b.default ?? true),
+          "aria-describedby": `${id}-status` }),
+        h("label", { for: id }, h("span", { class: "backbone-title", text: b.title || TITLES[b.name] || b.name })),
+        h("p", { id: `${id}-status`, class: `backbone-status ${available ? "ok" : "missing"}` },
+          h("span", { class: "badge", text: available ? "available" : "weights missing" }),
+          available ? null : h("span", { class: "reason", text: reason || "The weights file was not found." })));
     }));
     if (!backbones.some((b) => b.available)) {
       showAlert("No backbone has its ImageNet weights on this server.", { kind: "warn" });
