@@ -3,7 +3,8 @@ import { api, reportError, showAlert } from "./api.js";
 import { $, h, pct, plural } from "./dom.js";
 
 const DEFAULTS = ["resnet50", "vgg16", "xception"];
-const TITLES = { resnet50: "ResNet50", vgg16: "VGG16", xception: "Xception", efficientnet_lite0: "EfficientNet-Lite0" };
+const TITLES = { resnet50: "ResNet50", vgg16: "VGG16", xception: "Xception", efficientnet_lite0: "EfficientNet-Lite0",
+  efficientnet_lite1: "EfficientNet-Lite1", efficientnet_lite2: "EfficientNet-Lite2" };
 let backbones = [];
 
 const asList = (body, key) => (Array.isArray(body) ? body : (body && body[key]) || []);
@@ -18,6 +19,9 @@ function projectSummary(p) {
   if (Array.isArray(p.backbones) && p.backbones.length) bits.push(p.backbones.map((b) => TITLES[b] || b).join(", "));
   const acc = p.cv_accuracy ?? (p.latest && p.latest.cv_accuracy);
   if (acc != null) bits.push(`CV accuracy ${pct(acc)}`);
+  if (p.status === "queued" || p.status === "running") bits.push("training…");
+  else if (p.latest_iteration) bits.push(`trained (iteration ${p.latest_iteration})`);
+  else bits.push("not trained yet");
   return bits.join(" · ");
 }
 
@@ -74,10 +78,12 @@ function updateWarning() {
     return;
   }
   box.hidden = false;
+  const offline = backbones.filter((b) => b.offline && b.available).map((b) => b.title || TITLES[b.name] || b.name);
   box.replaceChildren(
     h("p", null, h("strong", { text: `Weights not found for ${missing.map((b) => b.title || TITLES[b.name] || b.name).join(", ")}.` }),
       " Training downloads them through Keras if this server can reach the internet; otherwise it stops with this error. ",
-      "Put the file where its note above says, or uncheck the backbone (EfficientNet-Lite0 always works offline)."));
+      "Put the file where its note above says, or uncheck the backbone.",
+      offline.length ? ` ${offline.join(", ")} ${offline.length === 1 ? "works" : "work"} offline.` : ""));
 }
 
 async function loadBackbones() {

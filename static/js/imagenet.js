@@ -3,7 +3,7 @@ import { api, reportError, showAlert } from "./api.js";
 import { $, h } from "./dom.js";
 import { dropzone } from "./dropzone.js";
 import { renderPrediction } from "./predictions.js";
-import { TITLES } from "./results.js";
+import { learnTitles, TITLES } from "./results.js";
 
 let backbones = [];
 let lastUrl = null;
@@ -17,6 +17,7 @@ async function loadBackbones() {
   try {
     const body = await api("/imagenet/backbones");
     backbones = Array.isArray(body) ? body : body.backbones || [];
+    learnTitles(backbones);
     box.replaceChildren(...backbones.map((b) => {
       const { available, reason } = b;
       const id = `in-${b.name}`;

@@ -4,7 +4,7 @@ import { api, learnThumbnailUrl, reportError, showAlert, thumbnailUrl, upload } 
 import { $, fill, h, pct, plural } from "./dom.js";
 import { dropzone } from "./dropzone.js";
 import { renderPrediction } from "./predictions.js";
-import { cellImages, renderResults, SOURCE_TITLES, thumb, TITLES } from "./results.js";
+import { cellImages, learnTitles, renderResults, SOURCE_TITLES, thumb, TITLES } from "./results.js";
 
 const projectId = document.getElementById("main").dataset.projectId;
 const base = `/projects/${projectId}`;
@@ -160,6 +160,7 @@ function updateTrainControls(rows) {
 async function loadProject() {
   const project = await api(base);
   state.project = project;
+  learnTitles(project.backbone_status);
   renderHeader(project);
   const rows = renderClasses(project);
   updateTrainControls(rows);

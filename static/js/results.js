@@ -3,7 +3,13 @@
 import { thumbnailUrl } from "./api.js";
 import { fill, h, pct, plural, seconds } from "./dom.js";
 
-export const TITLES = { resnet50: "ResNet50", vgg16: "VGG16", xception: "Xception", efficientnet_lite0: "EfficientNet-Lite0" };
+/** Display names of the backbones; pages add what the API says (`title`) with learnTitles. */
+export const TITLES = { resnet50: "ResNet50", vgg16: "VGG16", xception: "Xception", efficientnet_lite0: "EfficientNet-Lite0",
+  efficientnet_lite1: "EfficientNet-Lite1", efficientnet_lite2: "EfficientNet-Lite2" };
+
+export function learnTitles(backbones) {
+  for (const b of backbones || []) if (b && b.name && b.title) TITLES[b.name] = b.title;
+}
 const SOURCE_TITLES = { test: "test set", cv: "cross-validation", train: "training set" };
 const title = (name) => TITLES[name] || name;
 
