@@ -17,7 +17,6 @@ const state = {
   iteration: null,
   job: null,
   pollTimer: null,
-  uploading: false,
 };
 
 // ---- the project and its classes -------------------------------------------------------------
@@ -211,12 +210,20 @@ async function loadUploadHistory() {
   }
 }
 
-async function sendFiles(files, split) {
-  if (state.uploading) {
-    showAlert("An upload is already running; wait for it to finish.");
-    return;
-  }
+let uploadQueue = Promise.resolve();
+let pendingUploads = 0;
+
+/** Uploads run one after another; files dropped meanwhile wait their turn. */
+function sendFiles(files, split) {
+  // Read the class name now: the user may type another one for the next drop.
   const label = $(split === "test" ? "#test-label" : "#train-label").value.trim();
+  if (pendingUploads) showAlert("Queued after the upload in progress.", { kind: "info", timeout: 3000 });
+  pendingUploads += 1;
+  uploadQueue = uploadQueue.then(() => sendNow(files, split, label)).finally(() => { pendingUploads -= 1; });
+  return uploadQueue;
+}
+
+async function sendNow(files, split, label) {
   const form = new FormData();
   for (const f of files) form.append("file", f, f.name);
   if (label) form.append("label", label);
@@ -226,7 +233,6 @@ async function sendFiles(files, split) {
   const bar = $("#upload-progress");
   const text = $("#upload-text");
   const total = files.reduce((a, f) => a + f.size, 0);
-  state.uploading = true;
   status.hidden = false;
   status.classList.remove("done");
   bar.value = 0;
@@ -252,8 +258,6 @@ async function sendFiles(files, split) {
     } else {
       reportError(err);
     }
-  } finally {
-    state.uploading = false;
   }
 }
 
@@ -290,10 +294,12 @@ async function pollJob(jobId) {
   try {
     job = await api(`/jobs/${encodeURIComponent(jobId)}`);
   } catch (err) {
-    reportError(err);
+    if (!state.pollFailing) reportError(err); // once, not every retry
+    state.pollFailing = true;
     state.pollTimer = setTimeout(() => pollJob(jobId), 3000);
     return;
   }
+  state.pollFailing = false;
   job.id = job.id ?? jobId;
   const was = state.job && state.job.state;
   state.job = job;
