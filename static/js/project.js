@@ -234,7 +234,7 @@ async function sendNow(files, split, label) {
   const text = $("#upload-text");
   const total = files.reduce((a, f) => a + f.size, 0);
   status.hidden = false;
-  status.classList.remove("done");
+  status.classList.remove("done", "failed");
   bar.value = 0;
   text.textContent = `Uploading ${files.length === 1 ? files[0].name : plural(files.length, "file")} (${(total / 1e6).toFixed(1)} MB)…`;
   try {
@@ -250,6 +250,7 @@ async function sendNow(files, split, label) {
     await loadProject();
   } catch (err) {
     text.textContent = "Upload failed.";
+    status.classList.add("failed");
     if (err.body && Array.isArray(err.body.rejected)) {
       // Nothing accepted: the server still reports every file with its reason.
       const what = files.length === 1 ? files[0].name : plural(files.length, "file");
