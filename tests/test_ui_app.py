@@ -225,13 +225,14 @@ def test_home_lists_backbones_and_creates_project(session, live):
     for name in ("resnet50", "vgg16", "xception"):
         page.uncheck(f"#bb-{name}")
     page.check("#bb-efficientnet_lite0")
+    page.check("#bb-efficientnet_lite1")  # two real backbones, so the ensemble has a vote
     assert page.is_hidden("#backbone-warning")
     page.fill("#project-name", "Cats & coffee")
     page.click("#create-btn")
     page.wait_for_url("**/projects/*")
     page.wait_for_selector("#project-title:has-text('Cats & coffee')")
     session.project_url = page.url
-    assert "EfficientNet-Lite0" in page.inner_text("#project-meta")
+    assert "EfficientNet-Lite0, EfficientNet-Lite1" in page.inner_text("#project-meta")
     assert page.is_disabled("#train-btn")
     session.assert_clean()
     session.passed.add("create")
@@ -264,8 +265,12 @@ def test_drop_zip_shows_classes_thumbnails_and_rejects(session, data):
 def test_file_picker_adds_test_set_and_html_class_name_stays_text(session, data):
     session.needs("drop")
     page = session.page
-    # The picker path (keyboard users): the test-set zip through the hidden file input.
-    page.set_input_files("#test-drop input[type=file]", files=[
+    # The picker path, by keyboard: focus "Choose files…", press Enter, pick the test-set zip.
+    page.focus("#test-drop .pick")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    assert chooser.value.is_multiple()
+    chooser.value.set_files(files=[
         {"name": "test.zip", "mimeType": "application/zip", "buffer": data["test_zip"]}])
     page.wait_for_selector(".class-card .class-count.test")
     assert "2 test" in class_card(page, "cat").inner_text()
@@ -328,7 +333,10 @@ def test_results_show_honest_metrics_and_heatmaps(session):
     session.needs("train")
     page = session.page
     cards = page.locator(".model-card")
-    assert cards.count() == 2  # EfficientNet-Lite0 and the ensemble, side by side
+    assert cards.count() == 3  # EfficientNet-Lite0, -Lite1 and the ensemble, side by side
+    tops = [c.bounding_box()["y"] for c in cards.all()]
+    assert max(tops) - min(tops) < 5, "the model cards should sit in one row"
+    assert page.locator(".summary tbody tr").count() == 3
     lite = page.locator(".model-card[data-model=efficientnet_lite0]")
     text = lite.inner_text()
     assert "cross-validated accuracy" in text and "%" in text and "±" in text
@@ -343,6 +351,12 @@ def test_results_show_honest_metrics_and_heatmaps(session):
     assert page.locator("#iteration option").count() == 1  # the cancelled job made none
     # The HTML class name is text in the per-class table and the heatmap headers.
     assert lite.locator(".per-class tbody th", has_text="onerror").inner_text() == XSS
+    assert lite.locator(".heatmap .row-label", has_text="onerror").first.inner_text() == XSS
+    # The ensemble: majority vote by default, mean probability on request.
+    ensemble = page.locator(".model-card.ensemble")
+    assert "cross-validated accuracy" in ensemble.inner_text()
+    ensemble.locator(".method-picker select").select_option("mean")
+    assert "Ensemble (mean probability)" in page.inner_text(".summary")
     session.assert_clean()
     session.passed.add("results")
 
@@ -381,9 +395,12 @@ def test_drop_image_to_classify(session, data):
     assert page.locator(".answer-label").inner_text() == "cat"
     assert "votes" in answer.inner_text()
     per_backbone = page.locator(".backbone-answer")
-    assert per_backbone.count() == 1
-    assert "EfficientNet-Lite0" in per_backbone.inner_text()
-    assert per_backbone.locator(".score-row").count() == 3
+    assert per_backbone.count() == 2
+    assert "EfficientNet-Lite0" in per_backbone.first.inner_text()
+    assert "EfficientNet-Lite1" in per_backbone.last.inner_text()
+    for answer_box in per_backbone.all():
+        assert answer_box.locator(".score-row").count() == 3
+        assert answer_box.locator(".score-fill").count() == 3
     session.assert_clean()
     session.passed.add("classify")
 
