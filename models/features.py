@@ -34,6 +34,15 @@ VIEWS: dict[str, Callable[[Image.Image], Image.Image]] = {
                                 im.width - im.width // 10, im.height - im.height // 10)),
 }
 
+DIHEDRAL = ("orig", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "transverse")
+# Candidate sets of views, cheapest first. A head sees the mean feature over its set's views
+# (test-time augmentation in feature space); which set a project uses is chosen by CV.
+VIEW_POLICIES: dict[str, tuple[str, ...]] = {
+    "none": ("orig",),
+    "flips": ("orig", "hflip"),
+    "dihedral": DIHEDRAL,
+}
+
 Progress = Callable[[int, int], None]  # (done, total)
 
 

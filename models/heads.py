@@ -206,27 +206,91 @@ def fit_head(features: np.ndarray, labels: np.ndarray, classes: list[str], param
                       {k: params[k] for k in ("l2", "steps")})
 
 
-def train_head(features: np.ndarray, labels: np.ndarray, classes: list[str],
+Candidates = dict  # name -> (n, d) features of the same images, simplest candidate first
+
+# A richer candidate (e.g. more views per image) must beat a simpler one by this much CV
+# log-loss to be chosen: it costs forward passes at every prediction, so ties go to the cheap.
+SWITCH_MARGIN = 0.002
+
+
+def _as_candidates(features) -> Candidates:
+    return features if isinstance(features, dict) else {"orig": features}
+
+
+def train_head(features: np.ndarray | Candidates, labels: np.ndarray, classes: list[str],
                groups: np.ndarray | None = None, seed: int = 0) -> LinearHead:
-    """Choose hyper-parameters by CV on these images, then fit on all of them."""
-    params = choose_params(features, labels, len(classes), groups, seed)
-    head = fit_head(features, labels, classes, params)
-    head.params["cv_log_loss"] = params["cv_log_loss"]
+    """Choose the input, L2 and training length by CV on these images, then fit on all of them.
+
+    `features` is one (n, d) array, or {name: (n, d) array} of candidate inputs for the same
+    images (e.g. one per view policy, simplest first): the head uses the candidate with the
+    best CV log-loss, and records its name in `params["views"]`.
+    """
+    candidates = _as_candidates(features)
+    best_name, best = None, None
+    for name, x in candidates.items():
+        params = choose_params(x, labels, len(classes), groups, seed)
+        loss = params["cv_log_loss"]
+        if best is None or (loss is not None and loss < best["cv_log_loss"] - SWITCH_MARGIN):
+            best_name, best = name, params
+        if loss is None:  # CV impossible: no ground to prefer a costlier input
+            break
+    head = fit_head(candidates[best_name], labels, classes, best)
+    head.params.update(cv_log_loss=best["cv_log_loss"], views=best_name)
     return head
 
 
-def cross_val_predict(features: np.ndarray, labels: np.ndarray, classes: list[str],
-                      val_masks: list[np.ndarray], groups: np.ndarray | None = None,
-                      seed: int = 0) -> np.ndarray:
-    """Nested CV: held-out probabilities (n, C) for every row.
+def cross_val_logits(features: np.ndarray | Candidates, labels: np.ndarray, classes: list[str],
+                     val_masks: list[np.ndarray], groups: np.ndarray | None = None,
+                     seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Nested CV: held-out logits (n, C) for every row, and the input each fold chose.
 
-    For each outer fold, the hyper-parameters are chosen by an inner CV on the outer training
-    rows only, so the held-out rows never influence the model that scores them.
+    For each outer fold, everything `train_head` chooses is chosen by an inner CV on the outer
+    training rows only, so the held-out rows never influence the model that scores them.
     """
-    probs = np.zeros((len(labels), len(classes)))
+    candidates = _as_candidates(features)
+    logits = np.zeros((len(labels), len(classes)))
+    chosen = []
     for val in val_masks:
         train = ~val
         inner_groups = groups[train] if groups is not None else None
-        head = train_head(features[train], labels[train], classes, inner_groups, seed)
-        probs[val] = head.predict_proba(features[val])
+        head = train_head({k: x[train] for k, x in candidates.items()}, labels[train], classes,
+                          inner_groups, seed)
+        logits[val] = head.logits(candidates[head.params["views"]][val])
+        chosen.append(head.params["views"])
+    return logits, chosen
+
+
+def cross_val_predict(features, labels, classes, val_masks, groups=None, seed=0) -> np.ndarray:
+    """Nested-CV held-out probabilities (n, C); see `cross_val_logits`."""
+    return softmax(cross_val_logits(features, labels, classes, val_masks, groups, seed)[0])
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T > 0 minimising the log-loss of softmax(logits / T) (temperature scaling)."""
+    from scipy.optimize import minimize_scalar
+
+    def loss(log_t):
+        logp = np.log(np.clip(softmax(logits / np.exp(log_t)), 1e-12, 1.0))
+        return -logp[np.arange(len(labels)), labels].mean()
+
+    return float(np.exp(minimize_scalar(loss, bounds=(-3.0, 3.0), method="bounded").x))
+
+
+def cross_fit_temperature(logits: np.ndarray, labels: np.ndarray,
+                          val_masks: list[np.ndarray]) -> np.ndarray:
+    """Calibrated held-out probabilities: each fold scaled by a T fitted on the other folds.
+
+    This keeps calibration figures honest: no fold's T has seen that fold's labels.
+    """
+    probs = np.zeros_like(logits)
+    for val in val_masks:
+        t = fit_temperature(logits[~val], labels[~val])
+        probs[val] = softmax(logits[val] / t)
     return probs
+
+
+def apply_temperature(head: LinearHead, temperature: float) -> LinearHead:
+    """The same head with its logits divided by `temperature` (the Keras export keeps it)."""
+    params = dict(head.params, temperature=round(float(temperature), 4))
+    return LinearHead(head.classes, head.mean, head.scale, head.weight / temperature,
+                      head.bias / temperature, params)

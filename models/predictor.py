@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.ensemble import majority_vote
+from models.ensemble import majority_vote, mean_probability, weighted_probability
+from models.features import VIEW_POLICIES, VIEWS
 from models.images import resize_for_model
-from models.training import TrainResult, load_result
+from models.training import ENSEMBLE_NAMES, TrainResult, load_result
 
 
 def _top_k(probs: np.ndarray, labels: Sequence[str], k: int) -> list[dict]:
@@ -22,26 +23,46 @@ def _top_k(probs: np.ndarray, labels: Sequence[str], k: int) -> list[dict]:
     return [{"label": labels[i], "score": round(float(probs[i]), 4)} for i in order]
 
 
-def _answers(per_backbone: dict[str, np.ndarray], labels: Sequence[str], k: int) -> list[dict]:
-    """Per-image answers from {backbone: (n, C) probabilities}."""
+UNKNOWN = "unknown"
+
+
+def _answers(per_backbone: dict[str, np.ndarray], labels: Sequence[str], k: int,
+             ensemble: dict | None = None, threshold: float = 0.0) -> list[dict]:
+    """Per-image answers from {backbone: (n, C) probabilities}.
+
+    `ensemble` is the report's chosen ensemble ({"key": "vote"|"mean"|"weighted", "weights"});
+    without it, majority vote. Below `threshold` the ensemble answers "unknown" and keeps its
+    best guess under "best_guess".
+    """
     names = list(per_backbone)
-    predicted, score, votes = majority_vote([per_backbone[n] for n in names])
+    parts = [per_backbone[n] for n in names]
+    key = (ensemble or {}).get("key", "vote")
+    predicted, score, votes = majority_vote(parts)
+    if key != "vote":
+        weights = [ensemble["weights"][n] for n in names] if key == "weighted" else None
+        probs = weighted_probability(parts, weights) if weights else mean_probability(parts)
+        predicted = probs.argmax(axis=1)
+        score = probs[np.arange(len(predicted)), predicted]
+    method = ENSEMBLE_NAMES[key]
     answers = []
     for i in range(len(predicted)):
-        answers.append({
-            "backbones": {n: _top_k(per_backbone[n][i], labels, k) for n in names},
-            "ensemble": {
-                "label": labels[predicted[i]],
-                "score": round(float(score[i]), 4),
-                "method": "majority vote",
-                "votes": {labels[c]: int(v) for c, v in enumerate(votes[i]) if v},
-            },
-        })
+        label = labels[predicted[i]]
+        answer = {
+            "label": label if score[i] >= threshold else UNKNOWN,
+            "score": round(float(score[i]), 4),
+            "method": method,
+            "votes": {labels[c]: int(v) for c, v in enumerate(votes[i]) if v},
+        }
+        if answer["label"] == UNKNOWN:
+            answer.update(best_guess=label, threshold=threshold)
+        answers.append({"backbones": {n: _top_k(per_backbone[n][i], labels, k) for n in names},
+                        "ensemble": answer})
     return answers
 
 
-def _pixels(images: Sequence[Image.Image], size: int) -> np.ndarray:
-    return np.stack([resize_for_model(im, size) for im in images])
+def _pixels(images: Sequence[Image.Image], size: int, views: Sequence[str] = ("orig",)) -> np.ndarray:
+    """(len(views) * n, S, S, 3): every image under the first view, then the second, ..."""
+    return np.stack([resize_for_model(VIEWS[v](im), size) for v in views for im in images])
 
 
 class Predictor:
@@ -55,13 +76,22 @@ class Predictor:
     def classes(self) -> list[str]:
         return self.result.classes
 
-    def predict(self, images: Sequence[Image.Image], top_k: int = 3) -> list[dict]:
-        """One answer per image: each backbone's top-k classes and the ensemble's vote."""
+    def probabilities(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
+        """{backbone: (n, C)}: each head on the mean feature over the views it was trained on."""
         probs = {}
         for name, backbone in self.backbones.items():
-            features = backbone.features(_pixels(images, backbone.input_size))
-            probs[name] = self.result.heads[name].predict_proba(features)
-        return _answers(probs, self.classes, top_k)
+            head = self.result.heads[name]
+            views = VIEW_POLICIES[head.params.get("views", "none")]
+            features = backbone.features(_pixels(images, backbone.input_size, views))
+            mean = features.reshape(len(views), len(images), -1).mean(axis=0)
+            probs[name] = head.predict_proba(mean)
+        return probs
+
+    def predict(self, images: Sequence[Image.Image], top_k: int = 3,
+                threshold: float = 0.0) -> list[dict]:
+        """One answer per image: each backbone's top-k classes and the project's ensemble."""
+        return _answers(self.probabilities(images), self.classes, top_k,
+                        self.result.report.get("ensemble"), threshold)
 
 
 def imagenet_predict(images: Sequence[Image.Image], backbones: dict[str, object],
@@ -74,11 +104,30 @@ def imagenet_predict(images: Sequence[Image.Image], backbones: dict[str, object]
     return _answers(probs, labels, top_k)
 
 
+def _keras_view(x, view: str):
+    """The Keras twin of features.VIEWS[view] on a (batch, H, W, 3) tensor (square images)."""
+    import keras
+
+    ops = keras.ops
+    swap = (0, 2, 1, 3)
+    return {
+        "orig": lambda t: t,
+        "hflip": lambda t: ops.flip(t, axis=2),
+        "vflip": lambda t: ops.flip(t, axis=1),
+        "rot90": lambda t: ops.flip(ops.transpose(t, swap), axis=1),
+        "rot180": lambda t: ops.flip(ops.flip(t, axis=1), axis=2),
+        "rot270": lambda t: ops.flip(ops.transpose(t, swap), axis=2),
+        "transpose": lambda t: ops.transpose(t, swap),
+        "transverse": lambda t: ops.flip(ops.flip(ops.transpose(t, swap), axis=1), axis=2),
+    }[view](x)
+
+
 def export_classifier(backbone, head, path: str | Path) -> Path:
     """Save one `.keras` model: any-size RGB image [0, 255] -> class probabilities.
 
-    Resizing and the backbone's preprocessing are inside, so the file needs nothing else
-    (load it with `keras.saving.load_model` after `import models.backbones`).
+    Resizing, the backbone's preprocessing and the head's test-time views (averaged features)
+    are inside, so the file needs nothing else (load it with `keras.saving.load_model` after
+    `import models.backbones`).
     """
     import keras
 
@@ -86,9 +135,11 @@ def export_classifier(backbone, head, path: str | Path) -> Path:
     inputs = keras.Input((None, None, 3), name="image")
     size = backbone.input_size
     x = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True)(inputs)
-    x = backbone.features_model(x)
+    views = VIEW_POLICIES[head.params.get("views", "none")]
+    features = [backbone.features_model(_keras_view(x, v)) for v in views]
+    pooled = features[0] if len(features) == 1 else keras.layers.Average()(features)
     dense = keras.layers.Dense(kernel.shape[1], activation="softmax", name="head")
-    model = keras.Model(inputs, dense(x), name=f"transferlab_{backbone.name}")
+    model = keras.Model(inputs, dense(pooled), name=f"transferlab_{backbone.name}")
     dense.set_weights([kernel, bias])
     path = Path(path)
     model.save(path)

@@ -14,9 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from models.datasets import Sample
-from models.ensemble import majority_vote, mean_probability
-from models.features import FeatureCache, Item
-from models.heads import LinearHead, cross_val_predict, make_folds, train_head
+from models.duplicates import near_duplicate_groups
+from models.ensemble import (cross_fit_weighted, fit_weights, majority_vote, mean_probability,
+                             weighted_probability)
+from models.features import VIEW_POLICIES, FeatureCache, Item
+from models.heads import (LinearHead, apply_temperature, cross_fit_temperature, cross_val_logits,
+                          fit_temperature, make_folds, softmax, train_head)
 from models.metrics import classification_report, expected_calibration_error, fold_accuracies
 from models.registry import get_spec
 
@@ -103,6 +106,8 @@ def _entry(probs: dict[str, np.ndarray | None], y: dict[str, np.ndarray],
         pred = p.argmax(axis=1)
         out[split] = classification_report(y[split], pred, classes)
         out[split]["ece"] = expected_calibration_error(p, y[split])
+        true_p = p[np.arange(len(y[split])), y[split]]
+        out[split]["log_loss"] = float(-np.log(np.clip(true_p, 1e-12, 1.0)).mean())
         out["predictions"][split] = _predictions(samples[split], y[split], p, classes)
     cv_folds = (fold_accuracies(y["cv"], probs["cv"].argmax(axis=1), val_masks)
                 if out["cv"] is not None else None)
@@ -125,15 +130,22 @@ def train(
     *,
     test_samples: Sequence[Sample] = (),
     progress: ProgressCallback | None = None,
+    view_policies: Sequence[str] = tuple(VIEW_POLICIES),
     seed: int = 0,
 ) -> TrainResult:
     """Train one head per backbone on `train_samples` and evaluate everything honestly.
 
     `make_backbone(name)` returns a loaded backbone (see `models.backbones.load_backbone`); it
     is called only if the cache misses. Metrics: nested stratified k-fold CV on the training
-    images (k = min(5, smallest class)), the test set when given (test images of a class absent
-    from training are left out and listed under "test_skipped"), and training-set scores under
-    their own name. Raises TrainingError for fewer than two classes or no backbone.
+    images (k = min(5, smallest class); near-duplicate images share a fold), the test set when
+    given (test images of a class absent from training are left out and listed under
+    "test_skipped"), and training-set scores under their own name.
+
+    Automatic choices, all by CV on the training images: per backbone, which views of each
+    image the head sees (`view_policies`, averaged features: test-time augmentation), its L2
+    strength and training length; a temperature that calibrates its probabilities; and which
+    ensemble (majority vote, mean, CV-weighted mean) the project answers with.
+    Raises TrainingError for fewer than two classes, no backbone or an unknown view policy.
     """
     classes = sorted({s.label for s in train_samples})
     if len(classes) < 2:
@@ -142,78 +154,159 @@ def train(
         raise TrainingError("choose at least one backbone")
     for name in backbones:
         get_spec(name)
+    unknown = [p for p in view_policies if p not in VIEW_POLICIES]
+    if unknown or not view_policies:
+        raise TrainingError(f"unknown view policies {unknown}; choose from {list(VIEW_POLICIES)}")
     index = {label: i for i, label in enumerate(classes)}
     test_kept = [s for s in test_samples if s.label in index]
     skipped = [{"source": s.source, "reason": f"class {s.label!r} has no training images"}
                for s in test_samples if s.label not in index]
     samples = {"cv": list(train_samples), "train": list(train_samples), "test": test_kept}
     y = {split: np.array([index[s.label] for s in ss], int) for split, ss in samples.items()}
-    val_masks = make_folds(y["train"], seed=seed)
-
-    share = 1.0 / len(backbones)
+    n_train = len(train_samples)
 
     def report_progress(stage: str, done: int, total: int, start: float, width: float) -> None:
         if progress:
             progress(Progress(stage, done, total, start + width * (done / total if total else 1)))
 
+    # Stage 1 (80%): every needed (image, backbone, view) through the bottleneck cache.
+    views = list(dict.fromkeys(v for p in view_policies for v in VIEW_POLICIES[p]))
+    todo = _items(samples["train"]) + _items(test_kept)
+    per_view: dict[str, dict[str, np.ndarray]] = {}
+    seconds: dict[str, float] = {}
+    steps = len(backbones) * len(views)
+    for b, name in enumerate(backbones):
+        began = time.perf_counter()
+        per_view[name] = {}
+        for v, view in enumerate(views):
+            stage = f"extracting features ({get_spec(name).title}, view {v + 1}/{len(views)})"
+            start = 0.8 * (b * len(views) + v) / steps
+            per_view[name][view] = cache.get_or_compute(
+                name, todo, lambda: make_backbone(name), view=view,
+                progress=lambda d, t: report_progress(stage, d, t, start, 0.8 / steps))
+        seconds[name] = time.perf_counter() - began
+
+    # Near-duplicates (by the first backbone's embedding) stay together in every split.
+    groups_all = near_duplicate_groups(per_view[backbones[0]]["orig"])
+    groups = groups_all[:n_train]
+    val_masks = make_folds(y["train"], groups, seed=seed)
+
+    # Stage 2 (20%): per backbone, a head whose input, L2 and length CV chose; calibration.
     heads: dict[str, LinearHead] = {}
     entries: dict[str, dict] = {}
     all_probs: dict[str, dict[str, np.ndarray | None]] = {}
     for b, name in enumerate(backbones):
         began = time.perf_counter()
-        base = b * share
-        todo = _items(samples["train"]) + _items(test_kept)
-        stage = f"extracting features ({get_spec(name).title})"
-        features = cache.get_or_compute(
-            name, todo, lambda: make_backbone(name),
-            progress=lambda d, t: report_progress(stage, d, t, base, 0.8 * share),
-        )
-        x_train, x_test = features[: len(train_samples)], features[len(train_samples):]
-        report_progress(f"fitting head ({get_spec(name).title})", 0, 1, base + 0.8 * share, 0.2 * share)
-        head = train_head(x_train, y["train"], classes, seed=seed)
+        stage = f"fitting head ({get_spec(name).title})"
+        report_progress(stage, 0, 1, 0.8 + 0.2 * b / len(backbones), 0.2 / len(backbones))
+        candidates = {p: np.mean([per_view[name][v] for v in VIEW_POLICIES[p]], axis=0)
+                      for p in view_policies}
+        train_x = {p: x[:n_train] for p, x in candidates.items()}
+        head = train_head(train_x, y["train"], classes, groups, seed)
+        calibration = {}
+        cv_probs = None
+        if val_masks:
+            cv_logits, chosen = cross_val_logits(train_x, y["train"], classes, val_masks,
+                                                 groups, seed)
+            cv_probs = cross_fit_temperature(cv_logits, y["train"], val_masks)
+            head = apply_temperature(head, fit_temperature(cv_logits, y["train"]))
+            calibration = {
+                "cv_ece_uncalibrated": expected_calibration_error(softmax(cv_logits), y["train"]),
+                "cv_ece_calibrated": expected_calibration_error(cv_probs, y["train"]),
+                "cv_views_chosen_per_fold": chosen,
+            }
+        x = candidates[head.params["views"]]
         probs = {
-            "cv": cross_val_predict(x_train, y["train"], classes, val_masks, seed=seed)
-            if val_masks else None,
-            "train": head.predict_proba(x_train),
-            "test": head.predict_proba(x_test) if len(test_kept) else None,
+            "cv": cv_probs,
+            "train": head.predict_proba(x[:n_train]),
+            "test": head.predict_proba(x[n_train:]) if test_kept else None,
         }
         heads[name] = head
         all_probs[name] = probs
         entries[name] = _entry(probs, y, samples, classes, val_masks)
         entries[name]["hyperparameters"] = head.params
-        entries[name]["train_seconds"] = round(time.perf_counter() - began, 3)
-        report_progress(f"fitting head ({get_spec(name).title})", 1, 1, base + 0.8 * share, 0.2 * share)
+        entries[name]["calibration"] = calibration
+        entries[name]["train_seconds"] = round(seconds[name] + time.perf_counter() - began, 3)
+        report_progress(stage, 1, 1, 0.8 + 0.2 * b / len(backbones), 0.2 / len(backbones))
 
-    ensembles = {}
-    for method in ("vote", "mean"):
-        combined = {}
-        for split in ("cv", "train", "test"):
-            parts = [all_probs[n][split] for n in backbones]
-            if any(p is None for p in parts):
-                combined[split] = None
-            elif method == "mean":
-                combined[split] = mean_probability(parts)
-            else:
-                _, _, votes = majority_vote(parts)
-                # Vote shares as scores; the tiny mean-probability term breaks ties exactly
-                # as majority_vote does, so argmax gives the voted class.
-                combined[split] = votes / len(parts) + 1e-6 * mean_probability(parts)
-        ensembles[method] = _entry(combined, y, samples, classes, val_masks)
-        ensembles[method]["method"] = {"vote": "majority vote", "mean": "mean probability"}[method]
-
+    ensembles = _ensembles(all_probs, backbones, y, samples, classes, val_masks)
+    chosen_key, why = _choose_ensemble(ensembles, len(backbones))
     report = {
         "classes": classes,
         "counts": {c: int((y["train"] == i).sum()) for i, c in enumerate(classes)},
         "test_counts": {c: int((y["test"] == i).sum()) for i, c in enumerate(classes)},
-        "n_train": len(train_samples),
+        "n_train": n_train,
         "n_test": len(test_kept),
         "test_skipped": skipped,
         "cv_folds": len(val_masks) if val_masks else None,
         "cv_note": None if val_masks else "cross-validation needs at least 2 images per class",
+        "view_policies": {p: list(VIEW_POLICIES[p]) for p in view_policies},
+        "near_duplicates": _near_duplicate_report(groups_all, samples, n_train),
         "backbones": entries,
-        "ensemble": ensembles["vote"],
+        "ensemble": dict(ensembles[chosen_key], key=chosen_key, why=why),
         "ensembles": ensembles,
     }
     if progress:
         progress(Progress("done", 1, 1, 1.0))
     return TrainResult(classes, heads, report)
+
+
+ENSEMBLE_NAMES = {"vote": "majority vote", "mean": "mean probability",
+                  "weighted": "CV-weighted mean probability"}
+
+
+def _ensembles(all_probs, backbones, y, samples, classes, val_masks) -> dict:
+    """The three ensembles' metrics; the weighted one's weights come from held-out probs."""
+    weights = None
+    if val_masks:
+        weights = fit_weights([all_probs[n]["cv"] for n in backbones], y["train"])
+    out = {}
+    for key in ("vote", "mean", "weighted"):
+        combined = {}
+        for split in ("cv", "train", "test"):
+            parts = [all_probs[n][split] for n in backbones]
+            if any(p is None for p in parts) or (key == "weighted" and weights is None):
+                combined[split] = None
+            elif key == "mean":
+                combined[split] = mean_probability(parts)
+            elif key == "weighted":
+                combined[split] = (cross_fit_weighted(parts, y["train"], val_masks)
+                                   if split == "cv" else weighted_probability(parts, weights))
+            else:
+                _, _, votes = majority_vote(parts)
+                # Vote shares as scores; the tiny mean-probability term breaks ties exactly
+                # as majority_vote does, so argmax gives the voted class.
+                combined[split] = votes / len(parts) + 1e-6 * mean_probability(parts)
+        out[key] = _entry(combined, y, samples, classes, val_masks)
+        out[key]["method"] = ENSEMBLE_NAMES[key]
+        if key == "weighted" and weights is not None:
+            out[key]["weights"] = {n: round(float(w), 4) for n, w in zip(backbones, weights)}
+    return out
+
+
+def _choose_ensemble(ensembles: dict, n_backbones: int) -> tuple[str, str]:
+    """The ensemble to use, by CV accuracy (ties: CV log-loss), and why, in words."""
+    if n_backbones == 1:
+        return "mean", "one backbone: the ensemble is that backbone's answer"
+    scored = {k: e for k, e in ensembles.items() if e["cv_accuracy"] is not None}
+    if not scored:
+        return "vote", "no cross-validation possible (a class has one image): majority vote"
+
+    key = max(scored, key=lambda k: (round(scored[k]["cv_accuracy"], 6),
+                                     -scored[k]["cv"]["log_loss"]))
+    figures = ", ".join(f"{ENSEMBLE_NAMES[k]} {scored[k]['cv_accuracy']:.1%}" for k in scored)
+    return key, f"highest cross-validated accuracy ({figures})"
+
+
+def _near_duplicate_report(groups: np.ndarray, samples: dict, n_train: int) -> list[dict]:
+    everyone = [("train", s) for s in samples["train"]] + [("test", s) for s in samples["test"]]
+    out = []
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        if len(members) < 2:
+            continue
+        rows = [{"split": everyone[i][0], "sha256": everyone[i][1].sha256,
+                 "source": everyone[i][1].source, "label": everyone[i][1].label} for i in members]
+        out.append({"members": rows,
+                    "straddles_train_and_test": len({r["split"] for r in rows}) == 2})
+    return out

@@ -46,7 +46,8 @@ def test_report_has_honest_metrics_for_backbone_and_ensemble(trained):
         assert np.sum(entry["cv"]["confusion"]["matrix"]) == 18
         assert set(entry["per_class"]) == {"cat", "coffee", "rocket"}
         assert {p["sha256"] for p in entry["predictions"]["test"]} == {s.sha256 for s in test.samples}
-    assert r["ensemble"]["method"] == "majority vote"
+    assert r["ensemble"]["key"] == "mean" and "one backbone" in r["ensemble"]["why"]
+    assert set(r["ensembles"]) == {"vote", "mean", "weighted"}
     assert r["backbones"]["efficientnet_lite0"]["hyperparameters"]["l2"] > 0
 
 
@@ -54,7 +55,7 @@ def test_progress_is_monotonic_and_names_stages(trained):
     _, stages, _, _, _ = trained
     fractions = [p.fraction for p in stages]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert any(p.stage.startswith("extracting features (EfficientNet-Lite0)") for p in stages)
+    assert any(p.stage.startswith("extracting features (EfficientNet-Lite0, view 1/8)") for p in stages)
     assert any(p.stage.startswith("fitting head") for p in stages)
 
 
@@ -91,11 +92,29 @@ def test_save_load_predict_and_export(trained, tmp_path, photo_test_folder):
     model = keras.saving.load_model(path, safe_mode=True)
     pixels = np.asarray(images[0], np.float32)[None]
     probs = np.asarray(model(pixels))[0]
-    head_probs = loaded.heads["efficientnet_lite0"].predict_proba(
-        lite("efficientnet_lite0").features(
-            np.asarray(images[0].resize((224, 224)), np.float32)[None]))[0]
-    assert probs.argmax() == head_probs.argmax()
-    np.testing.assert_allclose(probs, head_probs, atol=0.05)  # resize filters differ slightly
+    expected = predictor.probabilities(images[:1])["efficientnet_lite0"][0]
+    assert probs.argmax() == expected.argmax()
+    np.testing.assert_allclose(probs, expected, atol=0.05)  # resize filters differ slightly
+
+
+def test_exported_model_carries_the_test_time_views(trained, tmp_path):
+    """Force the dihedral views: the export must average the same eight views."""
+    import keras
+
+    result, _, data, _, _ = trained
+    head = result.heads["efficientnet_lite0"]
+    dihedral = type(head)(head.classes, head.mean, head.scale, head.weight, head.bias,
+                          dict(head.params, views="dihedral"))
+    path = export_classifier(lite("efficientnet_lite0"), dihedral, tmp_path / "d8.keras")
+    model = keras.saving.load_model(path, safe_mode=True)
+    image = data.samples[0].image().resize((224, 224))
+    from models.training import TrainResult
+
+    predictor = Predictor(TrainResult(result.classes, {"efficientnet_lite0": dihedral},
+                                      result.report), lite)
+    expected = predictor.probabilities([image])["efficientnet_lite0"][0]
+    got = np.asarray(model(np.asarray(image, np.float32)[None]))[0]
+    np.testing.assert_allclose(got, expected, atol=1e-3)
 
 
 def test_one_class_is_refused(photo_folder, tmp_path):
@@ -129,3 +148,16 @@ def test_cli_rejects_unknown_backbone(photo_folder):
     done = subprocess.run([sys.executable, "-m", "models", "train", str(photo_folder),
                            "--backbones", "alexnet"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "unknown backbone(s) alexnet" in done.stderr
+
+
+def test_keras_views_match_pillow_views():
+    from PIL import Image
+
+    from models.features import VIEWS
+    from models.predictor import _keras_view
+
+    pixels = np.random.default_rng(0).integers(0, 255, (6, 6, 3)).astype(np.uint8)
+    for view in ("orig", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "transverse"):
+        expected = np.asarray(VIEWS[view](Image.fromarray(pixels)))
+        got = np.asarray(_keras_view(pixels[None].astype(np.float32), view))[0]
+        np.testing.assert_array_equal(got, expected, err_msg=view)
