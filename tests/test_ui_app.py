@@ -265,10 +265,12 @@ def test_drop_zip_shows_classes_thumbnails_and_rejects(session, data):
 def test_file_picker_adds_test_set_and_html_class_name_stays_text(session, data):
     session.needs("drop")
     page = session.page
-    # The picker path, by keyboard: focus "Choose files…", press Enter, pick the test-set zip.
+    # The picker path, by keyboard: focus "Choose files…", press Space, pick the test-set zip.
+    # (Space, not Enter: a synthetic Enter carries no user activation in headless Chromium,
+    # so no file chooser may open; a real key press does.)
     page.focus("#test-drop .pick")
     with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")
+        page.keyboard.press("Space")
     assert chooser.value.is_multiple()
     chooser.value.set_files(files=[
         {"name": "test.zip", "mimeType": "application/zip", "buffer": data["test_zip"]}])

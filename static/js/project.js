@@ -280,7 +280,8 @@ function renderJob(job) {
   $("#job-state").textContent = stateLabel;
   $("#job-state").className = `badge badge-${job.state}`;
   let stage = job.stage || (job.state === "queued" ? "waiting for the worker" : "");
-  if (job.done != null && job.total) stage += ` (${job.done}/${job.total})`;
+  if (job.state === "running" && job.done != null && job.total) stage += ` (${job.done}/${job.total})`;
+  if (job.state === "succeeded") stage = job.iteration ? `Finished: iteration ${job.iteration}` : "Finished";
   if (job.state === "failed") stage = job.error || "Training failed.";
   if (job.state === "cancelled") stage = "Training was cancelled.";
   $("#job-stage").textContent = stage;

@@ -105,10 +105,15 @@ function perClassTable(perClass) {
     h("thead", null, h("tr", null,
       h("th", { scope: "col", text: "Class" }), h("th", { scope: "col", text: "Precision" }),
       h("th", { scope: "col", text: "Recall" }), h("th", { scope: "col", text: "F1" }), h("th", { scope: "col", text: "n" }))),
-    h("tbody", null, rows.map(([label, s]) => h("tr", null,
-      h("th", { scope: "row", text: label, title: label }),
-      h("td", { text: pct(s.precision, 0) }), h("td", { text: pct(s.recall, 0) }),
-      h("td", { text: pct(s.f1, 0) }), h("td", { text: String(s.support ?? "–") })))));
+    h("tbody", null, rows.map(([label, s]) => {
+      // No images of the class in this data: recall and F1 are undefined, not 0.
+      const none = s.support === 0;
+      return h("tr", { class: none ? "no-support" : null },
+        h("th", { scope: "row", text: label, title: label }),
+        h("td", { text: none && !s.precision ? "–" : pct(s.precision, 0) }),
+        h("td", { text: none ? "–" : pct(s.recall, 0) }),
+        h("td", { text: none ? "–" : pct(s.f1, 0) }), h("td", { text: String(s.support ?? "–") }));
+    })));
 }
 
 function metric(value, label, { big = false, extra, cls = "" } = {}) {
@@ -162,7 +167,9 @@ function modelCard(name, entry, report, ctx, { ensemble = false, methodPicker = 
 function summaryTable(report, ensemble) {
   const rows = Object.entries(report.backbones || {}).map(([name, e]) => [title(name), e, false]);
   if (ensemble) rows.push([`Ensemble (${ensemble.method || "vote"})`, ensemble, true]);
-  const best = Math.max(...rows.map(([, e]) => e.test_accuracy ?? e.cv_accuracy ?? -1));
+  const scores = rows.map(([, e]) => e.test_accuracy ?? e.cv_accuracy ?? -1);
+  const best = Math.max(...scores);
+  const allTied = scores.every((v) => v === best);
   return h("div", { class: "table-scroll" }, h("table", { class: "summary" },
     h("caption", { class: "visually-hidden", text: "Summary of all models" }),
     h("thead", null, h("tr", null,
@@ -172,7 +179,7 @@ function summaryTable(report, ensemble) {
       h("th", { scope: "col", text: "Training-set score" }),
       h("th", { scope: "col", text: "Training time" }))),
     h("tbody", null, rows.map(([name, e, isEnsemble]) => h("tr", { class: isEnsemble ? "ensemble-row" : "" },
-      h("th", { scope: "row" }, name, (e.test_accuracy ?? e.cv_accuracy ?? -2) === best ? h("span", { class: "best", text: "best" }) : null),
+      h("th", { scope: "row" }, name, !allTied && (e.test_accuracy ?? e.cv_accuracy ?? -2) === best ? h("span", { class: "best", text: "best" }) : null),
       h("td", { text: e.cv_accuracy != null ? `${pct(e.cv_accuracy)} ± ${pct(e.cv_accuracy_std)}` : "–" }),
       h("td", { text: pct(e.test_accuracy) }),
       h("td", { class: "muted", text: pct(e.train_accuracy) }),
