@@ -82,6 +82,9 @@ def serve(app) -> None:
     import gevent
     from gevent.pywsgi import WSGIServer
 
+    from web.prediction import warm_platform_cache
+
+    warm_platform_cache()  # before any TensorFlow import in gevent's thread pool (see there)
     host, port = app.config["HOST"], int(app.config["PORT"])
     supervisor = WorkerSupervisor(app) if app.config["WORKER"] else None
     server = WSGIServer((host, port), app, log=None, error_log=logging.getLogger("gevent"))

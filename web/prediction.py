@@ -24,12 +24,29 @@ def _gevent_patched() -> bool:
     return monkey.is_module_patched("threading")
 
 
+_warmed = False
+
+
+def warm_platform_cache() -> None:
+    """Fill `platform`'s caches from the main thread. Importing TensorFlow asks for
+    `platform.uname().processor`, which runs `uname -p` in a subprocess; started from a thread
+    of gevent's pool, that subprocess never reports back and the import hangs. `python app.py`
+    calls this before serving; `offload` calls it again (a no-op) for other servers."""
+    global _warmed
+    if not _warmed:
+        import platform
+
+        platform.uname().processor  # noqa: B018  (cached on the shared uname result)
+        _warmed = True
+
+
 def offload(func: Callable, *args, **kwargs):
     """Run blocking CPU work off the gevent loop (in its native thread pool) when serving
     under gevent; call it directly otherwise (test client, worker, CLI)."""
     if _gevent_patched():
         import gevent
 
+        warm_platform_cache()
         return gevent.get_hub().threadpool.apply(func, args, kwargs)
     return func(*args, **kwargs)
 

@@ -1,0 +1,217 @@
+"""Training through the REAL worker: a Huey consumer subprocess (`python app.py worker`) on the
+same temporary instance folder (SQLite database + SQLite queue) as the test app.
+
+Small data (a few images per class, EfficientNet-Lite0, the one backbone with offline weights)
+keeps each job to seconds. The module shares one worker and one instance: tests run in order.
+"""
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from conftest import _photo_variants, make_zip
+
+from web import create_app
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+BACKBONE = "efficientnet_lite0"
+TRAIN = range(0, 6)  # indices into web_photos[label]
+EXTRA = range(6, 8)
+TEST = range(8, 10)
+HELD_OUT = 11
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, start_worker):
+    instance = tmp_path_factory.mktemp("web_training") / "instance"
+    app = create_app({"INSTANCE_PATH": str(instance), "TESTING": True})
+    worker = start_worker(instance)
+    return {"app": app, "client": app.test_client(), "worker": worker, "state": {}}
+
+
+def wait_job(env, job_id, states=("succeeded", "failed", "cancelled"), timeout=240):
+    client, seen = env["client"], []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/v1/jobs/{job_id}").json
+        seen.append((job["state"], job["stage"], job["progress"]))
+        if job["state"] in states:
+            return job, seen
+        if not env["worker"].alive:
+            pytest.fail(f"worker died:\n{env['worker'].log()[-3000:]}")
+        time.sleep(0.05)
+    pytest.fail(f"job {job_id} still {seen[-1]} after {timeout} s; worker log:\n"
+                f"{env['worker'].log()[-3000:]}")
+
+
+def post_zip(client, project_id, members, **form):
+    return client.post(f"/api/v1/projects/{project_id}/images",
+                       data={"file": (io.BytesIO(make_zip(members)), "data.zip"), **form},
+                       content_type="multipart/form-data")
+
+
+def photos_zip(web_photos, labels, indices):
+    return {f"{label}/{label}_{i}.jpg": web_photos[label][i] for label in labels for i in indices}
+
+
+LABELS = ("cat", "coffee", "rocket")
+
+
+def test_train_through_worker(env, web_photos):
+    client, state = env["client"], env["state"]
+    pid = client.post("/api/v1/projects", json={"name": "Things", "backbones": [BACKBONE]}).json["id"]
+    state["pid"] = pid
+    assert post_zip(client, pid, photos_zip(web_photos, LABELS, TRAIN)).json["accepted"] == 18
+    r = post_zip(client, pid, photos_zip(web_photos, LABELS, TEST), split="test")
+    assert r.json["accepted"] == 6
+
+    r = client.post(f"/api/v1/projects/{pid}/train")
+    assert r.status_code == 202, r.json
+    job, seen = wait_job(env, r.json["job_id"])
+    assert job["state"] == "succeeded", (job, env["worker"].log()[-3000:])
+    assert job["iteration"] == 1 and job["progress"] == 1.0 and job["error"] is None
+    assert job["features_computed"] == 24 and job["features_total"] == 24
+    assert job["started_at"] and job["finished_at"]
+    progress = [p for _, _, p in seen]
+    assert progress == sorted(progress)  # never goes backwards
+    stages = {s for _, s, _ in seen}
+    assert stages & {"queued", "starting", "loading images", "done"} or len(stages) > 1
+
+    r = client.get(f"/api/v1/projects/{pid}/results")
+    assert r.status_code == 200
+    res = r.json
+    assert res["iteration"] == 1 and res["iterations"] == [1]
+    assert res["classes"] == list(LABELS) and res["n_train"] == 18 and res["n_test"] == 6
+    keys = {"cv_accuracy", "cv_accuracy_std", "test_accuracy", "per_class", "confusion",
+            "train_seconds"}
+    entry = res["backbones"][BACKBONE]
+    assert keys <= set(entry)
+    assert keys - {"train_seconds"} <= set(res["ensemble"])
+    assert set(entry["per_class"]) == set(LABELS)
+    assert set(entry["per_class"]["cat"]) >= {"precision", "recall", "f1"}
+    assert entry["confusion"]["labels"] == list(LABELS)
+    assert len(entry["confusion"]["matrix"]) == 3
+    assert entry["cv_accuracy"] >= 0.8 and entry["test_accuracy"] >= 0.8, entry
+    assert res["ensemble"]["test_accuracy"] >= 0.8
+    pred = entry["predictions"]["test"][0]
+    assert set(pred) >= {"sha256", "true", "pred", "score", "thumbnail"}
+    assert client.get(pred["thumbnail"]).status_code == 200  # click a cell, see the image
+
+    project = client.get(f"/api/v1/projects/{pid}").json
+    assert project["latest_iteration"] == 1 and project["status"] == "succeeded"
+    (it,) = project["iterations"]
+    assert it["number"] == 1 and it["n_train"] == 18 and it["cv_accuracy"] is not None
+
+
+def test_predict_with_trained_project(env, web_photos):
+    client, pid = env["client"], env["state"]["pid"]
+    r = client.post(f"/api/v1/projects/{pid}/predict",
+                    data={"file": (io.BytesIO(web_photos["cat"][HELD_OUT]), "mystery.jpg")})
+    assert r.status_code == 200, r.json
+    body = r.json
+    top = body["backbones"][BACKBONE]
+    assert len(top) == 3 and set(top[0]) == {"label", "score"}
+    assert top[0]["score"] >= top[1]["score"] >= top[2]["score"]
+    ens = body["ensemble"]
+    assert set(ens) >= {"label", "score", "method", "votes"}
+    assert ens["label"] == "cat" and ens["votes"] == {"cat": 1}
+    assert body["iteration"] == 1 and body["name"] == "mystery.jpg"
+    r = client.post(f"/api/v1/projects/{pid}/predict",
+                    data={"file": (io.BytesIO(b"nope"), "x.jpg")})
+    assert r.status_code == 400 and r.json["error"] == "x.jpg: not an image"
+
+
+def test_retrain_reuses_cached_features(env, web_photos):
+    client, pid = env["client"], env["state"]["pid"]
+    r = post_zip(client, pid, photos_zip(web_photos, LABELS, EXTRA))
+    assert r.json["accepted"] == 6 and r.json["classes"] == {"cat": 8, "coffee": 8, "rocket": 8}
+    r = client.post(f"/api/v1/projects/{pid}/train")
+    job, _ = wait_job(env, r.json["job_id"])
+    assert job["state"] == "succeeded", job
+    assert job["iteration"] == 2
+    assert job["features_computed"] == 6  # only the new images went through the backbone
+    assert job["features_total"] == 30
+
+    iterations = client.get(f"/api/v1/projects/{pid}/iterations").json
+    assert [i["number"] for i in iterations] == [1, 2]
+    assert [i["features_computed"] for i in iterations] == [24, 6]
+    assert client.get(f"/api/v1/projects/{pid}/results").json["iteration"] == 2
+    old = client.get(f"/api/v1/projects/{pid}/results?iteration=1").json
+    assert old["iteration"] == 1 and old["n_train"] == 18  # earlier iterations stay viewable
+    assert client.get(f"/api/v1/projects/{pid}/results?iteration=3").status_code == 404
+
+    r = client.post(f"/api/v1/projects/{pid}/predict?iteration=1",
+                    data={"file": (io.BytesIO(web_photos["coffee"][HELD_OUT]), "c.jpg")})
+    assert r.status_code == 200 and r.json["iteration"] == 1
+    assert r.json["ensemble"]["label"] == "coffee"
+
+
+def test_cancel_running_and_queued_jobs(env, web_photos):
+    from skimage import data
+
+    client = env["client"]
+    # A: fresh images (not in the feature cache), enough for several seconds of extraction.
+    slow = client.post("/api/v1/projects", json={"name": "slow", "backbones": [BACKBONE]}).json["id"]
+    members = {}
+    for label, photo in (("astronaut", data.astronaut()), ("cat", data.chelsea())):
+        for i, im in enumerate(_photo_variants(photo, 40, 7000 + len(members))):
+            buf = io.BytesIO()
+            im.save(buf, "JPEG")
+            members[f"{label}/{i}.jpg"] = buf.getvalue()
+    assert post_zip(client, slow, members).json["accepted"] == 80
+    # B: cached images only; queued behind A on the single worker thread.
+    quick = client.post("/api/v1/projects", json={"name": "quick", "backbones": [BACKBONE]}).json["id"]
+    post_zip(client, quick, photos_zip(web_photos, ("cat", "coffee"), TRAIN))
+
+    a = client.post(f"/api/v1/projects/{slow}/train").json["job_id"]
+    running, _ = wait_job(env, a, states=("running", "succeeded", "failed", "cancelled"))
+    assert running["state"] == "running", running
+    b = client.post(f"/api/v1/projects/{quick}/train").json["job_id"]
+    r = client.post(f"/api/v1/jobs/{b}/cancel")
+    assert r.status_code == 200 and r.json["state"] == "cancelled"
+
+    r = client.post(f"/api/v1/jobs/{a}/cancel")
+    assert r.status_code == 202 and r.json["cancel_requested"] is True
+    job, _ = wait_job(env, a)
+    assert job["state"] == "cancelled" and job["iteration"] is None, job
+    assert client.get(f"/api/v1/projects/{slow}/iterations").json == []
+    assert client.get(f"/api/v1/projects/{slow}").json["status"] == "cancelled"
+
+    # the worker goes on: a new job for B runs, and the cancelled one never started
+    c = client.post(f"/api/v1/projects/{quick}/train").json["job_id"]
+    job, _ = wait_job(env, c)
+    assert job["state"] == "succeeded" and job["iteration"] == 1
+    assert job["features_computed"] == 0  # all cached
+    cancelled = client.get(f"/api/v1/jobs/{b}").json
+    assert cancelled["state"] == "cancelled" and cancelled["started_at"] is None
+
+
+def test_failed_job_reports_the_reason(env, web_photos):
+    """A backbone whose weights are missing fails the job with the file name in the error
+    (the worker's downloads go to a dead proxy: never the network)."""
+    client = env["client"]
+    pid = client.post("/api/v1/projects", json={"name": "vgg", "backbones": ["vgg16"]}).json["id"]
+    post_zip(client, pid, photos_zip(web_photos, ("cat", "coffee"), range(0, 2)))
+    r = client.post(f"/api/v1/projects/{pid}/train")
+    assert r.status_code == 202
+    assert any("vgg16" in w for w in r.json["warnings"])
+    job, _ = wait_job(env, r.json["job_id"])
+    if job["state"] == "succeeded":
+        pytest.skip("vgg16 weights are installed on this machine")
+    assert job["state"] == "failed"
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in job["error"]
+    again = client.post(f"/api/v1/projects/{pid}/train")  # the project is not stuck
+    assert again.status_code == 202
+    client.post(f"/api/v1/jobs/{again.json['job_id']}/cancel")
+
+
+def test_delete_trained_project(env):
+    client, pid = env["client"], env["state"]["pid"]
+    storage = env["app"].extensions["transferlab.storage"]
+    folder = storage.project_dir(pid)
+    assert (folder / "iterations" / "2" / "report.json").is_file()
+    assert client.delete(f"/api/v1/projects/{pid}").status_code == 200
+    assert not folder.exists()
+    assert client.get(f"/api/v1/projects/{pid}/results").status_code == 404
