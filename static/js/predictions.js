@@ -21,12 +21,20 @@ export function renderPrediction(container, answer, { imageUrl, fileName, titles
   const votes = (ensemble && ensemble.votes) || {};
   const nVotes = Object.values(votes).reduce((a, b) => a + b, 0) || names.length;
 
-  const ensembleBox = ensemble ? h("div", { class: "ensemble-answer" },
-    h("p", { class: "eyebrow", text: `Ensemble (${ensemble.method || "majority vote"})` }),
-    h("p", { class: "answer-label", text: ensemble.label }),
+  const method = (ensemble && ensemble.method) || "majority vote";
+  const isVote = method === "majority vote";
+  const unsure = ensemble && ensemble.best_guess != null;
+  const shown = unsure ? ensemble.best_guess : ensemble && ensemble.label;
+  const voteText = `${votes[shown] ?? 0} of ${nVotes} ${nVotes === 1 ? "vote" : "votes"}`;
+  const ensembleBox = ensemble ? h("div", { class: `ensemble-answer${unsure ? " unsure" : ""}` },
+    h("p", { class: "eyebrow", text: `Ensemble (${method})` }),
+    h("p", { class: "answer-label", text: unsure ? "Not sure" : ensemble.label }),
+    unsure ? h("p", { class: "answer-guess" }, "Best guess ", h("strong", { text: ensemble.best_guess }),
+      ` at ${pct(ensemble.score)}, below the ${pct(ensemble.threshold)} needed to answer.`) : null,
     h("p", { class: "answer-meta" },
-      `${votes[ensemble.label] ?? "–"} of ${nVotes} ${nVotes === 1 ? "vote" : "votes"}`,
-      ensemble.score != null ? ` · mean score ${pct(ensemble.score)}` : ""),
+      isVote
+        ? [voteText, ensemble.score != null ? ` · mean score ${pct(ensemble.score)}` : ""]
+        : [ensemble.score != null ? `score ${pct(ensemble.score)}` : "", ` · ${voteText} of the backbones`]),
     Object.keys(votes).length > 1 ? h("ul", { class: "votes" },
       Object.entries(votes).sort((a, b) => b[1] - a[1]).map(([label, n]) =>
         h("li", null, h("span", { class: "vote-label", text: label }), `: ${n}`))) : null) : null;

@@ -122,7 +122,7 @@ function metric(value, label, { big = false, extra, cls = "" } = {}) {
     h("span", { class: "metric-label", text: label }));
 }
 
-function modelCard(name, entry, report, ctx, { ensemble = false, methodPicker = null } = {}) {
+function modelCard(name, entry, report, ctx, { ensemble = false, methodPicker = null, note = null } = {}) {
   const cardTitle = ensemble ? "Ensemble" : title(name);
   const shownSource = (entry.confusion && entry.confusion.source) || (entry.test ? "test" : entry.cv ? "cv" : "train");
   const folds = report.cv_folds;
@@ -141,11 +141,17 @@ function modelCard(name, entry, report, ctx, { ensemble = false, methodPicker = 
     h("header", { class: "model-head" },
       h("h3", { text: cardTitle }),
       ensemble ? (methodPicker || h("span", { class: "tag", text: entry.method || "majority vote" })) : null),
+    note ? h("p", { class: "card-note", text: note }) : null,
     h("div", { class: "metrics" }, cv, test),
     h("dl", { class: "facts" },
       h("div", null, h("dt", { text: "Training-set score" }),
         h("dd", null, pct(entry.train_accuracy), h("span", { class: "muted", text: " · on the images it trained on, not an accuracy estimate" }))),
       ensemble ? null : h("div", null, h("dt", { text: "Training time" }), h("dd", { text: seconds(entry.train_seconds) })),
+      entry.weights ? h("div", null, h("dt", { text: "Weights" }),
+        h("dd", { text: Object.entries(entry.weights).map(([n, w]) => `${title(n)} ${w.toFixed(2)}`).join(" · ") })) : null,
+      entry.calibration && entry.calibration.cv_ece_calibrated != null ? h("div", null, h("dt", { text: "Calibration error" }),
+        h("dd", null, pct(entry.calibration.cv_ece_calibrated),
+          h("span", { class: "muted", text: ` (cross-validated ECE; ${pct(entry.calibration.cv_ece_uncalibrated)} before calibration)` }))) : null,
       entry.hyperparameters ? h("div", null, h("dt", { text: "Head" }),
         h("dd", { class: "hyper", text: Object.entries(entry.hyperparameters).map(([k, v]) => `${k}=${typeof v === "number" ? +v.toPrecision(3) : v}`).join(", ") })) : null),
     h("h4", null, "Per class", h("span", { class: "muted", text: ` · ${SOURCE_TITLES[shownSource] || shownSource}` })),
@@ -194,7 +200,9 @@ export function renderResults(container, report, ctx) {
   const names = Object.keys(report.backbones || {});
   const ensembles = report.ensembles || (report.ensemble ? { vote: report.ensemble } : {});
   const methods = Object.keys(ensembles);
-  let method = methods.includes("vote") ? "vote" : methods[0];
+  // The ensemble the predictions use (chosen by cross-validation), unless the user looks at another.
+  const chosen = report.ensemble && methods.includes(report.ensemble.key) ? report.ensemble.key : null;
+  let method = chosen || (methods.includes("vote") ? "vote" : methods[0]);
 
   const counts = report.counts || {};
   const nTrain = report.n_train ?? Object.values(counts).reduce((a, b) => a + b, 0);
@@ -210,23 +218,42 @@ export function renderResults(container, report, ctx) {
   function ensembleCard() {
     const picker = methods.length > 1 ? h("label", { class: "method-picker" },
       h("span", { class: "visually-hidden", text: "Ensemble method" }),
-      h("select", { onchange: (e) => { method = e.target.value; draw(); } },
-        methods.map((m) => h("option", { value: m, selected: m === method, text: ensembles[m].method || m })))) : null;
-    return modelCard("ensemble", ensembles[method], report, ctx, { ensemble: true, methodPicker: picker });
+      h("select", { onchange: (e) => { method = e.target.value; draw(true); } },
+        methods.map((m) => h("option", { value: m, selected: m === method,
+          text: `${ensembles[m].method || m}${m === chosen ? " (used)" : ""}` })))) : null;
+    const entry = ensembles[method];
+    const note = chosen
+      ? (method === chosen
+        ? `Used for predictions: ${report.ensemble.why || "chosen by cross-validation"}.`
+        : `Shown for comparison; predictions use the ${ensembles[chosen].method || chosen}.`)
+      : null;
+    return modelCard("ensemble", entry, report, ctx, { ensemble: true, methodPicker: picker, note });
   }
 
-  function draw() {
+  function draw(focusPicker = false) {
     summaryBox.replaceChildren(summaryTable(report, method ? ensembles[method] : null));
     fill(cards, names.map((n) => modelCard(n, report.backbones[n], report, ctx)), method ? ensembleCard() : null);
     const select = cards.querySelector(".method-picker select");
-    if (select && document.activeElement === document.body) select.focus();
+    if (select && focusPicker) select.focus();
   }
   draw();
 
   const skipped = report.test_skipped || [];
+  const dupGroups = report.near_duplicates || [];
+  const straddling = dupGroups.filter((g) => g.straddles_train_and_test);
   fill(container,
     h("p", { class: "results-about", text: about }),
     summaryBox,
+    dupGroups.length ? h("details", { class: `notice ${straddling.length ? "notice-warn" : "notice-info"} near-dups` },
+      h("summary", null,
+        `${plural(dupGroups.length, "group")} of near-duplicate images`,
+        straddling.length
+          ? ` (${straddling.length} with copies in both the training and the test set: the test accuracy may be optimistic)`
+          : " (each group is kept within one cross-validation fold)"),
+      h("div", { class: "dup-groups" }, dupGroups.map((g) => h("div", { class: "dup-group" },
+        g.members.map((m) => thumb({ ...m, thumbnail: null }, h("span", null,
+          h("span", { class: "thumb-name", text: m.source || m.sha256.slice(0, 12) }),
+          h("span", { class: "thumb-labels", text: `${m.label} · ${m.split === "test" ? "test" : "training"}` }))))))) : null,
     skipped.length ? h("div", { class: "notice notice-warn" },
       h("p", { text: `${plural(skipped.length, "test image")} left out of the test metrics:` }),
       h("ul", null, skipped.map((s) => h("li", { text: `${s.source}: ${s.reason}` })))) : null,
