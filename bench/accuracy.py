@@ -7,7 +7,11 @@ per class, drawn at random from a folder of class folders; every recipe trains o
 cached features of the same draw and is scored on the same test images. One JSON object per
 recipe and line: {"dataset", "backbone", "recipe", "n_train", "draws", "mean", "std", ...}.
 
-Peer recipes, as their tools ran them on frozen features:
+Transferlab's recipe is `models.training.train` itself, exactly as the app runs it (views,
+L2 and training length chosen by CV, temperature calibration), on `--backbone` alone
+(`transferlab`) and on the offline ensemble `--ensemble` (`transferlab_ensemble`).
+
+Peer recipes, as their tools ran them on frozen (un-augmented) features:
   poets    one softmax layer, SGD lr 0.01, batch 100 sampled per step, 500 steps (TF-for-Poets)
   tm       Dense 100 relu + softmax, Adam 1e-3, batch 16, 50 epochs (Teachable Machine)
   keras20  Dense 1024 relu + softmax, Adam, 20 epochs (the Keras tutorials' head)
@@ -28,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.datasets import read_dataset  # noqa: E402
 from models.features import FeatureCache, Item  # noqa: E402
-from models.heads import train_head  # noqa: E402
+from models.metrics import expected_calibration_error  # noqa: E402
+from models.training import train  # noqa: E402
 
 
 def machine() -> dict:
@@ -82,10 +87,6 @@ def recipe_keras20(x, y, n_classes, rng):
     return model
 
 
-def recipe_transferlab(x, y, n_classes, rng):
-    return train_head(x, y, [str(i) for i in range(n_classes)])
-
-
 PEERS = {"poets": recipe_poets, "tm": recipe_tm, "keras20": recipe_keras20}
 
 
@@ -110,50 +111,74 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dataset")
     parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--ensemble", default="efficientnet_lite0,efficientnet_lite1,efficientnet_lite2",
+                        help="backbones of the transferlab_ensemble recipe")
     parser.add_argument("--draws", type=int, default=20)
     parser.add_argument("--train", type=int, default=19)
     parser.add_argument("--test", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--recipes", default="transferlab,poets,tm,keras20")
+    parser.add_argument("--recipes", default="transferlab,transferlab_ensemble,poets,tm,keras20")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "transferlab" / "features"))
     parser.add_argument("--weights-dir")
     args = parser.parse_args(argv)
 
     from models.backbones import load_backbone
 
+    def make(name):
+        return load_backbone(name, "imagenet", args.weights_dir)
+
     data = read_dataset(args.dataset)
     for r in data.rejected:
         print(f"skipped {r.source}: {r.reason}", file=sys.stderr)
+    samples = data.samples
     classes = data.classes
-    labels = np.array([classes.index(s.label) for s in data.samples])
+    labels = np.array([classes.index(s.label) for s in samples])
     cache = FeatureCache(args.cache)
     began = time.perf_counter()
-    features = cache.get_or_compute(
-        args.backbone, [Item(s.sha256, s.image) for s in data.samples],
-        lambda: load_backbone(args.backbone, "imagenet", args.weights_dir))
+    features = cache.get_or_compute(args.backbone, [Item(s.sha256, s.image) for s in samples],
+                                    lambda: make(args.backbone))
     extract_seconds = time.perf_counter() - began
+    ensemble = args.ensemble.split(",")
 
-    recipes = {"transferlab": recipe_transferlab, **PEERS}
     chosen = args.recipes.split(",")
     scores = {name: [] for name in chosen}
+    ece = {name: {"uncalibrated": [], "calibrated": []} for name in chosen}
     seconds = {name: 0.0 for name in chosen}
+    views = {name: [] for name in chosen}
     rng = np.random.default_rng(args.seed)
     for draw in range(args.draws):
-        train, test = draw_split(labels, args.train, args.test, rng)
+        train_idx, test_idx = draw_split(labels, args.train, args.test, rng)
         for name in chosen:
             began = time.perf_counter()
-            model = recipes[name](features[train], labels[train], len(classes),
-                                  np.random.default_rng(args.seed + draw))
-            probs = probabilities(model, features[test])
+            if name.startswith("transferlab"):
+                backbones = [args.backbone] if name == "transferlab" else ensemble
+                report = train([samples[i] for i in train_idx], backbones, cache, make,
+                               test_samples=[samples[i] for i in test_idx], seed=draw).report
+                entry = (report["backbones"][args.backbone] if name == "transferlab"
+                         else report["ensemble"])
+                scores[name].append(entry["test_accuracy"])
+                ece[name]["calibrated"].append(entry["test"]["ece"])
+                if name == "transferlab":
+                    cal = entry["calibration"]
+                    ece[name]["uncalibrated"].append(cal["test_ece_uncalibrated"])
+                    views[name].append(entry["hyperparameters"]["views"])
+                else:
+                    views[name].append(report["ensemble"]["key"])
+            else:
+                model = PEERS[name](features[train_idx], labels[train_idx], len(classes),
+                                    np.random.default_rng(args.seed + draw))
+                probs = probabilities(model, features[test_idx])
+                scores[name].append(float((probs.argmax(axis=1) == labels[test_idx]).mean()))
+                ece[name]["uncalibrated"].append(
+                    expected_calibration_error(probs, labels[test_idx]))
             seconds[name] += time.perf_counter() - began
-            scores[name].append(float((probs.argmax(axis=1) == labels[test]).mean()))
         print(f"draw {draw + 1}/{args.draws}: " + ", ".join(
             f"{n} {scores[n][-1]:.3f}" for n in chosen), file=sys.stderr)
 
     for name in chosen:
-        print(json.dumps({
+        row = {
             "dataset": Path(args.dataset).name,
-            "backbone": args.backbone,
+            "backbone": args.backbone if name != "transferlab_ensemble" else "+".join(ensemble),
             "recipe": name,
             "n_train": args.train,
             "n_test": args.test,
@@ -162,9 +187,15 @@ def main(argv=None) -> int:
             "mean": round(float(np.mean(scores[name])), 4),
             "std": round(float(np.std(scores[name])), 4),
             "fit_seconds_per_draw": round(seconds[name] / args.draws, 3),
-            "feature_seconds": round(extract_seconds, 2),
-            "machine": machine(),
-        }))
+        }
+        for kind, values in ece[name].items():
+            if values:
+                row[f"test_ece_{kind}"] = round(float(np.mean(values)), 4)
+        if views[name]:
+            row["choices"] = {c: views[name].count(c) for c in sorted(set(views[name]))}
+        row["feature_seconds"] = round(extract_seconds, 2)
+        row["machine"] = machine()
+        print(json.dumps(row))
     return 0
 
 

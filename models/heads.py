@@ -179,14 +179,20 @@ def choose_params(features: np.ndarray, labels: np.ndarray, n_classes: int,
     onehot = np.eye(n_classes)[labels]
     val = np.array(val_masks)[:, None, :]
     best = None
+    stale = 0
     for step, _, _, logits in _descend(folds, onehot, train_masks, L2_GRID, STEP_GRID):
         logp = np.log(np.clip(softmax(logits), 1e-12, 1.0))
         nll = -(logp * onehot).sum(axis=-1)  # (F, L, n)
         loss = (nll * val).sum(axis=(0, 2)) / val.sum()  # (L,)
         # Strongest penalty wins ties (iterate strong to weak), then the shortest run.
+        improved = False
         for j in reversed(range(len(L2_GRID))):
             if best is None or loss[j] < best[0] - 1e-9:
                 best = (float(loss[j]), L2_GRID[j], step)
+                improved = True
+        stale = 0 if improved else stale + 1
+        if stale == 2:
+            break  # two doublings of the run length without a better model: stop looking
     return {"l2": best[1], "steps": best[2], "cv_log_loss": best[0]}
 
 

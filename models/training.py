@@ -209,12 +209,16 @@ def train(
             cv_logits, chosen = cross_val_logits(train_x, y["train"], classes, val_masks,
                                                  groups, seed)
             cv_probs = cross_fit_temperature(cv_logits, y["train"], val_masks)
-            head = apply_temperature(head, fit_temperature(cv_logits, y["train"]))
             calibration = {
                 "cv_ece_uncalibrated": expected_calibration_error(softmax(cv_logits), y["train"]),
                 "cv_ece_calibrated": expected_calibration_error(cv_probs, y["train"]),
                 "cv_views_chosen_per_fold": chosen,
             }
+            x = candidates[head.params["views"]]
+            if test_kept:
+                calibration["test_ece_uncalibrated"] = expected_calibration_error(
+                    head.predict_proba(x[n_train:]), y["test"])
+            head = apply_temperature(head, fit_temperature(cv_logits, y["train"]))
         x = candidates[head.params["views"]]
         probs = {
             "cv": cv_probs,
