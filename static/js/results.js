@@ -192,6 +192,12 @@ function summaryTable(report, ensemble) {
       h("td", { text: isEnsemble ? "–" : seconds(e.train_seconds) }))))));
 }
 
+function duplicateGroup(group) {
+  return h("div", { class: "dup-group" }, group.members.map((m) => thumb(m, h("span", null,
+    h("span", { class: "thumb-name", text: m.source || m.sha256.slice(0, 12) }),
+    h("span", { class: "thumb-labels", text: `${m.label} · ${m.split === "test" ? "test" : "training"}` })))));
+}
+
 /**
  * Render `report` (GET /projects/<id>/results) into `container`.
  * ctx: {openCell(modelTitle, entry, cell), openImages(modelTitle, heading, predictions)}
@@ -250,10 +256,7 @@ export function renderResults(container, report, ctx) {
         straddling.length
           ? ` (${straddling.length} with copies in both the training and the test set: the test accuracy may be optimistic)`
           : " (each group is kept within one cross-validation fold)"),
-      h("div", { class: "dup-groups" }, dupGroups.map((g) => h("div", { class: "dup-group" },
-        g.members.map((m) => thumb({ ...m, thumbnail: null }, h("span", null,
-          h("span", { class: "thumb-name", text: m.source || m.sha256.slice(0, 12) }),
-          h("span", { class: "thumb-labels", text: `${m.label} · ${m.split === "test" ? "test" : "training"}` }))))))) : null,
+      h("div", { class: "dup-groups" }, dupGroups.map(duplicateGroup))) : null,
     skipped.length ? h("div", { class: "notice notice-warn" },
       h("p", { text: `${plural(skipped.length, "test image")} left out of the test metrics:` }),
       h("ul", null, skipped.map((s) => h("li", { text: `${s.source}: ${s.reason}` })))) : null,
