@@ -72,7 +72,10 @@ def test_train_through_worker(env, web_photos):
     job, seen = wait_job(env, r.json["job_id"])
     assert job["state"] == "succeeded", (job, env["worker"].log()[-3000:])
     assert job["iteration"] == 1 and job["progress"] == 1.0 and job["error"] is None
-    assert job["features_computed"] == 24 and job["features_total"] == 24
+    res = client.get(f"/api/v1/projects/{pid}/results").json
+    views = {v for vs in res["view_policies"].values() for v in vs}  # test-time views tried
+    state["views"] = len(views)
+    assert job["features_computed"] == 24 * len(views) == job["features_total"]
     assert job["started_at"] and job["finished_at"]
     progress = [p for _, _, p in seen]
     assert progress == sorted(progress)  # never goes backwards
@@ -131,12 +134,13 @@ def test_retrain_reuses_cached_features(env, web_photos):
     job, _ = wait_job(env, r.json["job_id"])
     assert job["state"] == "succeeded", job
     assert job["iteration"] == 2
-    assert job["features_computed"] == 6  # only the new images went through the backbone
-    assert job["features_total"] == 30
+    views = env["state"]["views"]
+    assert job["features_computed"] == 6 * views  # only the new images went through the backbone
+    assert job["features_total"] == 30 * views
 
     iterations = client.get(f"/api/v1/projects/{pid}/iterations").json
     assert [i["number"] for i in iterations] == [1, 2]
-    assert [i["features_computed"] for i in iterations] == [24, 6]
+    assert [i["features_computed"] for i in iterations] == [24 * views, 6 * views]
     assert client.get(f"/api/v1/projects/{pid}/results").json["iteration"] == 2
     old = client.get(f"/api/v1/projects/{pid}/results?iteration=1").json
     assert old["iteration"] == 1 and old["n_train"] == 18  # earlier iterations stay viewable

@@ -116,6 +116,19 @@ def _int_arg(name: str, default=None, minimum: int | None = None, maximum: int |
     return value
 
 
+def _float_arg(name: str, default: float, minimum: float, maximum: float) -> float:
+    raw = request.values.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, f"{name!r} must be a number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ApiError(400, f"{name!r} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
 def thumbnail_url(sha256: str) -> str:
     return url_for("api.image_thumbnail", sha256=sha256)
 
@@ -596,10 +609,11 @@ def predict(project_id: int):
     get_project(project_id)
     it = _iteration(project_id)
     top_k = _int_arg("top_k", current_app.config["TOP_K"], 1, 20)
+    threshold = _float_arg("threshold", 0.0, 0.0, 1.0)
     name, image = _uploaded_image()
     folder = _storage().resolve(it.folder)
     try:
-        answers = offload(_predictions().predict, it.id, folder, [image], top_k)
+        answers = offload(_predictions().predict, it.id, folder, [image], top_k, threshold)
     except BackboneUnavailable as exc:
         raise ApiError(503, str(exc)) from None
     return jsonify({**answers[0], "name": name, "iteration": it.number, "classes": it.classes})

@@ -257,14 +257,16 @@ def run_training(app, job_id: int) -> str:
         cache = FeatureCache(app.config["FEATURE_CACHE_DIR"])
         db.session.commit()  # end the read transaction: the progress callback writes
 
+        shown = [0.0]  # the bar never moves backwards, whatever the stages report
+
         def on_progress(p) -> None:
+            shown[0] = max(shown[0], round(PROGRESS_SHARE * float(p.fraction), 4))
             with db.engine.begin() as conn:
                 row = conn.execute(sa.select(Job.cancel_requested, Job.state)
                                    .where(Job.id == job_id)).first()
                 if row is None or row.cancel_requested or row.state != "running":
                     raise JobCancelled()
-                values = dict(progress=round(PROGRESS_SHARE * float(p.fraction), 4),
-                              stage=p.stage, updated_at=utcnow(),
+                values = dict(progress=shown[0], stage=p.stage, updated_at=utcnow(),
                               features_computed=cache.computed)
                 if p.total:
                     values.update(done=int(p.done), total=int(p.total))
@@ -274,7 +276,7 @@ def run_training(app, job_id: int) -> str:
         result = train(samples["train"], backbones, cache,
                        lambda name: load_backbone(name, "imagenet", weights_dir),
                        test_samples=samples["test"], progress=on_progress)
-        on_progress(_Start("saving", PROGRESS_SHARE))  # last chance to cancel
+        on_progress(_Start("saving", 1.0))  # last chance to cancel
         report = result.report
         report["backbone_titles"] = {n: _title(n) for n in backbones}
         tmp = storage.temp_dir()
@@ -284,7 +286,9 @@ def run_training(app, job_id: int) -> str:
         relpath = storage.iteration_relpath(project.id, number)
         storage.commit_dir(tmp, relpath)
         tmp = None
-        total = (report["n_train"] + report["n_test"]) * len(backbones)
+        views = {v for vs in (report.get("view_policies") or {"none": ["orig"]}).values()
+                 for v in vs}
+        total = (report["n_train"] + report["n_test"]) * len(backbones) * len(views)
         iteration = Iteration(
             project_id=project.id, number=number, job_id=job_id, folder=relpath,
             classes=report["classes"], backbones=backbones, n_train=report["n_train"],

@@ -95,8 +95,13 @@ class PredictionService:
                     self._predictors.popitem(last=False)
             return predictor
 
-    def predict(self, iteration_id: int, folder: str | Path, images: Sequence, top_k: int = 3):
-        return self.predictor(iteration_id, folder).predict(list(images), top_k=top_k)
+    def predict(self, iteration_id: int, folder: str | Path, images: Sequence, top_k: int = 3,
+                threshold: float = 0.0):
+        """Answers of one trained iteration; below `threshold` the ensemble says "unknown"."""
+        predictor = self.predictor(iteration_id, folder)
+        if threshold:
+            return predictor.predict(list(images), top_k=top_k, threshold=threshold)
+        return predictor.predict(list(images), top_k=top_k)
 
     def imagenet(self, images: Sequence, backbones: Sequence[str], top_k: int = 3):
         from models.backbones import imagenet_labels
