@@ -124,6 +124,14 @@ def test_predict_with_trained_project(env, web_photos):
     r = client.post(f"/api/v1/projects/{pid}/predict",
                     data={"file": (io.BytesIO(b"nope"), "x.jpg")})
     assert r.status_code == 400 and r.json["error"] == "x.jpg: not an image"
+    r = client.post(f"/api/v1/projects/{pid}/predict?threshold=2",
+                    data={"file": (io.BytesIO(web_photos["cat"][HELD_OUT]), "m.jpg")})
+    assert r.status_code == 400 and "threshold" in r.json["error"]
+    r = client.post(f"/api/v1/projects/{pid}/predict?threshold=0.999999",
+                    data={"file": (io.BytesIO(web_photos["rocket"][HELD_OUT]), "m.jpg")})
+    assert r.status_code == 200
+    ens = r.json["ensemble"]
+    assert ens["label"] == "rocket" or (ens["label"] == "unknown" and ens["best_guess"] == "rocket")
 
 
 def test_retrain_reuses_cached_features(env, web_photos):
