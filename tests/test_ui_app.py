@@ -31,6 +31,7 @@ if not Path(CHROMIUM).exists():
 
 REPO = Path(__file__).resolve().parents[1]
 XSS = "<img src=x onerror=alert(1)>"
+PROJECT = "Cats & <i>coffee</i>"  # the name is rendered by Jinja and by JS: text both times
 TIMEOUT = 20_000  # ms, for ordinary UI waits
 TRAIN_TIMEOUT = 150_000  # ms, worker start + feature extraction + fitting
 
@@ -227,10 +228,13 @@ def test_home_lists_backbones_and_creates_project(session, live):
     page.check("#bb-efficientnet_lite0")
     page.check("#bb-efficientnet_lite1")  # two real backbones, so the ensemble has a vote
     assert page.is_hidden("#backbone-warning")
-    page.fill("#project-name", "Cats & coffee")
+    page.fill("#project-name", PROJECT)
     page.click("#create-btn")
     page.wait_for_url("**/projects/*")
-    page.wait_for_selector("#project-title:has-text('Cats & coffee')")
+    page.wait_for_selector("#project-meta:has-text('EfficientNet')")
+    assert page.inner_text("#project-title") == PROJECT
+    assert page.locator("#project-title i").count() == 0
+    assert page.title().startswith(PROJECT)
     session.project_url = page.url
     assert "EfficientNet-Lite0, EfficientNet-Lite1" in page.inner_text("#project-meta")
     assert page.is_disabled("#train-btn")
@@ -436,6 +440,35 @@ def test_reload_keeps_rejects_and_results(session):
     session.passed.add("reload")
 
 
+def test_retrain_adds_an_iteration_and_earlier_ones_stay_viewable(session, web_photos):
+    session.needs("train")
+    page = session.page
+    # One more coffee image, then retrain: the features of the others come from the cache.
+    page.fill("#train-label", "coffee")
+    page.set_input_files("#train-drop input[type=file]", files=[
+        {"name": "more.jpg", "mimeType": "image/jpeg", "buffer": web_photos["coffee"][10]}])
+    page.wait_for_selector(".class-card[data-label=coffee] .class-count:has-text('7 images')")
+    page.fill("#train-label", "")
+    page.click("#train-btn")
+    page.wait_for_selector("#job-state:has-text('Done')", timeout=TRAIN_TIMEOUT)
+    page.wait_for_function("document.querySelectorAll('#iteration option').length === 2")
+    assert page.input_value("#iteration") == "2"
+    page.wait_for_selector(".results-about:has-text('16 training images')")
+    page.select_option("#iteration", "1")
+    page.wait_for_selector(".results-about:has-text('15 training images')")
+    assert page.locator(".model-card").count() == 3
+    session.assert_clean()
+    session.passed.add("retrain")
+
+
+def test_unknown_project_is_a_404_page(session, live):
+    page = session.page
+    response = page.goto("/projects/999999")
+    assert response.status == 404
+    assert "Not found" in page.inner_text("h1")
+    page.goto(session.project_url or "/")
+
+
 def test_all_rejected_upload_shows_error_and_reasons(session):
     session.needs("create")
     page = session.page
@@ -470,7 +503,7 @@ def test_project_list_links_to_project(session):
     session.needs("picker")
     page = session.page
     page.goto("/")
-    link = page.locator(".project-link", has_text="Cats & coffee")
+    link = page.locator(".project-link", has_text=PROJECT)
     link.wait_for()
     assert "3 classes" in link.inner_text()
     link.click()

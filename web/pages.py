@@ -1,8 +1,11 @@
-"""Server-rendered page shells. The pages call the JSON API from JavaScript.
+"""Server-rendered page shells; the pages' JavaScript does the rest through the JSON API.
 
-Nothing here imports TensorFlow: pages render from the database / registry only.
+Nothing here imports TensorFlow: pages render from the database only (the project's name),
+so they load instantly even while a training job keeps the worker busy.
 """
 from flask import Blueprint, render_template
+
+from web.db import Project, db
 
 bp = Blueprint("pages", __name__)
 
@@ -14,7 +17,10 @@ def index():
 
 @bp.get("/projects/<int:project_id>")
 def project(project_id):
-    return render_template("project.html", project_id=project_id)
+    found = db.session.get(Project, project_id)
+    if found is None:
+        return render_template("not_found.html", what=f"project {project_id}"), 404
+    return render_template("project.html", project=found, project_id=project_id)
 
 
 @bp.get("/imagenet")
