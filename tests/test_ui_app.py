@@ -483,6 +483,31 @@ def test_all_rejected_upload_shows_error_and_reasons(session):
     session.passed.add("rejected")
 
 
+def test_missing_weights_fail_with_the_reason_never_another_backbone(session, data, worker):
+    """A project on ResNet50 without its weights file: training fails and says which file
+    is missing and where it goes; nothing is swapped in silently."""
+    session.needs("train")  # the worker is up
+    page = session.page
+    page.goto("/")
+    page.wait_for_selector("#bb-resnet50")
+    for name in ("vgg16", "xception"):
+        page.uncheck(f"#bb-{name}")
+    page.fill("#project-name", "No weights")
+    page.click("#create-btn")
+    page.wait_for_url("**/projects/*")
+    page.wait_for_selector("#train-warning:not([hidden])")
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in page.inner_text("#train-warning")
+    drop_files(page, "#train-drop", [("photos.zip", data["train_zip"], "application/zip")])
+    page.wait_for_selector(".class-card[data-label=coffee]")
+    page.click("#train-btn")
+    page.wait_for_selector("#job-state:has-text('Failed')", timeout=TRAIN_TIMEOUT)
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in page.inner_text("#job-stage")
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in page.inner_text("#alerts")
+    assert page.locator(".model-card").count() == 0
+    assert page.is_enabled("#train-btn")  # fix it and try again
+    session.assert_clean()
+
+
 def test_imagenet_page_classifies_offline(session):
     page = session.page
     page.goto("/imagenet")
