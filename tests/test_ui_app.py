@@ -505,6 +505,16 @@ def test_missing_weights_fail_with_the_reason_never_another_backbone(session, da
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in page.inner_text("#alerts")
     assert page.locator(".model-card").count() == 0
     assert page.is_enabled("#train-btn")  # fix it and try again
+    # The fix: change the project's backbones right here.
+    page.click("#backbone-edit summary")
+    page.wait_for_selector("#edit-efficientnet_lite0")
+    assert page.is_checked("#edit-resnet50")
+    page.uncheck("#edit-resnet50")
+    page.check("#edit-efficientnet_lite0")
+    page.click("#backbone-form button[type=submit]")
+    page.wait_for_selector("#project-meta:has-text('EfficientNet-Lite0')")
+    assert "ResNet50" not in page.inner_text("#project-meta")
+    assert page.is_hidden("#train-warning")
     session.assert_clean()
 
 

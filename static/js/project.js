@@ -144,7 +144,7 @@ function updateTrainControls(rows) {
   warn.hidden = !missing.length;
   fill(warn, missing.length ? [
     h("strong", { text: `Weights not found for ${missing.map((b) => b.title || TITLES[b.name] || b.name).join(", ")}.` }),
-    " Training will try to download them and fails without internet access.",
+    " Training will try to download them and fails without internet access. Put the file where it says, or change the backbones.",
     h("ul", null, missing.map((b) => h("li", { text: `${b.title || TITLES[b.name] || b.name}: ${b.reason}` })))] : null);
   const trainable = rows.filter((r) => r.train > 0);
   const running = state.job && !TERMINAL.has(state.job.state);
@@ -164,6 +164,52 @@ async function loadProject() {
   const rows = renderClasses(project);
   updateTrainControls(rows);
   return project;
+}
+
+// ---- choosing backbones --------------------------------------------------------------------
+
+let allBackbones = null;
+
+async function fillBackboneEditor() {
+  const list = $("#backbone-edit-list");
+  try {
+    if (!allBackbones) {
+      allBackbones = await api("/backbones");
+      learnTitles(allBackbones);
+    }
+  } catch (err) {
+    list.replaceChildren(h("p", { class: "muted", text: "Could not load the backbones." }));
+    reportError(err);
+    return;
+  }
+  const current = new Set((state.project.backbones || []).map((b) => (typeof b === "string" ? b : b.name)));
+  list.replaceChildren(...allBackbones.map((b) => {
+    const id = `edit-${b.name}`;
+    return h("div", { class: `backbone-option${b.available ? "" : " unavailable"}` },
+      h("input", { type: "checkbox", id, name: "backbones", value: b.name, checked: current.has(b.name),
+        "aria-describedby": `${id}-status` }),
+      h("label", { for: id }, h("span", { class: "backbone-title", text: b.title || TITLES[b.name] || b.name })),
+      h("p", { id: `${id}-status`, class: `backbone-status ${b.available ? "ok" : "missing"}` },
+        h("span", { class: "badge", text: b.available ? "available" : "weights missing" }),
+        b.available ? null : h("span", { class: "reason", text: b.reason || "" })));
+  }));
+}
+
+async function saveBackbones(event) {
+  event.preventDefault();
+  const names = [...document.querySelectorAll("#backbone-edit-list input:checked")].map((el) => el.value);
+  if (!names.length) {
+    showAlert("Choose at least one backbone.");
+    return;
+  }
+  try {
+    await api(base, { method: "PATCH", json: { backbones: names } });
+    $("#backbone-edit").open = false;
+    await loadProject();
+    showAlert("Backbones saved; train to use them.", { kind: "success", timeout: 4000 });
+  } catch (err) {
+    reportError(err);
+  }
 }
 
 // ---- uploads -------------------------------------------------------------------------------
@@ -496,6 +542,8 @@ async function main() {
   classifyZone = dropzone($("#classify-drop"), classify);
   classifyZone.setEnabled(false);
   $("#train-btn").addEventListener("click", startTraining);
+  $("#backbone-edit").addEventListener("toggle", (e) => { if (e.target.open) fillBackboneEditor(); });
+  $("#backbone-form").addEventListener("submit", saveBackbones);
   $("#cancel-btn").addEventListener("click", cancelTraining);
   $("#iteration").addEventListener("change", (e) => loadResults(Number(e.target.value)));
 
