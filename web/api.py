@@ -18,7 +18,7 @@ from web.ingest import UploadError, check_label, check_split, ingest, upload_nam
 from web.jobs import (JobConflict, Jobs, NotEnoughData, QueueUnavailable, class_counts,
                       collect_garbage)
 from web.prediction import (BackboneUnavailable, PredictionService, imagenet_backbones,
-                            imagenet_candidates, offload)
+                            imagenet_candidates, offload, offload_tf)
 from web.storage import Storage, is_sha256
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -545,10 +545,11 @@ def _iteration(project_id: int) -> Iteration:
     return it
 
 
+REPORT_FILE = "report.json"  # models.training.REPORT_FILE, without importing scikit-learn
+
+
 def _read_report(folder) -> dict:
     import json
-
-    from models.training import REPORT_FILE
 
     return json.loads((folder / REPORT_FILE).read_text())
 
@@ -613,7 +614,7 @@ def predict(project_id: int):
     name, image = _uploaded_image()
     folder = _storage().resolve(it.folder)
     try:
-        answers = offload(_predictions().predict, it.id, folder, [image], top_k, threshold)
+        answers = offload_tf(_predictions().predict, it.id, folder, [image], top_k, threshold)
     except BackboneUnavailable as exc:
         raise ApiError(503, str(exc)) from None
     return jsonify({**answers[0], "name": name, "iteration": it.number, "classes": it.classes})
@@ -630,7 +631,7 @@ def imagenet_predict():
     top_k = _int_arg("top_k", current_app.config["TOP_K"], 1, 20)
     name, image = _uploaded_image()
     try:
-        answers = offload(_predictions().imagenet, [image], backbones, top_k)
+        answers = offload_tf(_predictions().imagenet, [image], backbones, top_k)
     except BackboneUnavailable as exc:
         raise ApiError(503, str(exc)) from None
     return jsonify({**answers[0], "name": name, "mode": "imagenet"})

@@ -3,8 +3,8 @@
 TensorFlow is imported only when the first prediction arrives, never at import or to render a
 page. A trained iteration is loaded once per process (an LRU keyed by iteration id) and the
 backbones once per process (the engine's `load_backbone` cache), never per request. Under
-gevent the TensorFlow work runs in gevent's thread pool (`offload`), so the server keeps
-answering other requests while an image is classified.
+gevent the TensorFlow work runs in a native thread of gevent's (`offload_tf`), so the server
+keeps answering other requests while an image is classified.
 """
 from __future__ import annotations
 
@@ -49,6 +49,30 @@ def offload(func: Callable, *args, **kwargs):
         warm_platform_cache()
         return gevent.get_hub().threadpool.apply(func, args, kwargs)
     return func(*args, **kwargs)
+
+
+_tf_pool = None
+
+
+def offload_tf(func: Callable, *args, **kwargs):
+    """Like `offload`, for TensorFlow work: always the same single native thread.
+
+    Under gevent's monkey-patching, TensorFlow's Python-level locks are gevent locks, and two
+    native threads contending for one of them deadlock. One thread for all TensorFlow calls
+    means no contention (and TensorFlow uses every core within a call anyway)."""
+    if _gevent_patched():
+        global _tf_pool
+        from gevent.threadpool import ThreadPool
+
+        warm_platform_cache()
+        if _tf_pool is None:
+            _tf_pool = ThreadPool(1)
+        return _tf_pool.apply(func, args, kwargs)
+    with _direct_lock:  # threaded servers: one TensorFlow call at a time here too
+        return func(*args, **kwargs)
+
+
+_direct_lock = threading.RLock()
 
 
 class BackboneUnavailable(RuntimeError):
