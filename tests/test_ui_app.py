@@ -304,6 +304,11 @@ def test_train_cancel_while_queued(session):
     page.wait_for_selector("#job-state:has-text('Queued')")
     assert page.is_visible("#cancel-btn")
     assert page.is_disabled("#train-btn")
+    # A reload finds the job again and keeps following it.
+    page.reload()
+    page.wait_for_selector("#job-state:has-text('Queued')")
+    assert page.inner_text("#job-stage")
+    assert page.is_disabled("#train-btn")
     page.click("#cancel-btn")
     page.wait_for_selector("#job-state:has-text('Cancelled')")
     assert page.is_hidden("#cancel-btn")

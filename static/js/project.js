@@ -561,6 +561,7 @@ async function main() {
     if (!TERMINAL.has(job.state)) {
       renderJob(state.job);
       state.job = { ...state.job, state: "running" }; // so the finish is noticed and results load
+      updateTrainControls(classRows(project));
       pollJob(state.job.id);
     } else if (job.state === "failed") {
       renderJob(state.job);
