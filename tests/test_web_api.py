@@ -463,3 +463,23 @@ def test_status_endpoint(client):
 def test_json_everywhere_under_api(client):
     r = client.get("/api/v1/projects/abc")
     assert r.status_code == 404 and json.loads(r.data)["error"]
+
+
+def test_redis_queue_when_redis_url_is_set(tmp_path, monkeypatch, web_photos):
+    """REDIS_URL selects RedisHuey; with Redis down, training answers 503 and leaves no job
+    that would never run."""
+    from huey import RedisHuey
+
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
+    app = create_app({"INSTANCE_PATH": str(tmp_path / "i"), "TESTING": True})
+    assert isinstance(app.extensions["transferlab.jobs"].huey, RedisHuey)
+    client = app.test_client()
+    pid = new_project(client)
+    upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
+    upload(client, pid, [("k.jpg", web_photos["coffee"][0])], label="coffee")
+    r = client.post(f"/api/v1/projects/{pid}/train")
+    assert r.status_code == 503 and "could not queue" in r.json["error"]
+    job = client.get(f"/api/v1/projects/{pid}").json["latest_job"]
+    assert job["state"] == "failed" and "could not queue" in job["error"]
+    status = client.get("/api/v1/status").json
+    assert status["queue"] == "redis" and status["pending"] is None

@@ -227,3 +227,29 @@ def test_delete_trained_project(env):
     assert client.delete(f"/api/v1/projects/{pid}").status_code == 200
     assert not folder.exists()
     assert client.get(f"/api/v1/projects/{pid}/results").status_code == 404
+
+
+def test_job_of_a_dead_worker_is_failed_when_a_worker_starts(env, start_worker):
+    """SIGKILL the worker in the middle of a job: the next worker marks the job failed."""
+    import signal
+
+    from skimage import data
+
+    client = env["client"]
+    pid = client.post("/api/v1/projects", json={"name": "crash", "backbones": [BACKBONE]}).json["id"]
+    members = {}
+    for label, photo in (("rocket", data.rocket()), ("coffee", data.coffee())):
+        for i, im in enumerate(_photo_variants(photo, 40, 9100 + len(members))):
+            buf = io.BytesIO()
+            im.save(buf, "JPEG")
+            members[f"{label}/{i}.jpg"] = buf.getvalue()
+    post_zip(client, pid, members)
+    job_id = client.post(f"/api/v1/projects/{pid}/train").json["job_id"]
+    running, _ = wait_job(env, job_id, states=("running", "succeeded", "failed", "cancelled"))
+    assert running["state"] == "running"
+    env["worker"].stop(sig=signal.SIGKILL)
+    assert client.get(f"/api/v1/jobs/{job_id}").json["state"] == "running"  # nobody knows yet
+    env["worker"] = start_worker(env["app"].instance_path)
+    job, _ = wait_job(env, job_id, states=("failed",), timeout=120)
+    assert "worker stopped" in job["error"] and job["finished_at"]
+    assert client.get(f"/api/v1/projects/{pid}").json["can_train"] is True

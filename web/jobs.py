@@ -66,6 +66,11 @@ class QueueUnavailable(RuntimeError):
 def make_huey(config):
     """The queue: Redis when `REDIS_URL` is configured, else a SQLite file (no server)."""
     if config.get("REDIS_URL"):
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise RuntimeError("REDIS_URL is set but the redis package is missing: "
+                               "pip install redis") from None
         from huey import RedisHuey
 
         return RedisHuey(config["HUEY_NAME"], url=config["REDIS_URL"], results=False)
