@@ -346,6 +346,7 @@ def test_train_conflict_and_cancel_queued(app, client, web_photos):
     assert r.headers["Location"].endswith(f"/api/v1/jobs/{job_id}")
     job = client.get(f"/api/v1/jobs/{job_id}").json
     assert job["state"] == "queued" and job["progress"] == 0 and job["iteration"] is None
+    assert job["worker_alive"] is False  # no worker in this test: the page can say so
     assert set(job) >= {"state", "progress", "stage", "error", "iteration"}
 
     r = client.post(f"/api/v1/projects/{pid}/train")
@@ -458,6 +459,7 @@ def test_config_from_environment_and_instance_file(tmp_path, monkeypatch):
 def test_status_endpoint(client):
     body = client.get("/api/v1/status").json
     assert body["queue"] == "sqlite" and body["pending"] == 0 and body["running"] == 0
+    assert body["worker_alive"] is False and body["workers"] == []
 
 
 def test_json_everywhere_under_api(client):

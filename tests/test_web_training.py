@@ -77,6 +77,8 @@ def test_train_through_worker(env, web_photos):
     state["views"] = len(views)
     assert job["features_computed"] == 24 * len(views) == job["features_total"]
     assert job["started_at"] and job["finished_at"]
+    status = client.get("/api/v1/status").json
+    assert status["worker_alive"] is True and len(status["workers"]) == 1
     progress = [p for _, _, p in seen]
     assert progress == sorted(progress)  # never goes backwards
     stages = {s for _, s, _ in seen}

@@ -16,7 +16,7 @@ from models.registry import BACKBONES, DEFAULT_BACKBONES, OFFLINE_BACKBONE, avai
 from web.db import Iteration, Job, Project, ProjectImage, Upload, db, iso, utcnow
 from web.ingest import UploadError, check_label, check_split, ingest, upload_name
 from web.jobs import (JobConflict, Jobs, NotEnoughData, QueueUnavailable, class_counts,
-                      collect_garbage)
+                      collect_garbage, live_workers)
 from web.prediction import (BackboneUnavailable, PredictionService, imagenet_backbones,
                             imagenet_candidates, offload, offload_tf)
 from web.storage import Storage, is_sha256
@@ -161,6 +161,8 @@ def job_json(job: Job | None) -> dict | None:
         "features_computed": job.features_computed, "features_total": job.features_total,
         "created_at": iso(job.created_at), "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at), "updated_at": iso(job.updated_at),
+        # is any worker alive to run it? (queued/running jobs only; null otherwise)
+        "worker_alive": bool(live_workers()) if job.state in ("queued", "running") else None,
     }
 
 
@@ -235,9 +237,13 @@ def status():
     except Exception as exc:  # the queue is down: say so rather than fail
         pending = None
         log.warning("queue unavailable: %s", exc)
+    workers = live_workers()
     return jsonify({
         "queue": "redis" if current_app.config.get("REDIS_URL") else "sqlite",
         "pending": pending,
+        "worker_alive": bool(workers),
+        "workers": [{"id": w.id, "started_at": iso(w.started_at), "seen_at": iso(w.seen_at)}
+                    for w in workers],
         "running": db.session.scalar(sa.select(sa.func.count()).select_from(Job)
                                      .where(Job.state == "running")),
         "queued": db.session.scalar(sa.select(sa.func.count()).select_from(Job)

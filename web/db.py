@@ -172,6 +172,17 @@ class Upload(db.Model):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
 
 
+class WorkerBeat(db.Model):
+    """A worker process's heartbeat (every few seconds), so the app can tell whether any
+    worker is alive to run queued jobs."""
+
+    __tablename__ = "worker_beats"
+
+    id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)  # host:pid
+    started_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow, index=True)
+
+
 def init_app(app) -> None:
     db.init_app(app)
     with app.app_context():

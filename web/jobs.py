@@ -32,7 +32,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from web.db import Blob, Iteration, Job, Project, ProjectImage, db, utcnow
+from web.db import Blob, Iteration, Job, Project, ProjectImage, WorkerBeat, db, utcnow
 from web.storage import Storage
 
 log = logging.getLogger("transferlab.worker")
@@ -41,6 +41,8 @@ TRAIN_TASK = "transferlab.train"
 GC_TASK = "transferlab.gc"
 PARENT_PID_ENV = "TRANSFERLAB_PARENT_PID"
 PROGRESS_SHARE = 0.97  # training's share of the bar; saving the iteration is the rest
+BEAT_SECONDS = 5.0  # how often a worker says it is alive
+BEAT_TIMEOUT = 30.0  # a worker silent this long is considered gone
 
 
 class JobCancelled(Exception):
@@ -384,22 +386,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def live_workers(within: float = BEAT_TIMEOUT) -> list[WorkerBeat]:
+    """Workers that reported in the last `within` seconds."""
+    cutoff = utcnow() - timedelta(seconds=within)
+    return db.session.scalars(sa.select(WorkerBeat).where(WorkerBeat.seen_at >= cutoff)
+                              .order_by(WorkerBeat.started_at)).all()
+
+
 def fail_stale_jobs(stale_seconds: float = 900) -> list[int]:
     """Mark failed the jobs left `running` by a worker that is gone; returns their ids.
 
-    A job of a worker on this host fails when that process is not alive (or is us: we have
-    just started, so we run nothing); a job of another host's worker fails when it has not
-    reported progress for `stale_seconds`.
+    A worker is gone when it is a process of this host that is not alive (or is us: we have
+    just started, so we run nothing), when its heartbeat stopped, or, without a heartbeat,
+    when its job has not reported progress for `stale_seconds`.
     """
     host, me = socket.gethostname(), os.getpid()
-    cutoff = utcnow() - timedelta(seconds=stale_seconds)
+    now = utcnow()
+    cutoff = now - timedelta(seconds=stale_seconds)
+    beats = {b.id: b.seen_at for b in db.session.scalars(sa.select(WorkerBeat))}
     failed = []
     for job in db.session.scalars(sa.select(Job).where(Job.state == "running")).all():
         owner, _, pid = (job.worker or "").rpartition(":")
         dead = not job.worker
         if owner == host and pid.isdigit():
             dead = dead or int(pid) == me or not _pid_alive(int(pid))
-        dead = dead or job.updated_at < cutoff
+        seen = beats.get(job.worker)
+        if seen is not None:
+            dead = dead or seen < now - timedelta(seconds=BEAT_TIMEOUT)
+        else:
+            dead = dead or job.updated_at < cutoff
         if dead:
             failed.append(job.id)
     now = utcnow()
@@ -449,6 +464,24 @@ def _watch_parent(parent_pid: int) -> None:
             return
 
 
+def _beat(app) -> None:
+    """Record this worker's heartbeat every BEAT_SECONDS (own connection, own thread)."""
+    me, started = worker_id(), utcnow()
+    while True:
+        try:
+            with app.app_context(), db.engine.begin() as conn:
+                now = utcnow()
+                if not conn.execute(sa.update(WorkerBeat).where(WorkerBeat.id == me)
+                                    .values(seen_at=now)).rowcount:
+                    conn.execute(sa.insert(WorkerBeat).values(id=me, started_at=started,
+                                                              seen_at=now))
+                conn.execute(sa.delete(WorkerBeat).where(  # forget long-gone workers
+                    WorkerBeat.seen_at < now - timedelta(days=1)))
+        except Exception as exc:  # a busy database must not kill the worker
+            log.warning("heartbeat failed: %s", exc)
+        time.sleep(BEAT_SECONDS)
+
+
 def run_worker(app) -> None:
     """Run the Huey consumer for `app` in this process until SIGINT/SIGTERM."""
     if not logging.getLogger().handlers:
@@ -464,6 +497,7 @@ def run_worker(app) -> None:
     if parent and parent.isdigit():
         threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True,
                          name="parent-watch").start()
+    threading.Thread(target=_beat, args=(app,), daemon=True, name="heartbeat").start()
     if app.config.get("WORKER_PRELOAD", True):
         import models.backbones  # noqa: F401  (TensorFlow loads now, not in the first job)
     consumer = jobs.huey.create_consumer(
