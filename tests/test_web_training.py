@@ -123,6 +123,13 @@ def test_predict_with_trained_project(env, web_photos):
     assert set(ens) >= {"label", "score", "method", "votes"}
     assert ens["label"] == "cat" and ens["votes"] == {"cat": 1}
     assert body["iteration"] == 1 and body["name"] == "mystery.jpg"
+    # the trained iteration is loaded once per process, not per request
+    service = env["app"].extensions["transferlab.prediction"]
+    (loaded,) = service._predictors.values()
+    r = client.post(f"/api/v1/projects/{pid}/predict",
+                    data={"file": (io.BytesIO(web_photos["coffee"][HELD_OUT]), "m2.jpg")})
+    assert r.status_code == 200 and r.json["ensemble"]["label"] == "coffee"
+    assert list(service._predictors.values()) == [loaded]
     r = client.post(f"/api/v1/projects/{pid}/predict",
                     data={"file": (io.BytesIO(b"nope"), "x.jpg")})
     assert r.status_code == 400 and r.json["error"] == "x.jpg: not an image"
