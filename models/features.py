@@ -97,37 +97,62 @@ class FeatureCache:
         progress: Progress | None = None,
         batch_size: int = 32,
     ) -> np.ndarray:
-        """Features of `items` for `backbone` and `view`, shape (len(items), feature_dim).
+        """Features of `items` for `backbone` and one `view`: see `get_or_compute_views`."""
+        return self.get_or_compute_views(backbone, items, make_backbone, (view,),
+                                         progress=progress, batch_size=batch_size)[view]
 
-        Cached vectors are read; the rest are decoded (in threads), run through
-        `make_backbone()` (called at most once, and only on a miss; it returns an object with
-        `input_size` and `features(pixels)`) in batches of `batch_size`, and stored.
-        `progress(done, total)` is called after the cached ones are read and after each batch.
+    def get_or_compute_views(
+        self,
+        backbone: str,
+        items: Sequence[Item],
+        make_backbone: Callable[[], object],
+        views: Sequence[str] = ("orig",),
+        *,
+        progress: Progress | None = None,
+        batch_size: int = 32,
+    ) -> dict[str, np.ndarray]:
+        """{view: (len(items), feature_dim) features} of `items` for `backbone`.
+
+        Cached vectors are read; for the rest, each image is decoded once (in threads) for all
+        its missing views, run through `make_backbone()` (called at most once, and only on a
+        miss; it returns an object with `input_size` and `features(pixels)`) in batches of
+        about `batch_size`, and stored. `progress(done, total)` counts (image, view) pairs: it
+        is called after the cached ones are read and after each batch.
         """
-        total = len(items)
-        found = [self.get(backbone, view, item.sha256) for item in items]
-        missing = [i for i, vec in enumerate(found) if vec is None]
+        for view in views:
+            if view not in VIEWS:
+                raise ValueError(f"unknown view {view!r}")
+        found = {(i, v): self.get(backbone, v, item.sha256)
+                 for v in views for i, item in enumerate(items)}
+        todo: dict[int, list[str]] = {}
+        for (i, v), vec in found.items():
+            if vec is None:
+                todo.setdefault(i, []).append(v)
+        total = len(found)
+        done = total - sum(len(vs) for vs in todo.values())
         if progress:
-            progress(total - len(missing), total)
-        if missing:
+            progress(done, total)
+        if todo:
             model = make_backbone()
-            transform = VIEWS[view]
             size = model.input_size
 
-            def pixels(index: int) -> np.ndarray:
-                return resize_for_model(transform(items[index].load()), size)
+            def pixels(index: int) -> list[tuple[int, str, np.ndarray]]:
+                image = items[index].load()
+                return [(index, v, resize_for_model(VIEWS[v](image), size)) for v in todo[index]]
 
+            per_chunk = max(1, batch_size // len(views))
+            pending = sorted(todo)
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-                for start in range(0, len(missing), batch_size):
-                    chunk = missing[start : start + batch_size]
-                    batch = np.stack(list(pool.map(pixels, chunk)))
-                    vectors = model.features(batch, batch_size=batch_size)
-                    for index, vector in zip(chunk, vectors):
+                for start in range(0, len(pending), per_chunk):
+                    rows = [row for rows in pool.map(pixels, pending[start:start + per_chunk])
+                            for row in rows]
+                    vectors = model.features(np.stack([r[2] for r in rows]), batch_size=batch_size)
+                    for (index, view, _), vector in zip(rows, vectors):
                         self.put(backbone, view, items[index].sha256, vector)
-                        found[index] = vector
-                    self.computed += len(chunk)
+                        found[index, view] = vector
+                    self.computed += len(rows)
+                    done += len(rows)
                     if progress:
-                        progress(total - len(missing) + start + len(chunk), total)
-        if not found:
-            return np.zeros((0, 0), np.float32)
-        return np.stack(found).astype(np.float32)
+                        progress(done, total)
+        return {v: (np.stack([found[i, v] for i in range(len(items))]).astype(np.float32)
+                    if items else np.zeros((0, 0), np.float32)) for v in views}

@@ -174,16 +174,13 @@ def train(
     todo = _items(samples["train"]) + _items(test_kept)
     per_view: dict[str, dict[str, np.ndarray]] = {}
     seconds: dict[str, float] = {}
-    steps = len(backbones) * len(views)
     for b, name in enumerate(backbones):
         began = time.perf_counter()
-        per_view[name] = {}
-        for v, view in enumerate(views):
-            stage = f"extracting features ({get_spec(name).title}, view {v + 1}/{len(views)})"
-            start = 0.8 * (b * len(views) + v) / steps
-            per_view[name][view] = cache.get_or_compute(
-                name, todo, lambda: make_backbone(name), view=view,
-                progress=lambda d, t: report_progress(stage, d, t, start, 0.8 / steps))
+        stage = f"extracting features ({get_spec(name).title}, {len(views)} views)"
+        start = 0.8 * b / len(backbones)
+        per_view[name] = cache.get_or_compute_views(
+            name, todo, lambda: make_backbone(name), views,
+            progress=lambda d, t: report_progress(stage, d, t, start, 0.8 / len(backbones)))
         seconds[name] = time.perf_counter() - began
 
     # Near-duplicates (by the first backbone's embedding) stay together in every split.

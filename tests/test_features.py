@@ -85,3 +85,15 @@ def test_keys_must_be_sha256(tmp_path):
 
     with pytest.raises(ValueError):
         FeatureCache(tmp_path).path("toy", "orig", "../../etc/passwd")
+
+
+def test_all_views_of_an_image_come_from_one_decode(tmp_path):
+    decodes = []
+    image = Image.new("RGB", (40, 30), (10, 100, 200))
+    image.putpixel((0, 0), (255, 0, 0))
+    item = Item(sha256_hex(b"one"), lambda: decodes.append(1) or image)
+    views = ("orig", "hflip", "rot90")
+    out = FeatureCache(tmp_path).get_or_compute_views("toy", [item], CountingBackbone, views)
+    assert len(decodes) == 1
+    assert set(out) == set(views) and all(v.shape == (1, 12) for v in out.values())
+    assert not np.array_equal(out["orig"], out["hflip"])  # the red corner moved

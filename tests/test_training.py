@@ -55,7 +55,7 @@ def test_progress_is_monotonic_and_names_stages(trained):
     _, stages, _, _, _ = trained
     fractions = [p.fraction for p in stages]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert any(p.stage.startswith("extracting features (EfficientNet-Lite0, view 1/8)") for p in stages)
+    assert any(p.stage.startswith("extracting features (EfficientNet-Lite0, 8 views)") for p in stages)
     assert any(p.stage.startswith("fitting head") for p in stages)
 
 
