@@ -146,31 +146,66 @@ def _post_json(url, payload, timeout=30):
         return r.status, json.loads(r.read())
 
 
-def test_app_py_serves_with_gevent_and_starts_a_worker(tmp_path, web_photos):
-    """The whole product path: `python app.py` serves, its worker child trains, and page
-    requests stay fast while the web process runs TensorFlow for a prediction."""
-    from conftest import make_zip
-
-    port = _free_port()
+def _start_app(tmp_path, port: int, log_path, **env):
+    """`python app.py` on 127.0.0.1:`port` with the instance folder tmp_path/instance; returns
+    the process once `/api/v1/backbones` answers."""
     env = {**os.environ, "TRANSFERLAB_INSTANCE_PATH": str(tmp_path / "instance"),
            "TRANSFERLAB_PORT": str(port), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
            "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-           "NO_PROXY": "127.0.0.1,localhost"}
-    log_path = tmp_path / "server.log"
+           "NO_PROXY": "127.0.0.1,localhost", **env}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            assert _get(f"http://127.0.0.1:{port}/api/v1/backbones", timeout=5)[0] == 200
+            return proc
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(log_path.read_text())
+            time.sleep(0.2)
+
+
+def _stop_app(proc, log_path) -> None:
+    """SIGTERM `python app.py`; it must exit, and so must its worker child."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("python app.py did not stop on SIGTERM:\n" + log_path.read_text())
+    text = log_path.read_text()
+    assert "worker started (pid" in text, text
+    child = int(text.split("worker started (pid ")[1].split(")")[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the worker child outlived the server")
+
+
+def _get_json(url, timeout=30):
+    status, body = _get(url, timeout=timeout)
+    return status, json.loads(body)
+
+
+def test_app_py_serves_with_gevent_and_starts_a_worker(tmp_path, web_photos):
+    """The whole product path: `python app.py` serves, its worker child trains, and page
+    requests stay fast while the web process runs TensorFlow for a prediction. Stopped with
+    SIGTERM and started again on the same instance folder, the trained project is all there."""
+    from conftest import make_zip
+
+    port = _free_port()
+    log_path = tmp_path / "server.log"
+    proc = _start_app(tmp_path, port, log_path)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                assert _get(f"{base}/api/v1/backbones", timeout=5)[0] == 200
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail(log_path.read_text())
-                time.sleep(0.2)
         assert _get(f"{base}/")[0] == 200
         status, project = _post_json(f"{base}/api/v1/projects",
                                      {"name": "live", "backbones": ["efficientnet_lite0"]})
@@ -222,24 +257,37 @@ def test_app_py_serves_with_gevent_and_starts_a_worker(tmp_path, web_photos):
         status, answer = _post_file(f"{base}/api/v1/projects/{pid}/predict", "c.jpg",
                                     web_photos["cat"][11])
         assert status == 200 and answer["ensemble"]["label"] == "cat"
+        before = _get_json(f"{base}/api/v1/projects/{pid}/results")[1]
+        assert before["ensemble"]["cv_accuracy"] is not None, before["ensemble"]
         assert "ready (queue" in log_path.read_text()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            pytest.fail("python app.py did not stop on SIGTERM:\n" + log_path.read_text())
-    text = log_path.read_text()
-    assert "worker started (pid" in text
-    child = int(text.split("worker started (pid ")[1].split(")")[0])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        os.kill(child, signal.SIGKILL)
-        pytest.fail("the worker child outlived the server")
+        _stop_app(proc, log_path)
+
+    # Restart on the same instance folder (a new port): the finished project is all there.
+    port = _free_port()
+    log_path = tmp_path / "server-2.log"
+    proc = _start_app(tmp_path, port, log_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        status, again = _get_json(f"{base}/api/v1/projects/{pid}")
+        assert status == 200 and again["name"] == "live", again
+        assert again["classes"] == {"cat": 4, "coffee": 4} and again["test_classes"] == {"cat": 1}
+        assert again["latest_iteration"] == 1 and again["status"] == "succeeded", again
+        assert [p["id"] for p in _get_json(f"{base}/api/v1/projects")[1]] == [pid]
+        status, after = _get_json(f"{base}/api/v1/projects/{pid}/results")
+        assert status == 200 and after["iteration"] == 1 and after["iterations"] == [1]
+        assert (after["backbones"]["efficientnet_lite0"]["cv_accuracy"]
+                == before["backbones"]["efficientnet_lite0"]["cv_accuracy"])
+        assert after["ensemble"]["cv_accuracy"] == before["ensemble"]["cv_accuracy"]
+        assert _get(f"{base}/projects/{pid}")[0] == 200
+        status, answer = _post_file(f"{base}/api/v1/projects/{pid}/predict", "c.jpg",
+                                    web_photos["cat"][11])
+        assert status == 200 and answer["ensemble"]["label"] == "cat"
+        # a new worker child is up, and its start-up left the finished job alone
+        deadline = time.monotonic() + 60
+        while "ready (queue" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        assert _get_json(f"{base}/api/v1/jobs/{job['job_id']}")[1]["state"] == "succeeded"
+    finally:
+        _stop_app(proc, log_path)
