@@ -79,16 +79,27 @@ def _offline_env(instance: Path, keras_home: Path) -> dict:
             "NO_PROXY": "", "no_proxy": ""}
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    """`python app.py` on a free loopback port; yields an object with url, instance, env."""
-    root = tmp_path_factory.mktemp("ui")
+class Live:
+    """A running `python app.py`: proc, url, instance, keras_home, log_path."""
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_live(root: Path, **env) -> Live:
+    """`python app.py` on a free loopback port with its instance folder and an empty Keras
+    home (the Keras backbones are unavailable, EfficientNet-Lite is not) under `root`."""
     instance, keras_home = root / "instance", root / "keras_home"
     instance.mkdir()
-    keras_home.mkdir()  # empty: the Keras backbones are unavailable, EfficientNet-Lite0 is not
+    keras_home.mkdir()
     port = _free_port()
     env = {**_offline_env(instance, keras_home), "TRANSFERLAB_PORT": str(port),
-           "TRANSFERLAB_HOST": "127.0.0.1", "TRANSFERLAB_WORKER": "false"}
+           "TRANSFERLAB_HOST": "127.0.0.1", **env}
     env.pop("TRANSFERLAB_WEIGHTS_DIR", None)
     log_path = root / "server.log"
     with open(log_path, "wb") as log:
@@ -107,19 +118,18 @@ def live(tmp_path_factory):
             proc.kill()
             pytest.fail(f"server did not start:\n{log_path.read_text(errors='replace')}")
         time.sleep(0.2)
-
-    class Live:
-        pass
-
     live = Live()
-    live.url, live.instance, live.keras_home, live.log_path = url, instance, keras_home, log_path
+    live.proc, live.url, live.instance, live.keras_home, live.log_path = (
+        proc, url, instance, keras_home, log_path)
+    return live
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """The server of the flow below, without a worker child (see `worker`)."""
+    live = start_live(tmp_path_factory.mktemp("ui"), TRANSFERLAB_WORKER="false")
     yield live
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    live.stop()
 
 
 @pytest.fixture(scope="module")
@@ -164,12 +174,17 @@ class Session:
         assert injected == 0, "markup from a class or file name was injected into the page"
 
 
-@pytest.fixture(scope="module")
-def session(browser, live):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, base_url=live.url)
+def new_context(browser, live, width=1400, height=1000):
+    context = browser.new_context(viewport={"width": width, "height": height}, base_url=live.url)
     # Belt and braces: the page may only ever talk to the live server.
     context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(live.url)
                   else route.abort())
+    return context
+
+
+@pytest.fixture(scope="module")
+def session(browser, live):
+    context = new_context(browser, live)
     s = Session(context.new_page())
     yield s
     context.close()
@@ -199,6 +214,46 @@ def _jpeg_of_chelsea() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(data.chelsea()).save(buf, "JPEG", quality=90)
     return buf.getvalue()
+
+
+SHOTS_ENV = "TRANSFERLAB_UI_SCREENSHOTS"
+SHOT_WIDTH = 1280
+SHOT_MAX_BYTES = 300_000
+# Transient toasts (fixed, top right) and the text caret stay out of the pictures.
+SHOT_STYLE = "#alerts { display: none !important; } * { caret-color: transparent !important; }"
+
+
+def screenshot(page, name: str, selector: str | None = None) -> Path | None:
+    """For the README: save `name` into $TRANSFERLAB_UI_SCREENSHOTS (nothing when unset), at
+    SHOT_WIDTH px wide, of the element `selector` or else of the whole page; once every image
+    on the page has loaded. A PNG over SHOT_MAX_BYTES is re-compressed, and if still too
+    large reduced to a 256-colour palette."""
+    folder = os.environ.get(SHOTS_ENV)
+    if not folder:
+        return None
+    from PIL import Image
+
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = page.viewport_size
+    page.set_viewport_size({"width": SHOT_WIDTH, "height": size["height"]})
+    try:
+        page.mouse.move(0, 0)  # no hover state
+        page.wait_for_function("[...document.images].every((i) => i.complete)")
+        target = page.locator(selector) if selector else page
+        options = {"path": str(path), "animations": "disabled", "style": SHOT_STYLE}
+        if not selector:
+            options["full_page"] = True
+        target.screenshot(**options)
+    finally:
+        page.set_viewport_size(size)
+    if path.stat().st_size > SHOT_MAX_BYTES:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+        im.save(path, optimize=True)
+        if path.stat().st_size > SHOT_MAX_BYTES:
+            im.quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    return path
 
 
 def class_card(page, label):
@@ -416,22 +471,20 @@ def test_drop_image_to_classify(session, data):
     session.passed.add("classify")
 
 
-def test_screenshot_of_results(session, tmp_path_factory):
-    """A full-page screenshot of the project page with results, for a human to look at
-    (set TRANSFERLAB_UI_SCREENSHOTS=<folder> to keep it)."""
+def test_project_page_with_results_fits_a_phone(session, tmp_path):
+    """A phone, 420 px wide: nothing on the project page with results overflows it."""
     session.needs("train")
     page = session.page
-    page.locator("#results-section").scroll_into_view_if_needed()
-    folder = Path(os.environ.get("TRANSFERLAB_UI_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(folder / "project.png"), full_page=True)
-    page.set_viewport_size({"width": 420, "height": 900})  # a phone: nothing overflows the page
-    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
-    page.screenshot(path=str(folder / "project-narrow.png"), full_page=True)
-    page.set_viewport_size({"width": 1400, "height": 1000})
+    page.set_viewport_size({"width": 420, "height": 900})
+    try:
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        page.screenshot(path=str(tmp_path / "project-narrow.png"), full_page=True)
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1000})
     assert overflow <= 0
-    assert (folder / "project.png").stat().st_size > 10_000
-    session.passed.add("screenshot")
+    assert (tmp_path / "project-narrow.png").stat().st_size > 10_000
+    session.passed.add("narrow")
 
 
 def test_reload_keeps_rejects_and_results(session):
@@ -550,3 +603,75 @@ def test_project_list_links_to_project(session):
     page.wait_for_url(session.project_url)
     session.assert_clean()
     session.passed.add("list")
+
+
+# ---- the README's screenshots -----------------------------------------------------------------
+
+
+@pytest.mark.skipif(not os.environ.get(SHOTS_ENV),
+                    reason=f"set {SHOTS_ENV}=<folder> to take the README's screenshots")
+def test_readme_screenshots(browser, tmp_path_factory, web_photos):
+    """Every page, for the README, on a project of its own with plain names (the flow above
+    uses HTML for names): its own `python app.py` with the worker child, as a user runs it.
+    TRANSFERLAB_UI_SCREENSHOTS=docs/screenshots python -m pytest tests/test_ui_app.py"""
+    live = start_live(tmp_path_factory.mktemp("readme"))
+    context = new_context(browser, live, SHOT_WIDTH, 900)
+    try:
+        s = Session(context.new_page())
+        page = s.page
+        page.goto("/")
+        page.wait_for_selector("#backbone-list input[value=efficientnet_lite0]")
+        for name in ("resnet50", "vgg16", "xception"):
+            page.uncheck(f"#bb-{name}")
+        page.check("#bb-efficientnet_lite0")
+        page.check("#bb-efficientnet_lite1")
+        page.fill("#project-name", "Cat, coffee or rocket")
+        page.click("#create-btn")
+        page.wait_for_url("**/projects/*")
+
+        labels = ("cat", "coffee", "rocket")
+        members = {f"photos/{label}/{label}_{i}.jpg": web_photos[label][i]
+                   for label in labels for i in range(6)}
+        members["photos/cat/cat_6.jpg"] = web_photos["cat"][6][:1500]  # cut short
+        members["photos/notes.txt"] = b"taken on the balcony\n"
+        drop_files(page, "#train-drop", [("photos.zip", make_zip(members), "application/zip")])
+        page.wait_for_function("document.querySelectorAll('.class-card').length === 3")
+        test_zip = make_zip({f"{label}/t{i}.jpg": web_photos[label][8 + i]
+                             for label in labels for i in range(2)})
+        page.set_input_files("#test-drop input[type=file]", files=[
+            {"name": "test.zip", "mimeType": "application/zip", "buffer": test_zip}])
+        page.wait_for_function("document.querySelectorAll('.class-count.test').length === 3")
+        page.wait_for_function("""() => {
+            const imgs = [...document.querySelectorAll('.class-card img')];
+            return imgs.length === 24 && imgs.every((i) => i.complete && i.naturalWidth > 0);
+        }""")
+        screenshot(page, "project-data.png", "#data-section")
+
+        page.click("#train-btn")
+        page.wait_for_selector("#job-state:has-text('Done')", timeout=TRAIN_TIMEOUT)
+        page.wait_for_selector(".model-card.ensemble")
+        lite = page.locator(".model-card[data-model=efficientnet_lite0]")
+        lite.locator(".heatmap").first.locator("button.cell[data-true=cat][data-pred=cat]").click()
+        page.wait_for_selector("#cell-detail .thumb img")
+        screenshot(page, "project-results.png", "#results-section")
+
+        drop_files(page, "#classify-drop", [("query.jpg", web_photos["cat"][11], "image/jpeg")])
+        page.wait_for_selector(".ensemble-answer", timeout=60_000)
+        screenshot(page, "classify.png", "#classify-section")
+
+        page.goto("/imagenet")
+        page.wait_for_selector("#imagenet-backbones input[value=efficientnet_lite0]")
+        drop_files(page, "#imagenet-drop", [("chelsea.jpg", _jpeg_of_chelsea(), "image/jpeg")])
+        page.wait_for_selector("#imagenet-result .ensemble-answer", timeout=60_000)
+        screenshot(page, "imagenet.png")
+
+        page.goto("/")
+        page.wait_for_selector(".project-link:has-text('trained')")
+        screenshot(page, "home.png")
+        s.assert_clean()
+    finally:
+        context.close()
+        live.stop()
+    for name in ("home", "project-data", "project-results", "classify", "imagenet"):
+        size = (Path(os.environ[SHOTS_ENV]) / f"{name}.png").stat().st_size
+        assert 10_000 < size <= SHOT_MAX_BYTES, (name, size)
