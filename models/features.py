@@ -39,9 +39,35 @@ DIHEDRAL = ("orig", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", 
 # (test-time augmentation in feature space); which set a project uses is chosen by CV.
 VIEW_POLICIES: dict[str, tuple[str, ...]] = {
     "none": ("orig",),
-    "flips": ("orig", "hflip"),
     "dihedral": DIHEDRAL,
+    "flips": ("orig", "hflip"),  # offered, not tried by default: it rarely beat both others
 }
+DEFAULT_POLICIES = ("none", "dihedral")
+
+# Feature transforms a head may be given (chosen by CV, like the views). "sqrt" is the power
+# transform of few-shot learning: pooled ReLU features are skewed, their square roots less so.
+TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "raw": lambda x: x,
+    "sqrt": lambda x: np.sqrt(np.maximum(x, 0.0)),
+}
+
+
+def head_inputs(policies: Sequence[str], transforms: Sequence[str] = tuple(TRANSFORMS)) -> list[str]:
+    """Candidate head inputs, cheapest first: "<view policy>" or "<view policy>+<transform>"."""
+    return [p if t == "raw" else f"{p}+{t}" for p in policies for t in transforms]
+
+
+def parse_head_input(name: str) -> tuple[tuple[str, ...], str]:
+    """(views, transform) of a head input name made by `head_inputs`."""
+    policy, _, transform = name.partition("+")
+    return VIEW_POLICIES[policy], transform or "raw"
+
+
+def head_input(per_view: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """A head's input: the transform of the mean feature over its views."""
+    views, transform = parse_head_input(name)
+    return TRANSFORMS[transform](np.mean([per_view[v] for v in views], axis=0))
+
 
 Progress = Callable[[int, int], None]  # (done, total)
 

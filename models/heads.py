@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
-STEP_GRID = (10, 20, 40, 80, 160, 320, 640, 1280, 2560)
+L2_GRID = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+STEP_GRID = (10, 20, 40, 80, 160, 320, 640, 1280)
 DEFAULT_PARAMS = {"l2": 1e-2, "steps": 160}  # used only when a class has < 2 images
 MAX_FOLDS = 5
 

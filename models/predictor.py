@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from models.ensemble import majority_vote, mean_probability, weighted_probability
-from models.features import VIEW_POLICIES, VIEWS
+from models.features import TRANSFORMS, VIEWS, parse_head_input
 from models.images import resize_for_model
 from models.training import ENSEMBLE_NAMES, TrainResult, load_result
 
@@ -81,10 +81,10 @@ class Predictor:
         probs = {}
         for name, backbone in self.backbones.items():
             head = self.result.heads[name]
-            views = VIEW_POLICIES[head.params.get("views", "none")]
+            views, transform = parse_head_input(head.params.get("views", "none"))
             features = backbone.features(_pixels(images, backbone.input_size, views))
             mean = features.reshape(len(views), len(images), -1).mean(axis=0)
-            probs[name] = head.predict_proba(mean)
+            probs[name] = head.predict_proba(TRANSFORMS[transform](mean))
         return probs
 
     def predict(self, images: Sequence[Image.Image], top_k: int = 3,
@@ -135,9 +135,11 @@ def export_classifier(backbone, head, path: str | Path) -> Path:
     inputs = keras.Input((None, None, 3), name="image")
     size = backbone.input_size
     x = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True)(inputs)
-    views = VIEW_POLICIES[head.params.get("views", "none")]
+    views, transform = parse_head_input(head.params.get("views", "none"))
     features = [backbone.features_model(_keras_view(x, v)) for v in views]
     pooled = features[0] if len(features) == 1 else keras.layers.Average()(features)
+    if transform == "sqrt":
+        pooled = keras.ops.sqrt(keras.ops.relu(pooled))
     dense = keras.layers.Dense(kernel.shape[1], activation="softmax", name="head")
     model = keras.Model(inputs, dense(pooled), name=f"transferlab_{backbone.name}")
     dense.set_weights([kernel, bias])

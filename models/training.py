@@ -17,7 +17,8 @@ from models.datasets import Sample
 from models.duplicates import near_duplicate_groups
 from models.ensemble import (cross_fit_weighted, fit_weights, majority_vote, mean_probability,
                              weighted_probability)
-from models.features import VIEW_POLICIES, FeatureCache, Item
+from models.features import (DEFAULT_POLICIES, VIEW_POLICIES, FeatureCache, Item, head_input,
+                             head_inputs)
 from models.heads import (LinearHead, apply_temperature, cross_fit_temperature, cross_val_logits,
                           fit_temperature, make_folds, softmax, train_head)
 from models.metrics import classification_report, expected_calibration_error, fold_accuracies
@@ -130,7 +131,7 @@ def train(
     *,
     test_samples: Sequence[Sample] = (),
     progress: ProgressCallback | None = None,
-    view_policies: Sequence[str] = tuple(VIEW_POLICIES),
+    view_policies: Sequence[str] = DEFAULT_POLICIES,
     seed: int = 0,
 ) -> TrainResult:
     """Train one head per backbone on `train_samples` and evaluate everything honestly.
@@ -142,8 +143,8 @@ def train(
     "test_skipped"), and training-set scores under their own name.
 
     Automatic choices, all by CV on the training images: per backbone, which views of each
-    image the head sees (`view_policies`, averaged features: test-time augmentation), its L2
-    strength and training length; a temperature that calibrates its probabilities; and which
+    image the head sees (`view_policies`, averaged features: test-time augmentation) and
+    whether their square roots serve better, its L2 strength and training length; a temperature that calibrates its probabilities; and which
     ensemble (majority vote, mean, CV-weighted mean) the project answers with.
     Raises TrainingError for fewer than two classes, no backbone or an unknown view policy.
     """
@@ -196,8 +197,7 @@ def train(
         began = time.perf_counter()
         stage = f"fitting head ({get_spec(name).title})"
         report_progress(stage, 0, 1, 0.8 + 0.2 * b / len(backbones), 0.2 / len(backbones))
-        candidates = {p: np.mean([per_view[name][v] for v in VIEW_POLICIES[p]], axis=0)
-                      for p in view_policies}
+        candidates = {c: head_input(per_view[name], c) for c in head_inputs(view_policies)}
         train_x = {p: x[:n_train] for p, x in candidates.items()}
         head = train_head(train_x, y["train"], classes, groups, seed)
         calibration = {}

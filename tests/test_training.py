@@ -104,7 +104,7 @@ def test_exported_model_carries_the_test_time_views(trained, tmp_path):
     result, _, data, _, _ = trained
     head = result.heads["efficientnet_lite0"]
     dihedral = type(head)(head.classes, head.mean, head.scale, head.weight, head.bias,
-                          dict(head.params, views="dihedral"))
+                          dict(head.params, views="dihedral+sqrt"))
     path = export_classifier(lite("efficientnet_lite0"), dihedral, tmp_path / "d8.keras")
     model = keras.saving.load_model(path, safe_mode=True)
     image = data.samples[0].image().resize((224, 224))
