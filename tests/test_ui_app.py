@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-sync_api = pytest.importorskip("playwright.sync_api")
-if not Path(CHROMIUM).exists():
-    pytest.skip("Debian's chromium is not installed", allow_module_level=True)
+from playwright import sync_api  # noqa: E402
+
+if not Path(CHROMIUM).exists():  # a missing browser is a broken set-up, never a skip
+    pytest.fail("Debian's chromium is not installed: apt-get install chromium", pytrace=False)
 
 REPO = Path(__file__).resolve().parents[1]
 XSS = "<img src=x onerror=alert(1)>"
@@ -608,12 +609,11 @@ def test_project_list_links_to_project(session):
 # ---- the README's screenshots -----------------------------------------------------------------
 
 
-@pytest.mark.skipif(not os.environ.get(SHOTS_ENV),
-                    reason=f"set {SHOTS_ENV}=<folder> to take the README's screenshots")
+@pytest.mark.screenshots
 def test_readme_screenshots(browser, tmp_path_factory, web_photos):
     """Every page, for the README, on a project of its own with plain names (the flow above
     uses HTML for names): its own `python app.py` with the worker child, as a user runs it.
-    TRANSFERLAB_UI_SCREENSHOTS=docs/screenshots python -m pytest tests/test_ui_app.py"""
+    TRANSFERLAB_UI_SCREENSHOTS=docs/screenshots python -m pytest -m screenshots tests/test_ui_app.py"""
     live = start_live(tmp_path_factory.mktemp("readme"))
     context = new_context(browser, live, SHOT_WIDTH, 900)
     try:
