@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,17 +33,7 @@ from models.features import FeatureCache, Item  # noqa: E402
 from models.metrics import expected_calibration_error  # noqa: E402
 from models.training import train  # noqa: E402
 
-
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
+from machine import machine  # noqa: E402  (bench/machine.py, beside this script)
 
 
 def _keras_head(n_classes: int, hidden: int | None, dim: int):
@@ -79,7 +67,6 @@ def recipe_tm(x, y, n_classes, rng):
 
 
 def recipe_keras20(x, y, n_classes, rng):
-    import keras
 
     model = _keras_head(n_classes, 1024, x.shape[1])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")

@@ -24,7 +24,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import re
 import signal
 import socket
@@ -38,21 +37,11 @@ import uuid
 import zipfile
 from pathlib import Path
 
+from machine import machine  # bench/machine.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "galaxy4-dev"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
 
 
 def zip_class_folders(root: Path) -> tuple[bytes, int, dict[str, int]]:

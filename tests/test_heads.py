@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from models.heads import (L2_GRID, STEP_GRID, LinearHead, choose_params, cross_val_predict,
                           fit_head, make_folds, softmax, train_head)

@@ -27,6 +27,8 @@ import pytest
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 from playwright import sync_api  # noqa: E402
 
+from conftest import make_zip  # noqa: E402
+
 if not Path(CHROMIUM).exists():  # a missing browser is a broken set-up, never a skip
     pytest.fail("Debian's chromium is not installed: apt-get install chromium", pytrace=False)
 
@@ -47,16 +49,6 @@ DROP_JS = """([selector, files]) => {
     target.dispatchEvent(new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: dt }));
   }
 }"""
-
-
-def make_zip(members: dict) -> bytes:
-    import zipfile
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buf.getvalue()
 
 
 def drop_files(page, selector, files):
