@@ -141,10 +141,3 @@ def _run(model, pixels: np.ndarray, batch_size: int) -> np.ndarray:
 def load_backbone(name: str, weights: str | None = "imagenet", weights_dir=None) -> Backbone:
     """One shared `Backbone` per (name, weights, weights_dir) in this process."""
     return Backbone(name, weights=weights, weights_dir=weights_dir)
-
-
-def imagenet_labels() -> list[str]:
-    """The 1000 ImageNet class names, indexed by class id."""
-    from models.imagenet import imagenet_labels as labels
-
-    return labels()

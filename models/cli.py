@@ -101,7 +101,7 @@ def cmd_classify(args) -> int:
 
 
 def cmd_imagenet(args) -> int:
-    from models.backbones import imagenet_labels
+    from models.imagenet import imagenet_labels
     from models.predictor import imagenet_predict
 
     load = _loader(args.weights_dir)

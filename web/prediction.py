@@ -128,7 +128,7 @@ class PredictionService:
         return predictor.predict(list(images), top_k=top_k)
 
     def imagenet(self, images: Sequence, backbones: Sequence[str], top_k: int = 3):
-        from models.backbones import imagenet_labels
+        from models.imagenet import imagenet_labels
         from models.predictor import imagenet_predict
         from models.weights import WeightsNotFound
 
