@@ -200,6 +200,7 @@ def train(
         candidates = {c: head_input(per_view[name], c) for c in head_inputs(view_policies)}
         train_x = {p: x[:n_train] for p, x in candidates.items()}
         head = train_head(train_x, y["train"], classes, groups, seed)
+        x = candidates[head.params["views"]]
         calibration = {}
         cv_probs = None
         if val_masks:
@@ -211,12 +212,10 @@ def train(
                 "cv_ece_calibrated": expected_calibration_error(cv_probs, y["train"]),
                 "cv_views_chosen_per_fold": chosen,
             }
-            x = candidates[head.params["views"]]
             if test_kept:
                 calibration["test_ece_uncalibrated"] = expected_calibration_error(
                     head.predict_proba(x[n_train:]), y["test"])
             head = apply_temperature(head, fit_temperature(cv_logits, y["train"]))
-        x = candidates[head.params["views"]]
         probs = {
             "cv": cv_probs,
             "train": head.predict_proba(x[:n_train]),
