@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 from playwright import sync_api  # noqa: E402
@@ -599,6 +600,43 @@ def test_project_list_links_to_project(session):
 
 
 # ---- the README's screenshots -----------------------------------------------------------------
+
+
+def test_near_duplicates_across_train_and_test_are_flagged(browser, live, web_photos):
+    """A re-saved, resized copy of a training photo dropped as a test image: the upload says
+    so, and the data section lists the pair with a warning about the test set."""
+    context = new_context(browser, live)
+    s = Session(context.new_page())
+    page = s.page
+    page.goto("/")
+    page.wait_for_selector("#backbone-list input[value=efficientnet_lite0]")
+    for name in ("resnet50", "vgg16", "xception"):
+        page.uncheck(f"#bb-{name}")
+    page.check("#bb-efficientnet_lite0")
+    page.fill("#project-name", "Near duplicates")
+    page.click("#create-btn")
+    page.wait_for_url("**/projects/*")
+    original = web_photos["astronaut"][0]
+    im = Image.open(io.BytesIO(original)).convert("RGB")
+    copy = io.BytesIO()
+    im.resize((im.width * 2, im.height * 2)).save(copy, "JPEG", quality=70)
+    page.fill("#train-label", "astronaut")
+    page.set_input_files("#train-drop input[type=file]", files=[
+        {"name": "a.jpg", "mimeType": "image/jpeg", "buffer": original},
+        {"name": "b.jpg", "mimeType": "image/jpeg", "buffer": web_photos["rocket"][0]}])
+    page.wait_for_selector(".class-card[data-label=astronaut]")
+    assert page.is_hidden("#near-dups")
+    page.fill("#test-label", "astronaut")
+    page.set_input_files("#test-drop input[type=file]", files=[
+        {"name": "a-big.jpg", "mimeType": "image/jpeg", "buffer": copy.getvalue()}])
+    page.wait_for_selector(".upload-near-dups")
+    page.wait_for_selector("#near-dups .near-dup-group")
+    group = page.locator("#near-dups .near-dup-group")
+    assert group.count() == 1
+    assert "training and the test set" in group.inner_text()
+    assert group.locator("img").count() == 2
+    s.assert_clean()
+    context.close()
 
 
 @pytest.mark.screenshots

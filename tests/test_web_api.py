@@ -485,3 +485,23 @@ def test_redis_queue_when_redis_url_is_set(tmp_path, monkeypatch, web_photos):
     assert job["state"] == "failed" and "could not queue" in job["error"]
     status = client.get("/api/v1/status").json
     assert status["queue"] == "redis" and status["pending"] is None
+
+
+def test_near_duplicates_are_listed_at_upload_including_across_train_and_test(client, web_photos):
+    pid = new_project(client)
+    original = web_photos["cat"][0]
+    im = Image.open(io.BytesIO(original)).convert("RGB")
+    copy = io.BytesIO()
+    im.resize((im.width * 2, im.height * 2)).save(copy, "JPEG", quality=70)  # another file
+    r = upload(client, pid, [("cat.jpg", original), ("coffee.jpg", web_photos["coffee"][0])],
+               label="cat")
+    assert r.status_code == 200 and r.json["near_duplicates"] == []
+    r = upload(client, pid, [("cat-big.jpg", copy.getvalue())], label="cat", split="test")
+    assert r.status_code == 200 and r.json["accepted"] == 1
+    (group,) = r.json["near_duplicates"]
+    assert {(i["name"], i["split"]) for i in group["images"]} == {("cat.jpg", "train"),
+                                                                  ("cat-big.jpg", "test")}
+    assert group["straddles_splits"] and not group["mixed_labels"]
+    assert all(i["thumbnail"].endswith("/thumbnail") for i in group["images"])
+    listed = client.get(f"/api/v1/projects/{pid}/near-duplicates").json["groups"]
+    assert [sorted(i["name"] for i in g["images"]) for g in listed] == [["cat-big.jpg", "cat.jpg"]]

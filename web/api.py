@@ -17,6 +17,7 @@ from web.db import Iteration, Job, Project, ProjectImage, Upload, db, iso, utcno
 from web.ingest import UploadError, check_label, check_split, ingest, upload_name
 from web.jobs import (JobConflict, Jobs, NotEnoughData, QueueUnavailable, class_counts,
                       collect_garbage, live_workers)
+from web.near_duplicates import group_images, image_hashes, project_images
 from web.prediction import (BackboneUnavailable, PredictionService, imagenet_backbones,
                             imagenet_candidates, offload, offload_tf)
 from web.storage import Storage, is_sha256
@@ -335,12 +336,33 @@ def upload_images(project_id: int):
     db.session.commit()
     report["classes"] = class_counts(project.id, "train")
     report["test_classes"] = class_counts(project.id, "test")
+    new = {image["sha256"] for image in report["images"]}
+    report["near_duplicates"] = [g for g in _near_duplicates(project.id)
+                                 if new & {i["sha256"] for i in g["images"]}]
     if report["accepted"] == 0 and not report["duplicates"] and report["rejected"]:
         shown = "; ".join(f"{r['name']}: {r['reason']}" for r in report["rejected"][:5])
         more = len(report["rejected"]) - 5
         message = f"no image accepted: {shown}" + (f"; and {more} more" if more > 0 else "")
         return error_response(400, message, **report)
     return jsonify(report)
+
+
+def _near_duplicates(project_id: int) -> list[dict]:
+    rows = project_images(project_id)
+    hashes = offload(image_hashes, _storage(), [r.sha256 for r in rows],
+                     current_app.config["THUMBNAIL_SIZE"])
+    groups = group_images(rows, hashes)
+    for group in groups:
+        for image in group["images"]:
+            image["thumbnail"] = thumbnail_url(image["sha256"])
+    return groups
+
+
+@bp.get("/projects/<int:project_id>/near-duplicates")
+def list_near_duplicates(project_id: int):
+    """Groups of the project's images that look like one picture (perceptual hash)."""
+    get_project(project_id)
+    return jsonify({"groups": _near_duplicates(project_id)})
 
 
 @bp.get("/projects/<int:project_id>/images")

@@ -163,7 +163,40 @@ async function loadProject() {
   renderHeader(project);
   const rows = renderClasses(project);
   updateTrainControls(rows);
+  loadNearDuplicates();
   return project;
+}
+
+/** One near-duplicate group: its thumbnails with class and split, and what is wrong with it. */
+function nearDuplicateGroup(group) {
+  const warnings = [
+    group.straddles_splits ? "in both the training and the test set: test accuracy will look better than it is" : null,
+    group.mixed_labels ? "labelled with different classes" : null,
+  ].filter(Boolean);
+  return h("li", { class: "near-dup-group" },
+    warnings.length ? h("p", { class: "near-dup-warning", text: `Same picture ${warnings.join("; ")}.` }) : null,
+    h("div", { class: "thumbs" }, group.images.map((im) =>
+      thumb({ ...im, source: im.name }, `${im.label}${im.split === "test" ? " (test)" : ""}`))));
+}
+
+function nearDuplicateList(groups) {
+  const risky = groups.filter((g) => g.straddles_splits || g.mixed_labels).length;
+  return h("details", { class: "near-dups-list", open: risky > 0 },
+    h("summary", { text: `${plural(groups.length, "group")} of near-duplicate images` +
+      (risky ? ` (${risky} across the test set or classes)` : "") }),
+    h("p", { class: "muted", text: "Resized, re-saved or lightly edited copies of one picture. Training keeps each group in one fold, so cross-validation is not inflated by them." }),
+    h("ul", null, groups.map(nearDuplicateGroup)));
+}
+
+async function loadNearDuplicates() {
+  const box = $("#near-dups");
+  try {
+    const { groups } = await api(`${base}/near-duplicates`);
+    box.hidden = !groups.length;
+    fill(box, groups.length ? nearDuplicateList(groups) : null);
+  } catch (err) {
+    reportError(err);
+  }
 }
 
 // ---- choosing backbones --------------------------------------------------------------------
@@ -233,6 +266,8 @@ function uploadReport(body, { what, split, when } = {}) {
       h("ul", null, rejected.map((r) => h("li", null,
         h("code", { class: "reject-name", text: r.name ?? r.source ?? r.path ?? "?" }), " — ",
         h("span", { class: "reject-reason", text: r.reason ?? r.error ?? "rejected" }))))) : null,
+    (body.near_duplicates || []).length ? h("p", { class: "upload-near-dups", text:
+      `${plural(body.near_duplicates.length, "near-duplicate group")} involve these images: see the list under Classes.` }) : null,
     dups.length ? h("details", { class: "dups" },
       h("summary", { text: `${plural(dups.length, "duplicate")} skipped (already in the project)` }),
       h("ul", null, dups.map((d) => h("li", null,
