@@ -465,6 +465,33 @@ def test_drop_image_to_classify(session, data):
     session.passed.add("classify")
 
 
+
+def test_threshold_setting_makes_unsure_answers_not_sure(session):
+    session.needs("classify")
+    page = session.page
+    gray = io.BytesIO()
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(gray, "PNG")  # no class in particular
+
+    def classify_gray():
+        page.evaluate("document.querySelector('#classify-result').replaceChildren()")
+        drop_files(page, "#classify-drop", [("gray.png", gray.getvalue(), "image/png")])
+        return page.wait_for_selector(".ensemble-answer", timeout=60_000)
+
+    answer = classify_gray()
+    assert "unsure" not in (answer.get_attribute("class") or "")
+    page.fill("#threshold", "99")
+    page.click("#threshold-form button[type=submit]")
+    page.wait_for_selector("#threshold-status:has-text('below 99%')")
+    answer = classify_gray()
+    assert page.locator(".answer-label").inner_text() == "Not sure"
+    assert "below the 99.0%" in answer.inner_text()
+    page.reload()
+    page.wait_for_function("document.querySelector('#threshold').value === '99'")
+    page.fill("#threshold", "0")
+    page.click("#threshold-form button[type=submit]")
+    page.wait_for_selector("#threshold-status:has-text('always answers')")
+    session.assert_clean()
+
 def test_project_page_with_results_fits_a_phone(session, tmp_path):
     """A phone, 420 px wide: nothing on the project page with results overflows it."""
     session.needs("train")

@@ -10,6 +10,7 @@ import io
 import time
 
 import pytest
+from PIL import Image
 from conftest import _photo_variants, make_zip
 
 from web import create_app
@@ -142,6 +143,33 @@ def test_predict_with_trained_project(env, web_photos):
     ens = r.json["ensemble"]
     assert ens["label"] == "rocket" or (ens["label"] == "unknown" and ens["best_guess"] == "rocket")
 
+
+
+def test_project_threshold_makes_unsure_answers_unknown(env, web_photos):
+    client, pid = env["client"], env["state"]["pid"]
+    gray = io.BytesIO()
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(gray, "PNG")  # no class in particular
+    image = gray.getvalue()
+
+    def classify(query=""):
+        r = client.post(f"/api/v1/projects/{pid}/predict{query}",
+                        data={"file": (io.BytesIO(image), "q.jpg")})
+        assert r.status_code == 200, r.json
+        return r.json["ensemble"]
+
+    sure = classify()
+    assert sure["label"] != "unknown" and sure["score"] < 1
+    above = (sure["score"] + 1) / 2  # more confidence than this answer has
+    r = client.patch(f"/api/v1/projects/{pid}", json={"threshold": above})
+    assert r.status_code == 200 and r.json["threshold"] == above
+    unsure = classify()
+    assert unsure["label"] == "unknown" and unsure["best_guess"] == sure["label"]
+    assert classify("?threshold=0")["label"] == sure["label"]  # the request may override it
+    for bad in (1, -0.1, "0.5", True):
+        r = client.patch(f"/api/v1/projects/{pid}", json={"threshold": bad})
+        assert r.status_code == 400 and "threshold" in r.json["error"]
+    r = client.patch(f"/api/v1/projects/{pid}", json={"threshold": 0})
+    assert r.json["threshold"] == 0 and classify()["label"] == sure["label"]
 
 def test_retrain_reuses_cached_features(env, web_photos):
     client, pid = env["client"], env["state"]["pid"]

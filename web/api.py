@@ -104,6 +104,13 @@ def _check_backbones(value) -> list[str]:
     return list(dict.fromkeys(value))
 
 
+def _check_threshold(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ApiError(400, f"invalid threshold {value!r}: a number from 0 (always answer) "
+                            "up to, not including, 1")
+    return float(value)
+
+
 def _int_arg(name: str, default=None, minimum: int | None = None, maximum: int | None = None):
     raw = request.values.get(name)
     if raw is None or raw == "":
@@ -196,6 +203,7 @@ def project_json(project: Project, *, full: bool = True) -> dict:
     iterations = _iterations(project.id)
     out = {
         "id": project.id, "name": project.name, "backbones": project.backbones,
+        "threshold": project.threshold or 0.0,
         "created_at": iso(project.created_at), "updated_at": iso(project.updated_at),
         "classes": train, "test_classes": test,
         "n_classes": len(train), "n_train": sum(train.values()), "n_test": sum(test.values()),
@@ -288,6 +296,8 @@ def update_project(project_id: int):
         project.name = _check_name(body["name"])
     if "backbones" in body:
         project.backbones = _check_backbones(body["backbones"])
+    if "threshold" in body:
+        project.threshold = _check_threshold(body["threshold"])
     project.updated_at = utcnow()
     db.session.commit()
     return jsonify(project_json(project))
@@ -635,10 +645,10 @@ def _uploaded_image():
 
 @bp.post("/projects/<int:project_id>/predict")
 def predict(project_id: int):
-    get_project(project_id)
+    project = get_project(project_id)
     it = _iteration(project_id)
     top_k = _int_arg("top_k", current_app.config["TOP_K"], 1, 20)
-    threshold = _float_arg("threshold", 0.0, 0.0, 1.0)
+    threshold = _float_arg("threshold", project.threshold or 0.0, 0.0, 1.0)
     name, image = _uploaded_image()
     folder = _storage().resolve(it.folder)
     try:

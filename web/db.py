@@ -73,6 +73,8 @@ class Project(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(200))
     backbones: Mapped[list] = mapped_column(sa.JSON)
+    # Below this ensemble confidence the answer is "unknown" (0: always answer).
+    threshold: Mapped[float] = mapped_column(sa.Float, default=0.0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow, onupdate=utcnow)
 

@@ -164,7 +164,28 @@ async function loadProject() {
   const rows = renderClasses(project);
   updateTrainControls(rows);
   loadNearDuplicates();
+  if (document.activeElement !== $("#threshold")) $("#threshold").value = Math.round((project.threshold || 0) * 100);
   return project;
+}
+
+/** The project's "not sure" threshold: saved on the project, used by every classification. */
+function setupThreshold() {
+  $("#threshold-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const status = $("#threshold-status");
+    const percent = Number($("#threshold").value);
+    if (!Number.isFinite(percent) || percent < 0 || percent > 99) {
+      status.textContent = "Use a whole percentage from 0 (always answer) to 99.";
+      return;
+    }
+    try {
+      const project = await api(base, { method: "PATCH", json: { threshold: percent / 100 } });
+      state.project.threshold = project.threshold;
+      status.textContent = percent ? `Saved: below ${percent}% the answer is "not sure".` : "Saved: always answers.";
+    } catch (err) {
+      reportError(err);
+    }
+  });
 }
 
 /** One near-duplicate group: its thumbnails with class and split, and what is wrong with it. */
@@ -580,6 +601,7 @@ async function main() {
   $("#backbone-edit").addEventListener("toggle", (e) => { if (e.target.open) fillBackboneEditor(); });
   $("#backbone-form").addEventListener("submit", saveBackbones);
   $("#cancel-btn").addEventListener("click", cancelTraining);
+  setupThreshold();
   $("#iteration").addEventListener("change", (e) => loadResults(Number(e.target.value)));
 
   let project;
