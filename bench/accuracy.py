@@ -11,7 +11,8 @@ Transferlab's recipe is `models.training.train` itself, exactly as the app runs 
 L2 and training length chosen by CV, temperature calibration), on `--backbone` alone
 (`transferlab`) and on the offline ensemble `--ensemble` (`transferlab_ensemble`).
 
-Peer recipes, as their tools ran them on frozen (un-augmented) features:
+Peer recipes, as their tools ran them on frozen (un-augmented) features (the classic pooled top
+features; Transferlab may also use the backbone's pooled earlier stages, see features.py):
   poets    one softmax layer, SGD lr 0.01, batch 100 sampled per step, 500 steps (TF-for-Poets)
   tm       Dense 100 relu + softmax, Adam 1e-3, batch 16, 50 epochs (Teachable Machine)
   keras20  Dense 1024 relu + softmax, Adam, 20 epochs (the Keras tutorials' head)
@@ -125,6 +126,10 @@ def main(argv=None) -> int:
     features = cache.get_or_compute(args.backbone, [Item(s.sha256, s.image) for s in samples],
                                     lambda: make(args.backbone))
     extract_seconds = time.perf_counter() - began
+    # The peers train on the classic bottleneck: the backbone's pooled top features only.
+    from models.registry import get_spec
+
+    features = features[:, :get_spec(args.backbone).blocks[0]]
     ensemble = args.ensemble.split(",")
 
     chosen = args.recipes.split(",")

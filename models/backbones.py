@@ -44,6 +44,36 @@ class Preprocess(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package="transferlab")
+class HeadInput(keras.layers.Layer):
+    """The Keras twin of `models.features.transform(x, transform, blocks)`: a head's input
+    from a backbone's feature vector (its parts have widths `blocks`)."""
+
+    def __init__(self, transform: str, blocks, **kwargs):
+        super().__init__(**kwargs)
+        if transform not in ("raw", "sqrt", "multiscale"):
+            raise ValueError(f"unknown feature transform {transform!r}")
+        self.transform, self.blocks = transform, tuple(int(b) for b in blocks)
+
+    def call(self, x):
+        ops = keras.ops
+        top = x[..., :self.blocks[0]]
+        if self.transform == "raw":
+            return top
+        top = ops.sqrt(ops.relu(top))
+        if self.transform == "sqrt":
+            return top
+        parts, start = [top], self.blocks[0]
+        for width in self.blocks[1:]:
+            parts.append(x[..., start:start + width])
+            start += width
+        unit = [p / ops.maximum(ops.norm(p, axis=-1, keepdims=True), 1e-12) for p in parts]
+        return ops.concatenate(unit, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "transform": self.transform, "blocks": list(self.blocks)}
+
+
 def preprocess_numpy(pixels: np.ndarray, mode: str) -> np.ndarray:
     """NumPy twin of `Preprocess`, for tests and for checking against keras.applications."""
     x = pixels.astype(np.float32)

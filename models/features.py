@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from models.images import resize_for_model
+from models.registry import BACKBONES
 
 # A view is a deterministic transform of the decoded image before resizing; "orig" is the image.
 VIEWS: dict[str, Callable[[Image.Image], Image.Image]] = {
@@ -44,29 +45,61 @@ VIEW_POLICIES: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_POLICIES = ("none", "dihedral")
 
-# Feature transforms a head may be given (chosen by CV, like the views). "sqrt" is the power
+# Feature transforms a head may be given (chosen by CV, like the views). A transform sees the
+# whole feature vector and the widths of its parts (`blocks`, see registry.BackboneSpec):
+# "raw" and "sqrt" use the classic top features (the first part) only. "sqrt" is the power
 # transform of few-shot learning: pooled ReLU features are skewed, their square roots less so.
-TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "raw": lambda x: x,
-    "sqrt": lambda x: np.sqrt(np.maximum(x, 0.0)),
+# "multiscale" adds the pooled earlier stages; each part is scaled to unit length per image,
+# so that 40 mid-level numbers weigh as much as 1280 top ones.
+def _top(x: np.ndarray, blocks: Sequence[int]) -> np.ndarray:
+    return x[..., :blocks[0]]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _multiscale(x: np.ndarray, blocks: Sequence[int]) -> np.ndarray:
+    ends = np.cumsum(blocks)
+    parts = [np.sqrt(np.maximum(_top(x, blocks), 0.0))]
+    parts += [x[..., start:end] for start, end in zip(ends[:-1], ends[1:])]
+    return np.concatenate([_unit(p) for p in parts], axis=-1)
+
+
+TRANSFORMS: dict[str, Callable[[np.ndarray, Sequence[int]], np.ndarray]] = {
+    "raw": _top,
+    "sqrt": lambda x, blocks: np.sqrt(np.maximum(_top(x, blocks), 0.0)),
+    "multiscale": _multiscale,
 }
 
 
-def head_inputs(policies: Sequence[str], transforms: Sequence[str] = tuple(TRANSFORMS)) -> list[str]:
+def transforms_for(blocks: Sequence[int]) -> tuple[str, ...]:
+    """The transforms worth trying on features made of parts of these widths."""
+    return tuple(TRANSFORMS) if len(blocks) > 1 else ("raw", "sqrt")
+
+
+def transform(x: np.ndarray, name: str, blocks: Sequence[int] | None = None) -> np.ndarray:
+    """Apply transform `name` to (..., d) features whose parts have widths `blocks`
+    (default: one part, the whole vector)."""
+    return TRANSFORMS[name](x, tuple(blocks) if blocks else (x.shape[-1],))
+
+
+def head_inputs(policies: Sequence[str], transforms: Sequence[str] = ("raw", "sqrt")) -> list[str]:
     """Candidate head inputs, cheapest first: "<view policy>" or "<view policy>+<transform>"."""
     return [p if t == "raw" else f"{p}+{t}" for p in policies for t in transforms]
 
 
 def parse_head_input(name: str) -> tuple[tuple[str, ...], str]:
     """(views, transform) of a head input name made by `head_inputs`."""
-    policy, _, transform = name.partition("+")
-    return VIEW_POLICIES[policy], transform or "raw"
+    policy, _, transform_name = name.partition("+")
+    return VIEW_POLICIES[policy], transform_name or "raw"
 
 
-def head_input(per_view: dict[str, np.ndarray], name: str) -> np.ndarray:
+def head_input(per_view: dict[str, np.ndarray], name: str,
+               blocks: Sequence[int] | None = None) -> np.ndarray:
     """A head's input: the transform of the mean feature over its views."""
-    views, transform = parse_head_input(name)
-    return TRANSFORMS[transform](np.mean([per_view[v] for v in views], axis=0))
+    views, transform_name = parse_head_input(name)
+    return transform(np.mean([per_view[v] for v in views], axis=0), transform_name, blocks)
 
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -80,8 +113,14 @@ class Item:
     load: Callable[[], Image.Image]
 
 
+def _cache_key(backbone: str) -> str:
+    spec = BACKBONES.get(backbone)
+    return spec.cache_key if spec else backbone
+
+
 class FeatureCache:
-    """Feature vectors on disk under `root/<backbone>/<view>/<sha[:2]>/<sha>.npy`."""
+    """Feature vectors on disk under `root/<backbone key>/<view>/<sha[:2]>/<sha>.npy` (the key
+    is the registry's `cache_key`, which changes whenever a backbone's feature vector does)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -92,7 +131,7 @@ class FeatureCache:
             raise ValueError(f"unknown view {view!r}")
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
-        return self.root / backbone / view / sha256[:2] / f"{sha256}.npy"
+        return self.root / _cache_key(backbone) / view / sha256[:2] / f"{sha256}.npy"
 
     def get(self, backbone: str, view: str, sha256: str) -> np.ndarray | None:
         path = self.path(backbone, view, sha256)

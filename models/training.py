@@ -18,7 +18,7 @@ from models.duplicates import near_duplicate_groups
 from models.ensemble import (cross_fit_weighted, fit_weights, majority_vote, mean_probability,
                              weighted_probability)
 from models.features import (DEFAULT_POLICIES, VIEW_POLICIES, FeatureCache, Item, head_input,
-                             head_inputs)
+                             head_inputs, transforms_for)
 from models.heads import (LinearHead, apply_temperature, cross_fit_temperature, cross_val_logits,
                           fit_temperature, make_folds, softmax, train_head)
 from models.metrics import classification_report, expected_calibration_error, fold_accuracies
@@ -185,7 +185,8 @@ def train(
         seconds[name] = time.perf_counter() - began
 
     # Near-duplicates (by the first backbone's embedding) stay together in every split.
-    groups_all = near_duplicate_groups(per_view[backbones[0]]["orig"])
+    top_features = per_view[backbones[0]]["orig"][:, :get_spec(backbones[0]).blocks[0]]
+    groups_all = near_duplicate_groups(top_features)
     groups = groups_all[:n_train]
     val_masks = make_folds(y["train"], groups, seed=seed)
 
@@ -197,7 +198,9 @@ def train(
         began = time.perf_counter()
         stage = f"fitting head ({get_spec(name).title})"
         report_progress(stage, 0, 1, 0.8 + 0.2 * b / len(backbones), 0.2 / len(backbones))
-        candidates = {c: head_input(per_view[name], c) for c in head_inputs(view_policies)}
+        blocks = get_spec(name).blocks
+        candidates = {c: head_input(per_view[name], c, blocks)
+                      for c in head_inputs(view_policies, transforms_for(blocks))}
         train_x = {p: x[:n_train] for p, x in candidates.items()}
         head = train_head(train_x, y["train"], classes, groups, seed)
         x = candidates[head.params["views"]]

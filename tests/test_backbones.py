@@ -18,7 +18,7 @@ def test_keras_backbones_build_with_right_sizes(name):
 def test_efficientnet_lite0_builds_with_real_weights():
     backbone = Backbone("efficientnet_lite0")
     pixels = np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3))
-    assert backbone.features(pixels).shape == (1, 1280)
+    assert backbone.features(pixels).shape == (1, backbone.spec.feature_dim) == (1, 2024)
 
 
 @pytest.mark.parametrize("name,module", [("resnet50", "resnet50"), ("vgg16", "vgg16"),

@@ -26,9 +26,11 @@ if str(ROOT) not in sys.path:
 from models.efficientnet_lite import (  # noqa: E402
     block_specs,
     build_efficientnet_lite,
+    feature_blocks,
     input_size,
     installed_weights_path,
     preprocess_input,
+    stage_end_blocks,
 )
 from models.imagenet import imagenet_labels, top_k  # noqa: E402
 from models.torch_pickle import load_state_dict  # noqa: E402
@@ -225,7 +227,7 @@ def test_lite1_lite2_build_and_classify(variant, blocks, size):
 
 def test_random_init_and_bad_variant():
     model = build_efficientnet_lite("lite0", None, include_top=False)
-    assert tuple(model.output.shape) == (None, 1280)
+    assert tuple(model.output.shape) == (None, sum(feature_blocks("lite0")))
     with pytest.raises(ValueError):
         build_efficientnet_lite("lite9", None, include_top=False)
 
@@ -235,11 +237,19 @@ def test_features_model_saves_and_reloads(tmp_path, lite0_top, lite0_photos):
     import keras
 
     features = build_efficientnet_lite("lite0", _weights("lite0"), include_top=False)
-    assert tuple(features.output.shape) == (None, 1280)
+    blocks = feature_blocks("lite0")
+    assert blocks == (1280, 40, 80, 112, 192, 320)  # the head, then the ends of stages 3-7
+    assert tuple(features.output.shape) == (None, sum(blocks))
     before = _run(features, lite0_photos)
-    # same as the pooled layer of the classifier built from the same file
-    pooled = keras.Model(lite0_top.input, lite0_top.get_layer("avg_pool").output)
-    np.testing.assert_allclose(before, _run(pooled, lite0_photos), atol=1e-6)
+    # the head part is the pooled layer of the classifier built from the same file, and each
+    # later part is the average over the image of the output of a stage's last block
+    ends = [f"block{b.index}_add" if b.has_skip else f"block{b.index}_project_bn"
+            for b in stage_end_blocks("lite0")]
+    assert ends == ["block4_add", "block7_add", "block10_add", "block14_add", "block15_project_bn"]
+    taps = keras.Model(lite0_top.input, [lite0_top.get_layer("avg_pool").output]
+                       + [keras.ops.mean(lite0_top.get_layer(n).output, axis=(1, 2)) for n in ends])
+    expected = np.concatenate([np.asarray(t) for t in taps(lite0_photos)], axis=1)
+    np.testing.assert_allclose(before, expected, atol=1e-5)
 
     path = tmp_path / "lite0_features.keras"
     features.save(path)

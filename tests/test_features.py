@@ -97,3 +97,47 @@ def test_all_views_of_an_image_come_from_one_decode(tmp_path):
     assert len(decodes) == 1
     assert set(out) == set(views) and all(v.shape == (1, 12) for v in out.values())
     assert not np.array_equal(out["orig"], out["hflip"])  # the red corner moved
+
+
+def test_feature_transforms_use_the_parts_of_the_vector():
+    from models.features import transform, transforms_for
+
+    blocks = (4, 2, 3)
+    x = np.arange(1, 19, dtype=np.float32).reshape(2, 9) - 3.0  # some negative entries
+    np.testing.assert_array_equal(transform(x, "raw", blocks), x[:, :4])
+    np.testing.assert_allclose(transform(x, "sqrt", blocks), np.sqrt(np.maximum(x[:, :4], 0)))
+    ms = transform(x, "multiscale", blocks)
+    assert ms.shape == (2, 9)
+    for start, end in ((0, 4), (4, 6), (6, 9)):  # every part has unit length per image
+        np.testing.assert_allclose(np.linalg.norm(ms[:, start:end], axis=1), 1.0, rtol=1e-6)
+    top = np.sqrt(np.maximum(x[:, :4], 0))
+    np.testing.assert_allclose(ms[:, :4], top / np.linalg.norm(top, axis=1, keepdims=True))
+    np.testing.assert_array_equal(transform(x, "raw"), x)  # one part: the whole vector
+    assert transforms_for((2048,)) == ("raw", "sqrt")
+    assert transforms_for(blocks) == ("raw", "sqrt", "multiscale")
+
+
+def test_keras_head_input_matches_the_numpy_transforms():
+    from models.backbones import HeadInput
+    from models.features import transform
+
+    blocks = (5, 3, 4)
+    x = np.random.default_rng(0).normal(size=(3, 12)).astype(np.float32)
+    for name in ("raw", "sqrt", "multiscale"):
+        got = np.asarray(HeadInput(name, blocks)(x))
+        np.testing.assert_allclose(got, transform(x, name, blocks), rtol=1e-5, atol=1e-6)
+
+
+def test_cache_folder_changes_with_the_feature_vector(tmp_path):
+    """EfficientNet-Lite's vector grew mid-level parts: its old 1280-d entries are never served."""
+    from models.registry import BACKBONES
+
+    cache = FeatureCache(tmp_path)
+    sha = "ab" * 32
+    lite = BACKBONES["efficientnet_lite0"]
+    assert cache.path("efficientnet_lite0", "orig", sha).parts[-4] == lite.cache_key != lite.name
+    assert cache.path("resnet50", "orig", sha).parts[-4] == "resnet50"
+    old = tmp_path / "efficientnet_lite0" / "orig" / sha[:2] / f"{sha}.npy"
+    old.parent.mkdir(parents=True)
+    np.save(old, np.ones(1280, np.float32))
+    assert cache.get("efficientnet_lite0", "orig", sha) is None

@@ -97,23 +97,31 @@ def test_save_load_predict_and_export(trained, tmp_path, photo_test_folder):
     np.testing.assert_allclose(probs, expected, atol=0.05)  # resize filters differ slightly
 
 
-def test_exported_model_carries_the_test_time_views(trained, tmp_path):
-    """Force the dihedral views: the export must average the same eight views."""
+@pytest.mark.parametrize("transform", ["sqrt", "multiscale"])
+def test_exported_model_carries_the_test_time_views(trained, tmp_path, transform):
+    """Force the dihedral views and a feature transform: the export must average the same
+    eight views and transform the features as the predictor does."""
     import keras
 
-    result, _, data, _, _ = trained
-    head = result.heads["efficientnet_lite0"]
-    dihedral = type(head)(head.classes, head.mean, head.scale, head.weight, head.bias,
-                          dict(head.params, views="dihedral+sqrt"))
-    path = export_classifier(lite("efficientnet_lite0"), dihedral, tmp_path / "d8.keras")
-    model = keras.saving.load_model(path, safe_mode=True)
-    image = data.samples[0].image().resize((224, 224))
+    from models.heads import LinearHead
     from models.training import TrainResult
 
-    predictor = Predictor(TrainResult(result.classes, {"efficientnet_lite0": dihedral},
-                                      result.report), lite)
+    result, _, data, _, _ = trained
+    spec = lite("efficientnet_lite0").spec
+    dim = spec.blocks[0] if transform == "sqrt" else spec.feature_dim
+    rng = np.random.default_rng(0)
+    classes = result.classes
+    scale = 1.0 if transform == "sqrt" else 0.1  # logits of order 1 for either input
+    head = LinearHead(classes, np.zeros(dim, np.float32), scale,
+                      rng.normal(0, dim ** -0.5, (dim, len(classes))).astype(np.float32),
+                      np.zeros(len(classes), np.float32), {"views": f"dihedral+{transform}"})
+    path = export_classifier(lite("efficientnet_lite0"), head, tmp_path / "d8.keras")
+    model = keras.saving.load_model(path, safe_mode=True)
+    image = data.samples[0].image().resize((224, 224))
+    predictor = Predictor(TrainResult(classes, {"efficientnet_lite0": head}, result.report), lite)
     expected = predictor.probabilities([image])["efficientnet_lite0"][0]
     got = np.asarray(model(np.asarray(image, np.float32)[None]))[0]
+    assert expected.max() < 0.99  # a head that is not saturated, so the comparison means something
     np.testing.assert_allclose(got, expected, atol=1e-3)
 
 
