@@ -67,9 +67,12 @@ def _weights_dir():
 # -- helpers -----------------------------------------------------------------------------
 
 
+MAX_ID = 2**63 - 1  # larger ids cannot exist (and overflow SQLite's integers)
+
+
 def get_project(project_id: int) -> Project:
     """The caller's project `project_id`; 404 when it does not exist or is someone else's."""
-    project = db.session.scalar(auth.owned(sa.select(Project).where(Project.id == project_id)))
+    project = None if project_id > MAX_ID else db.session.scalar(auth.owned(sa.select(Project).where(Project.id == project_id)))
     if project is None:
         raise ApiError(404, f"no project with id {project_id}")
     return project
@@ -115,6 +118,7 @@ def _int_arg(name: str, default=None, minimum: int | None = None, maximum: int |
         value = int(raw)
     except ValueError:
         raise ApiError(400, f"{name!r} must be an integer, got {raw!r}") from None
+    maximum = MAX_ID if maximum is None else maximum
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ApiError(400, f"{name!r} must be between {minimum} and {maximum}, got {value}")
     return value
@@ -517,7 +521,7 @@ def list_jobs(project_id: int):
 
 
 def _get_job(job_id: int) -> Job:
-    job = db.session.scalar(auth.owned(sa.select(Job).join(Project, Project.id == Job.project_id)
+    job = None if job_id > MAX_ID else db.session.scalar(auth.owned(sa.select(Job).join(Project, Project.id == Job.project_id)
                                        .where(Job.id == job_id)))
     if job is None:
         raise ApiError(404, f"no job with id {job_id}")
@@ -690,7 +694,7 @@ def create_token():
 
 @bp.delete("/tokens/<int:token_id>")
 def delete_token(token_id: int):
-    if not auth.revoke_token(auth.current_user(), token_id):
+    if token_id > MAX_ID or not auth.revoke_token(auth.current_user(), token_id):
         raise ApiError(404, f"no token with id {token_id}")
     return jsonify({"deleted": token_id})
 
