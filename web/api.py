@@ -717,8 +717,8 @@ def _too_large_message() -> str:
     limit = request.max_content_length
     size = request.content_length
     if limit is not None and (size is None or size > limit):
-        what = "JSON body" if request.max_content_length != current_app.config.get(
-            "MAX_CONTENT_LENGTH") else "upload"
+        what = ("JSON body" if request.is_json else
+                "form" if request.mimetype == "application/x-www-form-urlencoded" else "upload")
         return f"{what} too large: the limit is {limit} bytes" + (
             f", this request has {size}" if size is not None else "")
     return (f"a form field is too large or there are too many form parts: the limits are "

@@ -236,6 +236,9 @@ def has_users() -> bool:
 
 def _guard():
     """Authenticate, refuse strangers, and check CSRF on cookie-authenticated writes."""
+    if request.mimetype == "application/x-www-form-urlencoded":
+        # Werkzeug reads such a form whole, past MAX_FORM_MEMORY_SIZE: cap the request itself.
+        request.max_content_length = current_app.config["MAX_FORM_MEMORY_SIZE"]
     header = request.headers.get("Authorization")
     if header is not None:
         g.user, g.auth_via = _user_for_token(header), "token"
