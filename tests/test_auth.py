@@ -339,6 +339,17 @@ def test_another_users_ids_are_404_and_change_nothing(app, two_users):
         assert db.session.get(Job, job).cancel_requested is False
 
 
+def test_ids_beyond_64_bits_are_404_not_a_database_error(app, two_users):
+    c, ann, pid = two_users["client"], two_users["ann"], two_users["pid"]
+    huge = "9" * 30
+    for url in [f"/api/v1/projects/{huge}", f"/api/v1/jobs/{huge}", f"/api/v1/projects/{huge}/images"]:
+        assert c.get(url, headers=ann).status_code == 404, url
+    assert c.delete(f"/api/v1/tokens/{huge}", headers=ann).status_code == 404
+    for query in [f"offset={huge}", f"iteration={huge}"]:
+        url = f"/api/v1/projects/{pid}/{'images' if 'offset' in query else 'results'}?{query}"
+        assert c.get(url, headers=ann).status_code == 400, url
+
+
 def test_another_users_project_page_is_a_404(app, two_users):
     bob = logged_in(app.test_client(), "bob", create=False, password=TEST_PASSWORD)
     assert bob.get(f"/projects/{two_users['pid']}").status_code == 404

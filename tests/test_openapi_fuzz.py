@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, ignored
 
 from web import create_app
 
-FUZZ_EXAMPLES = int(os.environ.get("TRANSFERLAB_FUZZ_EXAMPLES", "25"))
+FUZZ_EXAMPLES = int(os.environ.get("TRANSFERLAB_FUZZ_EXAMPLES", "10"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, ignored_auth]
 SEEN: collections.Counter = collections.Counter()  # status code -> answers, for the summary
