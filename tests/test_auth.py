@@ -212,7 +212,9 @@ def test_cookie_authenticated_writes_need_the_csrf_token(app):
     assert client.get("/api/v1/tokens").json == []
     # the login form needs it too (no login CSRF)
     stranger = app.test_client()
-    assert stranger.post("/login", data={"username": "ann", "password": TEST_PASSWORD}).status_code == 400
+    r = stranger.post("/login", data={"username": "ann", "password": TEST_PASSWORD})
+    assert r.status_code == 400 and b"form had expired" in r.data  # the form again, with a new token
+    assert stranger.get("/api/v1/me").status_code == 401
 
 
 def test_token_authenticated_writes_need_no_csrf_token(app):

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from flask import (Blueprint, current_app, flash, g, jsonify, redirect, render_template, request,
                    session, url_for)
 from flask.sessions import SecureCookieSessionInterface
-from flask_wtf.csrf import CSRFProtect
+from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from web.db import ApiToken, Project, User, db, iso, utcnow
@@ -79,6 +79,19 @@ def init_app(app) -> None:
     @app.context_processor
     def _user():
         return {"current_user": current_user()}
+
+    @app.errorhandler(CSRFError)
+    def _csrf_error(exc: CSRFError):
+        """JSON under /api/; the login and setup forms come back with a fresh token."""
+        if request.path.startswith("/api/"):
+            response = jsonify({"error": exc.description})
+            response.status_code = 400
+            return response
+        if request.endpoint in ("auth.login", "auth.setup"):
+            template = "login.html" if request.endpoint == "auth.login" else "setup.html"
+            return render_template(template, error="The form had expired: please try again.",
+                                   username=""), 400
+        return exc
 
 
 # -- users and tokens ---------------------------------------------------------------------------
