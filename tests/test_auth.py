@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -231,6 +232,10 @@ def test_api_tokens_are_hashed_listed_and_revocable(app, tmp_path):
     r = client.post("/api/v1/tokens", json={"name": "backup script"})
     assert r.status_code == 201
     secret, token_id = r.json["token"], r.json["id"]
+    page = client.post("/account/tokens", data={"name": "from the page"})
+    assert page.headers["Cache-Control"] == "no-store" and b"tl_" in page.data
+    page_token_id = re.findall(r'class="token-row" data-id="(\d+)"', page.get_data(as_text=True))[-1]
+    assert client.post(f"/account/tokens/{page_token_id}/delete").status_code == 302
     assert secret.startswith("tl_") and len(secret) > 40
     listed = client.get("/api/v1/tokens").json
     assert [t["name"] for t in listed] == ["backup script"] and "token" not in listed[0]

@@ -288,6 +288,14 @@ def _safe_next(target: str | None) -> str:
 # -- pages --------------------------------------------------------------------------------------
 
 
+@bp.after_request
+def _no_store(response):
+    """Login forms and new tokens never go into a cache."""
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+
 @bp.route("/setup", methods=["GET", "POST"])
 def setup():
     """The first visit: create the admin account (only while no account exists)."""
