@@ -352,6 +352,8 @@ def test_ids_beyond_64_bits_are_404_not_a_database_error(app, two_users):
     for url in [f"/api/v1/projects/{huge}", f"/api/v1/jobs/{huge}", f"/api/v1/projects/{huge}/images"]:
         assert c.get(url, headers=ann).status_code == 404, url
     assert c.delete(f"/api/v1/tokens/{huge}", headers=ann).status_code == 404
+    page = logged_in(app.test_client(), create=False)
+    assert page.get(f"/projects/{huge}").status_code == 404
     for query in [f"offset={huge}", f"iteration={huge}"]:
         url = f"/api/v1/projects/{pid}/{'images' if 'offset' in query else 'results'}?{query}"
         assert c.get(url, headers=ann).status_code == 400, url

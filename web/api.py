@@ -2,8 +2,8 @@
 
 Errors are `{"error": "..."}` with a 4xx status: 400 bad input (naming the file and the
 reason), 401 no or bad credentials, 404 unknown ids (and other users' ids: every project
-query is scoped to the caller, see `web.auth.owned`), 409 conflicts, 413 too large. Nothing here imports TensorFlow
-except the two predict routes, and those run it off the gevent loop.
+query is scoped to the caller, see `web.auth.owned`), 409 conflicts, 413 too large. Nothing
+here imports TensorFlow except the two predict routes, and those run it off the gevent loop.
 """
 from __future__ import annotations
 
@@ -67,12 +67,9 @@ def _weights_dir():
 # -- helpers -----------------------------------------------------------------------------
 
 
-MAX_ID = 2**63 - 1  # larger ids cannot exist (and overflow SQLite's integers)
-
-
 def get_project(project_id: int) -> Project:
     """The caller's project `project_id`; 404 when it does not exist or is someone else's."""
-    project = None if project_id > MAX_ID else db.session.scalar(auth.owned(sa.select(Project).where(Project.id == project_id)))
+    project = auth.owned_project(project_id)
     if project is None:
         raise ApiError(404, f"no project with id {project_id}")
     return project
@@ -118,7 +115,7 @@ def _int_arg(name: str, default=None, minimum: int | None = None, maximum: int |
         value = int(raw)
     except ValueError:
         raise ApiError(400, f"{name!r} must be an integer, got {raw!r}") from None
-    maximum = MAX_ID if maximum is None else maximum
+    maximum = auth.MAX_ID if maximum is None else maximum
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ApiError(400, f"{name!r} must be between {minimum} and {maximum}, got {value}")
     return value
@@ -521,8 +518,8 @@ def list_jobs(project_id: int):
 
 
 def _get_job(job_id: int) -> Job:
-    job = None if job_id > MAX_ID else db.session.scalar(auth.owned(sa.select(Job).join(Project, Project.id == Job.project_id)
-                                       .where(Job.id == job_id)))
+    job = None if job_id > auth.MAX_ID else db.session.scalar(auth.owned(
+        sa.select(Job).join(Project, Project.id == Job.project_id).where(Job.id == job_id)))
     if job is None:
         raise ApiError(404, f"no job with id {job_id}")
     return job
@@ -694,7 +691,7 @@ def create_token():
 
 @bp.delete("/tokens/<int:token_id>")
 def delete_token(token_id: int):
-    if token_id > MAX_ID or not auth.revoke_token(auth.current_user(), token_id):
+    if token_id > auth.MAX_ID or not auth.revoke_token(auth.current_user(), token_id):
         raise ApiError(404, f"no token with id {token_id}")
     return jsonify({"deleted": token_id})
 
@@ -704,7 +701,7 @@ OPENAPI_FILE = "docs/openapi.yaml"
 
 @bp.get("/openapi.yaml")
 def openapi():
-    """This API's OpenAPI 3.1 description (public: it holds no data)."""
+    """This API's OpenAPI 3 description (public: it holds no data)."""
     import os
 
     path = os.path.join(os.path.dirname(current_app.root_path), OPENAPI_FILE)

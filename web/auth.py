@@ -240,6 +240,17 @@ def owned(query):
     return query.where(Project.owner_id == (user.id if user else -1))
 
 
+MAX_ID = 2**63 - 1  # larger ids cannot exist (and would overflow SQLite's integers)
+
+
+def owned_project(project_id: int) -> Project | None:
+    """The current user's project `project_id`; None when it does not exist, is someone
+    else's, or the id is too large to exist."""
+    if not 0 < project_id <= MAX_ID:
+        return None
+    return db.session.scalar(owned(sa.select(Project).where(Project.id == project_id)))
+
+
 def has_users() -> bool:
     return db.session.scalar(sa.select(User.id).limit(1)) is not None
 
