@@ -500,7 +500,7 @@ def test_command_line_creates_users_and_tokens(tmp_path):
 
     def run(*args, stdin=""):
         return subprocess.run([sys.executable, str(REPO / "app.py"), *args], input=stdin, env=env,
-                              capture_output=True, text=True, cwd=REPO, timeout=120)
+                              capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
 
     out = run("create-user", "root", "--admin", "--password-stdin", stdin=TEST_PASSWORD + "\n")
     assert out.returncode == 0, out.stderr
