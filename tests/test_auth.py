@@ -505,13 +505,12 @@ def test_command_line_creates_users_and_tokens(tmp_path):
     out = run("create-user", "root", "--admin", "--password-stdin", stdin=TEST_PASSWORD + "\n")
     assert out.returncode == 0, out.stderr
     assert TEST_PASSWORD not in out.stdout + out.stderr
-    assert run("create-user", "root", "--password-stdin", stdin=TEST_PASSWORD + "\n").returncode == 1
-    assert run("create-user", "x", "--password-stdin", stdin="short\n").returncode == 1
+    taken = run("create-user", "root", "--password-stdin", stdin=TEST_PASSWORD + "\n")
+    assert taken.returncode == 1 and "taken" in taken.stderr
     out = run("create-token", "root", "--name", "ci")
     assert out.returncode == 0, out.stderr
     token = out.stdout.strip()
     assert token.startswith("tl_") and "\n" not in token
-    assert run("create-token", "nobody").returncode == 1
     app = create_app({"INSTANCE_PATH": str(tmp_path / "instance")})
     me = app.test_client().get("/api/v1/me", headers=bearer(token)).json
     assert me["username"] == "root" and me["is_admin"] is True
