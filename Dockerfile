@@ -21,5 +21,5 @@ USER app
 VOLUME ["/data", "/home/app/.keras"]
 EXPOSE 5000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:5000/api/v1/backbones', timeout=4); sys.exit(0)"
+    CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:5000/api/v1/openapi.yaml', timeout=4); sys.exit(0)"
 CMD ["python", "app.py"]

@@ -3,6 +3,12 @@
     python app.py            serve the web app with gevent on TRANSFERLAB_HOST:TRANSFERLAB_PORT
                              (default 127.0.0.1:5000) and start a worker child process
     python app.py worker     run only a worker (the Huey consumer that trains)
+    python app.py create-user NAME [--admin] [--password-stdin]
+                             add an account (the first visit to the site creates the admin
+                             account too, when none exists)
+    python app.py set-password NAME [--password-stdin]
+    python app.py create-token NAME [--name WHAT-FOR]
+                             print a new API token (Authorization: Bearer <token>)
 
 Set TRANSFERLAB_WORKER=false to serve without starting a worker (run workers yourself, e.g.
 on other machines with REDIS_URL and DATABASE_URL pointing at shared servers).
@@ -11,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-_SERVING = __name__ == "__main__" and (len(sys.argv) < 2 or sys.argv[1] not in ("worker", "-h", "--help"))
+_SERVING = __name__ == "__main__" and len(sys.argv) < 2
 if _SERVING:  # gevent must patch the standard library before anything else imports it
     from gevent import monkey
 
@@ -102,6 +108,12 @@ def serve(app) -> None:
     else:
         log.info("TRANSFERLAB_WORKER is off: run `python app.py worker` to train")
     log.info("Transferlab on http://%s:%s/ (instance folder %s)", host, port, app.instance_path)
+    with app.app_context():
+        from web.auth import has_users
+
+        if not has_users():
+            log.info("no account yet: the first visit to http://%s:%s/ creates the admin account "
+                     "(or run `python app.py create-user NAME --admin`)", host, port)
     server.serve_forever()
 
 
@@ -116,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
 
         run_worker(create_app())
         return 0
+    from web.auth import CLI_COMMANDS, cli
+
+    if argv and argv[0] in CLI_COMMANDS:
+        return cli(create_app(), argv)
     if argv:
         print(f"unknown command {argv[0]!r}\n{__doc__}", file=sys.stderr)
         return 2

@@ -66,8 +66,9 @@ def free_port() -> int:
 
 
 class Api:
-    def __init__(self, base: str):
+    def __init__(self, base: str, token: str):
         self.base = base
+        self.auth = {"Authorization": f"Bearer {token}"}
 
     def _call(self, request, timeout):
         try:
@@ -79,12 +80,12 @@ class Api:
                 from None
 
     def get(self, path, timeout=60):
-        return self._call(urllib.request.Request(self.base + path), timeout)
+        return self._call(urllib.request.Request(self.base + path, headers=self.auth), timeout)
 
     def post_json(self, path, payload, timeout=60):
         return self._call(urllib.request.Request(
             self.base + path, data=json.dumps(payload).encode(), method="POST",
-            headers={"Content-Type": "application/json"}), timeout)
+            headers={"Content-Type": "application/json", **self.auth}), timeout)
 
     def post_file(self, path, filename, data, timeout=3600):
         boundary = uuid.uuid4().hex
@@ -93,7 +94,25 @@ class Api:
         body += data + f"\r\n--{boundary}--\r\n".encode()
         return self._call(urllib.request.Request(
             self.base + path, data=body, method="POST",
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}), timeout)
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}", **self.auth}),
+            timeout)
+
+
+def bench_token(instance: Path) -> str:
+    """An API token for the account `bench` on `instance` (made with `python app.py`'s CLI)."""
+    import secrets
+
+    env = {**os.environ, "TRANSFERLAB_INSTANCE_PATH": str(instance)}
+
+    def app_py(*args, stdin=None):
+        return subprocess.run([sys.executable, str(REPO / "app.py"), *args], input=stdin, env=env,
+                              cwd=REPO, capture_output=True, text=True, check=False)
+
+    app_py("create-user", "bench", "--password-stdin", stdin=secrets.token_hex(16) + "\n")  # or exists
+    out = app_py("create-token", "bench", "--name", "bench/api_training_time.py")
+    if out.returncode != 0:
+        raise RuntimeError(f"could not make an API token: {out.stderr}")
+    return out.stdout.strip()
 
 
 class Server:
@@ -200,7 +219,7 @@ def run(args, workdir: Path) -> dict:
     fresh = not (instance / "features").exists()
     port = args.port or free_port()
     server = Server(instance, port, workdir / "server.log")
-    api = Api(f"http://127.0.0.1:{port}")
+    api = Api(f"http://127.0.0.1:{port}", bench_token(instance))
     server.start()
     try:
         web_ready, worker_ready = server.wait_ready(api, timeout=300)

@@ -205,3 +205,47 @@ def make_zip(members: dict) -> bytes:
         for name, data in members.items():
             archive.writestr(name, data)
     return buf.getvalue()
+
+
+# --- accounts (web/auth.py): log a test client in the way a user does ---------------------------
+
+TEST_PASSWORD = "correct horse battery staple"
+
+
+def page_csrf_token(html: str) -> str:
+    """The CSRF token a page carries in `<meta name="csrf-token">` (what static/js/api.js sends)."""
+    import re
+
+    found = re.search(r'<meta name="csrf-token" content="([^"]+)"', html)
+    assert found, "the page has no CSRF token"
+    return found.group(1)
+
+
+def logged_in(client, username: str = "ann", password: str = TEST_PASSWORD, *, create=True):
+    """`client` (a Flask test client) logged in through the login page as `username` (the
+    account is created first when `create`; the first one on an instance is the admin). The
+    client then sends the page's CSRF token header with every request, as the pages do."""
+    from web.auth import create_user
+    from web.db import User, db
+
+    app = client.application
+    with app.app_context():
+        if create and db.session.scalar(db.select(User).where(User.username == username)) is None:
+            create_user(username, password, admin=username == "ann")
+    token = page_csrf_token(client.get("/login").get_data(as_text=True))
+    r = client.post("/login", data={"username": username, "password": password, "csrf_token": token})
+    assert r.status_code == 302, r.get_data(as_text=True)[:500]
+    client.environ_base["HTTP_X_CSRFTOKEN"] = page_csrf_token(client.get("/").get_data(as_text=True))
+    return client
+
+
+def api_token(app, username: str = "ann", password: str = TEST_PASSWORD) -> str:
+    """A new API token for `username` (created if missing), for `Authorization: Bearer`."""
+    from web.auth import create_user, issue_token
+    from web.db import User, db
+
+    with app.app_context():
+        user = db.session.scalar(db.select(User).where(User.username == username))
+        if user is None:
+            user = create_user(username, password, admin=username == "ann")
+        return issue_token(user, "tests")[1]

@@ -103,7 +103,7 @@ def start_live(root: Path, **env) -> Live:
     deadline = time.monotonic() + 60
     while True:
         try:
-            with urllib.request.urlopen(url + "/api/v1/backbones", timeout=2) as response:
+            with urllib.request.urlopen(url + "/api/v1/openapi.yaml", timeout=2) as response:
                 if response.status == 200:
                     break
         except OSError:
@@ -176,10 +176,32 @@ def new_context(browser, live, width=1400, height=1000):
     return context
 
 
+PASSWORD = "correct horse battery staple"
+
+
+def sign_in(page, username="ann", password=PASSWORD):
+    """Open the site as a user does: the first visit creates the admin account on the setup
+    page; later visits log in on the login page. Ends on the projects page."""
+    page.goto("/")
+    if "/setup" in page.url:
+        page.fill("#username", username)
+        page.fill("#password", password)
+        page.fill("#confirm", password)
+        page.click("#setup-btn")
+    else:
+        assert "/login" in page.url, page.url
+        page.fill("#username", username)
+        page.fill("#password", password)
+        page.click("#login-btn")
+    page.wait_for_selector("#account-link")
+    assert page.inner_text("#account-link") == username
+
+
 @pytest.fixture(scope="module")
 def session(browser, live):
     context = new_context(browser, live)
     s = Session(context.new_page())
+    sign_in(s.page)  # the first visit: creates the admin account
     yield s
     context.close()
 
@@ -626,6 +648,56 @@ def test_project_list_links_to_project(session):
     session.passed.add("list")
 
 
+# ---- accounts: strangers get nowhere -----------------------------------------------------------
+
+
+def test_strangers_log_in_and_see_only_their_own_projects(session, browser, live):
+    """The admin adds an account on the account page; that person, in another browser, is sent
+    to the login page, sees none of the admin's projects, and gets a 404 for one by its URL.
+    Logging out ends the session."""
+    session.needs("create")
+    page = session.page
+    page.goto("/account")
+    page.fill("#new-username", "bob")
+    page.fill("#new-user-password", PASSWORD)
+    page.click("#user-form button[type=submit]")
+    page.wait_for_selector(".flashes:has-text('bob')")
+    session.assert_clean()
+
+    context = new_context(browser, live)
+    try:
+        other = Session(context.new_page())
+        response = other.page.goto(session.project_url)
+        assert "/login?next=" in other.page.url and response.status == 200, other.page.url
+        sign_in(other.page, "bob")
+        other.page.wait_for_selector("#project-list:not([aria-busy=true])")
+        assert other.page.locator(".project-link").count() == 0
+        assert other.page.goto(session.project_url).status == 404
+        other.page.click("#logout-btn")
+        other.page.wait_for_url("**/login")
+        other.page.goto("/")
+        assert "/login" in other.page.url
+        other.assert_clean()
+    finally:
+        context.close()
+
+
+def test_account_page_makes_an_api_token(session, live):
+    page = session.page
+    page.goto("/account")
+    page.fill("#token-name", "my script")
+    page.click("#token-btn")
+    token = page.inner_text("#new-token").strip()
+    assert token.startswith("tl_")
+    request = urllib.request.Request(live.url + "/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert r.status == 200 and b'"username":"ann"' in r.read().replace(b" ", b"")
+    page.goto("/account")  # shown once: not on the page any more
+    assert page.locator("#new-token").count() == 0
+    assert page.locator(".token-row").count() == 1
+    session.assert_clean()
+
+
 # ---- the README's screenshots -----------------------------------------------------------------
 
 
@@ -635,7 +707,7 @@ def test_near_duplicates_across_train_and_test_are_flagged(browser, live, web_ph
     context = new_context(browser, live)
     s = Session(context.new_page())
     page = s.page
-    page.goto("/")
+    sign_in(page)
     page.wait_for_selector("#backbone-list input[value=efficientnet_lite0]")
     for name in ("resnet50", "vgg16", "xception"):
         page.uncheck(f"#bb-{name}")
@@ -676,7 +748,7 @@ def test_readme_screenshots(browser, tmp_path_factory, web_photos):
     try:
         s = Session(context.new_page())
         page = s.page
-        page.goto("/")
+        sign_in(page)
         page.wait_for_selector("#backbone-list input[value=efficientnet_lite0]")
         for name in ("resnet50", "vgg16", "xception"):
             page.uncheck(f"#bb-{name}")

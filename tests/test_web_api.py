@@ -9,7 +9,7 @@ import io
 import json
 
 import pytest
-from conftest import make_zip
+from conftest import logged_in, make_zip
 from PIL import Image
 
 from web import create_app
@@ -23,7 +23,8 @@ def app(tmp_path):
 
 @pytest.fixture
 def client(app):
-    return app.test_client()
+    """Logged in as the page's user: session cookie plus the CSRF header (see conftest)."""
+    return logged_in(app.test_client())
 
 
 def new_project(client, name="Pets", backbones=("efficientnet_lite0",)) -> int:
@@ -69,7 +70,7 @@ def test_weights_dir_config_makes_a_backbone_available(tmp_path, empty_keras_hom
     weights.mkdir()
     (weights / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"x")
     app = create_app({"INSTANCE_PATH": str(tmp_path / "i"), "WEIGHTS_DIR": str(weights)})
-    by_name = {b["name"]: b for b in app.test_client().get("/api/v1/backbones").json}
+    by_name = {b["name"]: b for b in logged_in(app.test_client()).get("/api/v1/backbones").json}
     assert by_name["vgg16"]["available"] is True
     assert by_name["resnet50"]["available"] is False
 
@@ -259,7 +260,7 @@ def test_upload_bad_input_is_400_naming_file_and_reason(client, web_photos):
 
 def test_upload_too_large_is_413(tmp_path, web_photos):
     app = create_app({"INSTANCE_PATH": str(tmp_path / "i"), "MAX_CONTENT_LENGTH": 50_000})
-    client = app.test_client()
+    client = logged_in(app.test_client())
     pid = new_project(client)
     big = make_zip({f"cat/{i}.jpg": b for i, b in enumerate(web_photos["cat"][:8])})
     assert len(big) > 50_000
@@ -475,7 +476,7 @@ def test_redis_queue_when_redis_url_is_set(tmp_path, monkeypatch, web_photos):
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
     app = create_app({"INSTANCE_PATH": str(tmp_path / "i"), "TESTING": True})
     assert isinstance(app.extensions["transferlab.jobs"].huey, RedisHuey)
-    client = app.test_client()
+    client = logged_in(app.test_client())
     pid = new_project(client)
     upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
     upload(client, pid, [("k.jpg", web_photos["coffee"][0])], label="coffee")

@@ -16,7 +16,7 @@ import urllib.request
 import uuid
 
 import pytest
-from conftest import REPO
+from conftest import REPO, api_token, logged_in
 
 from web import create_app
 
@@ -39,10 +39,11 @@ def test_pages_and_listings_do_not_import_tensorflow(tmp_path):
     look at sys.modules: TensorFlow and Keras must not be there."""
     script = textwrap.dedent(f"""
         import io, json, sys, zipfile
-        sys.path.insert(0, {str(REPO)!r})
+        sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})
+        from conftest import logged_in
         from web import create_app
         app = create_app({{"INSTANCE_PATH": {str(tmp_path / 'instance')!r}, "TESTING": True}})
-        c = app.test_client()
+        c = logged_in(app.test_client())
         def ok(r, *codes):
             assert r.status_code in (codes or (200,)), (r.status_code, r.get_data(as_text=True)[:300])
             return r
@@ -95,7 +96,7 @@ def test_pages_and_listings_do_not_import_tensorflow(tmp_path):
 
 def test_imagenet_mode_classifies_the_cat_offline(tmp_path, empty_keras_home):
     app = create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "TESTING": True})
-    client = app.test_client()
+    client = logged_in(app.test_client())
     r = client.post("/api/v1/imagenet/predict",
                     data={"file": (io.BytesIO(cat_jpeg()), "chelsea.jpg")})
     assert r.status_code == 200, r.json
@@ -120,8 +121,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+AUTH: dict[str, str] = {}  # the API token header every request below sends (see `bearer`)
+
+
+@pytest.fixture
+def bearer(tmp_path):
+    """An account and an API token on tmp_path/instance, sent by the helpers below."""
+    app = create_app({"INSTANCE_PATH": str(tmp_path / "instance")})
+    AUTH["Authorization"] = f"Bearer {api_token(app)}"
+    yield AUTH["Authorization"]
+    AUTH.clear()
+
+
 def _get(url, timeout=30):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=AUTH), timeout=timeout) as r:
         return r.status, r.read()
 
 
@@ -134,14 +147,14 @@ def _post_file(url, name, data, timeout=120, fields=None):
              f"filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
     body += data + f"\r\n--{boundary}--\r\n".encode()
     request = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        "Content-Type": f"multipart/form-data; boundary={boundary}", **AUTH})
     with urllib.request.urlopen(request, timeout=timeout) as r:
         return r.status, json.loads(r.read())
 
 
 def _post_json(url, payload, timeout=30):
     request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **AUTH})
     with urllib.request.urlopen(request, timeout=timeout) as r:
         return r.status, json.loads(r.read())
 
@@ -159,7 +172,7 @@ def _start_app(tmp_path, port: int, log_path, **env):
     deadline = time.monotonic() + 60
     while True:
         try:
-            assert _get(f"http://127.0.0.1:{port}/api/v1/backbones", timeout=5)[0] == 200
+            assert _get(f"http://127.0.0.1:{port}/api/v1/openapi.yaml", timeout=5)[0] == 200
             return proc
         except (urllib.error.URLError, ConnectionError):
             if time.monotonic() > deadline or proc.poll() is not None:
@@ -195,7 +208,7 @@ def _get_json(url, timeout=30):
     return status, json.loads(body)
 
 
-def test_app_py_serves_with_gevent_and_starts_a_worker(tmp_path, web_photos):
+def test_app_py_serves_with_gevent_and_starts_a_worker(tmp_path, web_photos, bearer):
     """The whole product path: `python app.py` serves, its worker child trains, and page
     requests stay fast while the web process runs TensorFlow for a prediction. Stopped with
     SIGTERM and started again on the same instance folder, the trained project is all there."""

@@ -10,8 +10,8 @@ import io
 import time
 
 import pytest
+from conftest import _photo_variants, logged_in, make_zip
 from PIL import Image
-from conftest import _photo_variants, make_zip
 
 from web import create_app
 
@@ -29,7 +29,7 @@ def env(tmp_path_factory, start_worker):
     instance = tmp_path_factory.mktemp("web_training") / "instance"
     app = create_app({"INSTANCE_PATH": str(instance), "TESTING": True})
     worker = start_worker(instance)
-    return {"app": app, "client": app.test_client(), "worker": worker, "state": {}}
+    return {"app": app, "client": logged_in(app.test_client()), "worker": worker, "state": {}}
 
 
 def wait_job(env, job_id, states=("succeeded", "failed", "cancelled"), timeout=240):

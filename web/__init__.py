@@ -1,6 +1,7 @@
 """Transferlab's web app: the application factory.
 
-`create_app()` wires configuration (`web.config`), the database (`web.db`), file storage
+`create_app()` wires configuration (`web.config`), the database (`web.db`), accounts, sessions
+and CSRF (`web.auth`), file storage
 (`web.storage`), the job queue (`web.jobs`), prediction (`web.prediction`), the JSON API
 (`web.api`) and the HTML pages (`web.pages`). Creating the app never imports TensorFlow.
 """
@@ -35,6 +36,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     from web.storage import Storage
 
     database.init_app(app)
+    from web import auth
+
+    auth.init_app(app)
     app.extensions["transferlab.storage"] = Storage(app.config["STORAGE_DIR"],
                                                     app.config["FEATURE_CACHE_DIR"])
     app.extensions["transferlab.prediction"] = PredictionService(

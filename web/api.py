@@ -1,8 +1,9 @@
 """The JSON API under /api/v1 (documented in docs/API.md). The pages use nothing else.
 
 Errors are `{"error": "..."}` with a 4xx status: 400 bad input (naming the file and the
-reason), 404 unknown ids, 409 conflicts, 413 too large. Nothing here imports TensorFlow
-except the two predict routes, and those run it off the gevent loop.
+reason), 401 no or bad credentials, 404 unknown ids (and other users' ids: every project
+query is scoped to the caller, see `web.auth.owned`), 409 conflicts, 413 too large. Nothing
+here imports TensorFlow except the two predict routes, and those run it off the gevent loop.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from flask import Blueprint, current_app, jsonify, request, send_file, url_for
 from werkzeug.exceptions import HTTPException
 
 from models.registry import BACKBONES, DEFAULT_BACKBONES, OFFLINE_BACKBONE, availability
+from web import auth
 from web.db import Iteration, Job, Project, ProjectImage, Upload, db, iso, utcnow
 from web.ingest import UploadError, check_label, check_split, ingest, upload_name
 from web.jobs import (JobConflict, Jobs, NotEnoughData, QueueUnavailable, class_counts,
@@ -67,13 +69,15 @@ def _weights_dir():
 
 
 def get_project(project_id: int) -> Project:
-    project = db.session.get(Project, project_id)
+    """The caller's project `project_id`; 404 when it does not exist or is someone else's."""
+    project = auth.owned_project(project_id)
     if project is None:
         raise ApiError(404, f"no project with id {project_id}")
     return project
 
 
 def _json_body() -> dict:
+    request.max_content_length = current_app.config["MAX_JSON_BYTES"]  # 413 beyond it
     body = request.get_json(silent=True)
     if body is None:
         raise ApiError(400, "send a JSON object (Content-Type: application/json)")
@@ -119,6 +123,7 @@ def _int_arg(name: str, default=None, minimum: int | None = None, maximum: int |
         value = int(raw)
     except ValueError:
         raise ApiError(400, f"{name!r} must be an integer, got {raw!r}") from None
+    maximum = auth.MAX_ID if maximum is None else maximum
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ApiError(400, f"{name!r} must be between {minimum} and {maximum}, got {value}")
     return value
@@ -265,7 +270,7 @@ def status():
 
 @bp.get("/projects")
 def list_projects():
-    projects = db.session.scalars(sa.select(Project).order_by(Project.id.desc())).all()
+    projects = db.session.scalars(auth.owned(sa.select(Project)).order_by(Project.id.desc())).all()
     return jsonify([project_json(p, full=False) for p in projects])
 
 
@@ -274,7 +279,7 @@ def create_project():
     body = _json_body()
     name = _check_name(body.get("name"))
     backbones = _check_backbones(body.get("backbones", list(DEFAULT_BACKBONES)))
-    project = Project(name=name, backbones=backbones)
+    project = Project(name=name, backbones=backbones, owner_id=auth.current_user().id)
     db.session.add(project)
     db.session.commit()
     response = jsonify(project_json(project))
@@ -444,9 +449,11 @@ def list_uploads(project_id: int):
 
 
 def _served_image(sha256: str) -> None:
-    """404 unless `sha256` is an image some project holds (nothing else is served)."""
-    if not is_sha256(sha256) or db.session.scalar(
-            sa.select(ProjectImage.id).where(ProjectImage.sha256 == sha256).limit(1)) is None:
+    """404 unless `sha256` is an image one of the caller's projects holds (nothing else is
+    served)."""
+    if not is_sha256(sha256) or db.session.scalar(auth.owned(
+            sa.select(ProjectImage.id).join(Project, Project.id == ProjectImage.project_id)
+            .where(ProjectImage.sha256 == sha256)).limit(1)) is None:
         raise ApiError(404, f"no image {sha256}")
 
 
@@ -543,7 +550,8 @@ def list_jobs(project_id: int):
 
 
 def _get_job(job_id: int) -> Job:
-    job = db.session.get(Job, job_id)
+    job = None if job_id > auth.MAX_ID else db.session.scalar(auth.owned(
+        sa.select(Job).join(Project, Project.id == Job.project_id).where(Job.id == job_id)))
     if job is None:
         raise ApiError(404, f"no job with id {job_id}")
     return job
@@ -688,6 +696,65 @@ def imagenet_backbone_list():
     return jsonify(out)
 
 
+# -- account: who am I, API tokens, the API's description -------------------------------------
+
+
+@bp.get("/me")
+def me():
+    return jsonify(auth.user_json(auth.current_user()))
+
+
+@bp.get("/tokens")
+def list_tokens():
+    return jsonify([auth.token_json(t) for t in auth.user_tokens(auth.current_user())])
+
+
+@bp.post("/tokens")
+def create_token():
+    body = _json_body()
+    try:
+        row, secret = auth.issue_token(auth.current_user(), body.get("name"))
+    except auth.AuthError as exc:
+        raise ApiError(400, str(exc)) from None
+    response = jsonify({**auth.token_json(row), "token": secret})
+    response.status_code = 201
+    return response
+
+
+@bp.delete("/tokens/<int:token_id>")
+def delete_token(token_id: int):
+    if token_id > auth.MAX_ID or not auth.revoke_token(auth.current_user(), token_id):
+        raise ApiError(404, f"no token with id {token_id}")
+    return jsonify({"deleted": token_id})
+
+
+OPENAPI_FILE = "docs/openapi.yaml"
+
+
+@bp.get("/openapi.yaml")
+def openapi():
+    """This API's OpenAPI 3 description (public: it holds no data)."""
+    import os
+
+    path = os.path.join(os.path.dirname(current_app.root_path), OPENAPI_FILE)
+    return send_file(path, mimetype="application/yaml", max_age=0)
+
+
+def _too_large_message() -> str:
+    """Which limit a 413 came from: the whole request's, or the form's (a field too big,
+    or too many parts), with the number of bytes."""
+    limit = request.max_content_length
+    size = request.content_length
+    if limit is not None and (size is None or size > limit):
+        what = ("JSON body" if request.is_json else
+                "form" if request.mimetype == "application/x-www-form-urlencoded" else "upload")
+        return f"{what} too large: the limit is {limit} bytes" + (
+            f", this request has {size}" if size is not None else "")
+    return (f"a form field is too large or there are too many form parts: the limits are "
+            f"{request.max_form_memory_size} bytes per non-file field and "
+            f"{request.max_form_parts} parts")
+
+
 def register_error_handlers(app) -> None:
     """JSON errors for every /api/ URL (including unknown routes), HTML elsewhere."""
 
@@ -696,8 +763,7 @@ def register_error_handlers(app) -> None:
         if request.path.startswith("/api/"):
             message = exc.description or exc.name
             if exc.code == 413:
-                limit = current_app.config.get("MAX_CONTENT_LENGTH")
-                message = f"upload too large (limit {limit} bytes)" if limit else "upload too large"
+                message = _too_large_message()
             elif exc.code == 404 and request.url_rule is None:
                 message = f"not found: {request.path}"
             elif exc.code == 500:

@@ -34,7 +34,20 @@ DEFAULTS: dict = {
     "PREDICTOR_CACHE_SIZE": 4,  # trained iterations kept loaded per web process
     "TOP_K": 3,
     "SQLALCHEMY_TRACK_MODIFICATIONS": False,
+    # Accounts and sessions (web/auth.py)
+    "SECRET_KEY": None,  # signs session cookies; default: generated once into <instance>/secret_key
+    "SESSION_COOKIE_NAME": "transferlab_session",
+    "SESSION_COOKIE_HTTPONLY": True,
+    "SESSION_COOKIE_SAMESITE": "Lax",
+    "SESSION_COOKIE_SECURE": None,  # None: Secure whenever the request came over HTTPS
+    "PERMANENT_SESSION_LIFETIME": 14 * 24 * 3600,  # seconds a login lasts
+    "TRUSTED_PROXIES": 0,  # reverse proxies in front whose X-Forwarded-* headers to believe
+    "MAX_JSON_BYTES": 1024 * 1024,  # largest JSON request body -> 413
+    "WTF_CSRF_CHECK_DEFAULT": False,  # web/auth.py decides which requests need the token
+    "WTF_CSRF_TIME_LIMIT": None,  # valid as long as the session: a page left open still works
 }
+
+SECRET_KEY_FILE = "secret_key"
 
 
 def instance_path(test_config: dict | None) -> str | None:
@@ -82,6 +95,38 @@ def finalize(app) -> None:
         if cfg.get(key) is not None:
             cfg[key] = int(cfg[key])
     cfg["WORKER"] = _truthy(cfg["WORKER"])
+    for key in ("TRUSTED_PROXIES", "MAX_JSON_BYTES", "PERMANENT_SESSION_LIFETIME"):
+        cfg[key] = int(cfg[key])
+    if cfg["SESSION_COOKIE_SECURE"] is not None:
+        cfg["SESSION_COOKIE_SECURE"] = _truthy(cfg["SESSION_COOKIE_SECURE"])
+    if not cfg.get("SECRET_KEY"):
+        cfg["SECRET_KEY"] = instance_secret_key(Path(app.instance_path))
+
+
+def instance_secret_key(instance: Path) -> str:
+    """The key in `<instance>/secret_key`, generated (secrets.token_hex, mode 0600) the first
+    time. The web process and its workers may start together: the file is written under a
+    temporary name and linked into place, so every process reads the same complete key."""
+    path = instance / SECRET_KEY_FILE
+    if not path.exists():
+        import secrets
+
+        tmp = instance / f".{SECRET_KEY_FILE}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, secrets.token_hex(32).encode())
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # atomic, and fails if another process got there first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    key = path.read_text().strip()
+    if len(key) < 32:
+        raise RuntimeError(f"{path} holds no usable key: delete it to have a new one generated")
+    return key
 
 
 def _truthy(value) -> bool:

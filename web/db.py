@@ -1,4 +1,4 @@
-"""The database: projects, their images, training jobs and the iterations they produce.
+"""The database: accounts, projects, their images, training jobs and the iterations they produce.
 
 Image files are stored once, globally, by sha256 (`Blob`); a project refers to a blob with its
 own label and split (`ProjectImage`), so the same photo can be in two projects under different
@@ -67,10 +67,43 @@ class Blob(db.Model):
     touched_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow, index=True)
 
 
+class User(db.Model):
+    """An account. Passwords are stored as werkzeug hashes (scrypt), never in clear."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(sa.String(80), unique=True)
+    password_hash: Mapped[str] = mapped_column(sa.String(300))
+    is_admin: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
+
+
+class ApiToken(db.Model):
+    """A personal API token (`Authorization: Bearer <token>`). Only the sha256 of the token
+    is stored; `prefix` (its first characters) lets the owner tell tokens apart."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(100))
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(sa.String(16))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(sa.DateTime, nullable=True)
+
+
 class Project(db.Model):
+    """A classifier being built. Only its owner sees it: every API query is scoped to
+    `owner_id` (NULL only for projects made before accounts existed; the first account
+    created on the setup page adopts them)."""
+
     __tablename__ = "projects"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True)
     name: Mapped[str] = mapped_column(sa.String(200))
     backbones: Mapped[list] = mapped_column(sa.JSON)
     # Below this ensemble confidence the answer is "unknown" (0: always answer).

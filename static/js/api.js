@@ -1,7 +1,20 @@
 // The JSON API client: fetch for JSON calls, XMLHttpRequest for uploads (upload progress).
+// Calls go with the session cookie; state-changing ones carry the page's CSRF token.
 import { h } from "./dom.js";
 
 export const API = "/api/v1";
+
+const SAFE_METHODS = ["GET", "HEAD", "OPTIONS"];
+
+function csrfToken() {
+  const meta = document.querySelector('meta[name="csrf-token"]');
+  return meta ? meta.content : "";
+}
+
+/** The session is gone (logged out, password changed): go to the login page, then back here. */
+function toLogin() {
+  window.location.assign(`/login?next=${encodeURIComponent(window.location.pathname + window.location.search)}`);
+}
 
 export class ApiError extends Error {
   constructor(message, status = 0, body = null) {
@@ -29,6 +42,7 @@ function parseBody(text, contentType) {
 /** Call the API; resolves to the parsed JSON, rejects with ApiError carrying the server's message. */
 export async function api(path, { method = "GET", json, form, signal } = {}) {
   const options = { method, signal, headers: { Accept: "application/json" } };
+  if (!SAFE_METHODS.includes(method.toUpperCase())) options.headers["X-CSRFToken"] = csrfToken();
   if (json !== undefined) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(json);
@@ -42,6 +56,7 @@ export async function api(path, { method = "GET", json, form, signal } = {}) {
     if (err.name === "AbortError") throw err;
     throw new ApiError("Cannot reach the server. Is it running?");
   }
+  if (response.status === 401) toLogin();
   const text = await response.text();
   const body = parseBody(text, response.headers.get("content-type"));
   if (!response.ok) {
@@ -56,12 +71,14 @@ export function upload(path, form, onProgress) {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", API + path);
     xhr.setRequestHeader("Accept", "application/json");
+    xhr.setRequestHeader("X-CSRFToken", csrfToken());
     xhr.upload.addEventListener("progress", (e) => {
       if (onProgress && e.lengthComputable) onProgress(e.loaded / e.total, e.loaded, e.total);
     });
     xhr.upload.addEventListener("load", () => onProgress && onProgress(1, 1, 1));
     xhr.addEventListener("load", () => {
       const body = parseBody(xhr.responseText, xhr.getResponseHeader("content-type"));
+      if (xhr.status === 401) toLogin();
       if (xhr.status >= 200 && xhr.status < 300) resolve(body);
       else reject(new ApiError(errorMessage(xhr.status, xhr.statusText, body, xhr.responseText), xhr.status, body));
     });
