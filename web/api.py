@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from models.registry import BACKBONES, DEFAULT_BACKBONES, OFFLINE_BACKBONE, availability
 from web.db import Iteration, Job, Project, ProjectImage, Upload, db, iso, utcnow
-from web.ingest import UploadError, check_label, check_split, ingest, upload_name
+from web.ingest import NOT_STORED, UploadError, check_label, check_split, ingest, upload_name
 from web.jobs import (JobConflict, Jobs, NotEnoughData, QueueUnavailable, class_counts,
                       collect_garbage, live_workers)
 from web.prediction import (BackboneUnavailable, PredictionService, imagenet_backbones,
@@ -339,7 +339,8 @@ def upload_images(project_id: int):
         shown = "; ".join(f"{r['name']}: {r['reason']}" for r in report["rejected"][:5])
         more = len(report["rejected"]) - 5
         message = f"no image accepted: {shown}" + (f"; and {more} more" if more > 0 else "")
-        return error_response(400, message, **report)
+        server_fault = any(r["reason"].startswith(NOT_STORED) for r in report["rejected"])
+        return error_response(507 if server_fault else 400, message, **report)
     return jsonify(report)
 
 
