@@ -6,6 +6,7 @@ except the two predict routes, and those run it off the gevent loop.
 """
 from __future__ import annotations
 
+import errno
 import logging
 
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 log = logging.getLogger("transferlab.api")
 
 IMMUTABLE = "private, max-age=31536000, immutable"
+NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # disk full, file size limit, quota
 
 
 class ApiError(Exception):
@@ -659,6 +661,31 @@ def imagenet_backbone_list():
 
 def register_error_handlers(app) -> None:
     """JSON errors for every /api/ URL (including unknown routes), HTML elsewhere."""
+
+    @app.errorhandler(OSError)
+    def _no_room(exc: OSError):
+        """A full disk (or file size limit) while receiving or storing a request: 507."""
+        if exc.errno not in NO_ROOM:
+            raise exc
+        log.error("no room on %s %s: %s", request.method, request.path, exc)
+        db.session.rollback()
+        message = (f"the server has no room to store this ({exc.strerror}): what the answer "
+                   "did not report as saved was not saved; retry once space is freed")
+        if request.path.startswith("/api/"):
+            return error_response(507, message)
+        return message, 507, {"Content-Type": "text/plain; charset=utf-8"}
+
+    @app.errorhandler(sa.exc.OperationalError)
+    def _database_error(exc: sa.exc.OperationalError):
+        """The database cannot be written (disk full, file locked, server down): its
+        transaction is rolled back, so it holds what was committed before, nothing half."""
+        db.session.rollback()
+        log.error("database error on %s %s: %s", request.method, request.path, exc.orig)
+        message = (f"the database could not be used ({exc.orig}): nothing of the failed step "
+                   "was saved; retry once the server has room")
+        if request.path.startswith("/api/"):
+            return error_response(503, message)
+        return message, 503, {"Content-Type": "text/plain; charset=utf-8"}
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
