@@ -402,15 +402,17 @@ def test_full_disk_gives_clear_errors_and_an_intact_database(tmp_path):
         assert r.status_code == 507, r.text
         assert "no room" in r.json()["error"] and "File too large" in r.json()["error"]
         assert upload("small2.png", _noise_png(3, 16), label="a").status_code == 200
-        # fill the database: uploads whose report (many rejected members) is large
-        for i in range(60):
+        # fill the database: uploads whose report (many rejected members) is large; the
+        # answer always tells exactly what was kept
+        for i in range(80):
             members = {f"junk{i}/{j}-{'x' * 200}.jpg": b"junk" for j in range(300)}
             members[f"ok/{i}.png"] = _noise_png(100 + i, 16)
             r = upload("z.zip", make_zip(members))
             if r.status_code != 200:
                 break
-        assert r.status_code == 503, r.text
-        assert "the database could not be used" in r.json()["error"]
+        assert r.status_code == 507, r.text
+        assert r.json()["error"].startswith(f"no image accepted: z.zip:ok/{i}.png: not stored: "
+                                            "the server could not write it (database: ")
         assert server.get(f"/api/v1/projects/{pid}").status_code in (200, 503)
     finally:
         server.stop()

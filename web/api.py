@@ -333,15 +333,19 @@ def upload_images(project_id: int):
     for image in report["images"]:
         image["thumbnail"] = thumbnail_url(image["sha256"])
         image["url"] = image_url(image["sha256"])
-    project.updated_at = utcnow()
-    db.session.commit()
+    try:
+        project.updated_at = utcnow()
+        db.session.commit()
+    except sa.exc.OperationalError:  # cosmetic; the upload's own outcome is in the report
+        db.session.rollback()
     report["classes"] = class_counts(project.id, "train")
     report["test_classes"] = class_counts(project.id, "test")
     if report["accepted"] == 0 and not report["duplicates"] and report["rejected"]:
-        shown = "; ".join(f"{r['name']}: {r['reason']}" for r in report["rejected"][:5])
+        first = sorted(report["rejected"], key=lambda r: not r["reason"].startswith(NOT_STORED))
+        shown = "; ".join(f"{r['name']}: {r['reason']}" for r in first[:5])  # server faults first
         more = len(report["rejected"]) - 5
         message = f"no image accepted: {shown}" + (f"; and {more} more" if more > 0 else "")
-        server_fault = any(r["reason"].startswith(NOT_STORED) for r in report["rejected"])
+        server_fault = first[0]["reason"].startswith(NOT_STORED)
         return error_response(507 if server_fault else 400, message, **report)
     return jsonify(report)
 

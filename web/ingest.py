@@ -184,8 +184,14 @@ def ingest(project_id: int, files: list, *, label: str | None, split: str,
         name = upload_name(upload.filename, index)
         dataset = offload(read_upload, upload.stream, name, label)
         stored, store_rejected = offload(store_samples, storage, dataset.samples, thumb_size)
-        file_accepted, file_dups = add_to_project(project_id, stored, split)
-        db.session.commit()
+        try:
+            file_accepted, file_dups = add_to_project(project_id, stored, split)
+            db.session.commit()
+        except sa.exc.OperationalError as exc:  # database full or gone: this file is not kept
+            db.session.rollback()
+            file_accepted, file_dups = [], []
+            store_rejected += [Rejection(item.sample.source, f"{NOT_STORED} (database: {exc.orig})")
+                               for item in stored]
         file_rejected = [{"name": r.source, "reason": r.reason}
                          for r in [*dataset.rejected, *store_rejected]]
         file_dups = [
@@ -200,12 +206,19 @@ def ingest(project_id: int, files: list, *, label: str | None, split: str,
         accepted += file_accepted
         rejected += file_rejected
         duplicates += file_dups
-    warnings = case_warnings(project_id, {image["label"] for image in accepted})
     record = Upload(project_id=project_id, split=split, label=label, accepted=len(accepted),
                     files=report_files, rejected=rejected, duplicates=duplicates)
-    db.session.add(record)
-    db.session.commit()
-    return {"upload_id": record.id, "accepted": len(accepted), "rejected": rejected,
+    try:
+        warnings = case_warnings(project_id, {image["label"] for image in accepted})
+        db.session.add(record)
+        db.session.commit()
+    except sa.exc.OperationalError as exc:  # the images are kept; only the history entry is not
+        db.session.rollback()
+        record = None
+        warnings = [f"this upload is not in the upload history: the database could not be "
+                    f"written ({exc.orig})"]
+    return {"upload_id": record.id if record else None, "accepted": len(accepted),
+            "rejected": rejected,
             "duplicates": duplicates, "files": report_files, "images": accepted,
             "split": split, "warnings": warnings}
 
