@@ -200,6 +200,7 @@ def run_load(base: str, server_pid: int, setup: dict, *, seconds: float = 60.0,
     train_pid, upload_pid = setup["train_pid"], setup["upload_pid"]
     lock = threading.Lock()
     latencies: dict[str, list[float]] = {"upload": [], "classify": [], "page": []}
+    by_page: dict[str, list[float]] = {}
     errors: dict[str, list[str]] = {"upload": [], "classify": [], "page": []}
     accepted: list[str] = []
     labels_seen: dict[str, int] = {}
@@ -265,7 +266,10 @@ def run_load(base: str, server_pid: int, setup: dict, *, seconds: float = 60.0,
         while time.monotonic() < deadline:
             path = pages[i % len(pages)]
             i += 1
+            began = time.monotonic()
             timed("page", lambda: http.get(base + path, timeout=60), ok)
+            with lock:
+                by_page.setdefault(path, []).append(time.monotonic() - began)
             time.sleep(0.25)
 
     def sampler() -> None:
@@ -303,6 +307,7 @@ def run_load(base: str, server_pid: int, setup: dict, *, seconds: float = 60.0,
         "errors": {kind: len(values) for kind, values in errors.items()},
         "error_samples": {kind: values[:3] for kind, values in errors.items() if values},
         "latency": {kind: _percentiles(values) for kind, values in latencies.items()},
+        "page_latency": {path: _percentiles(values) for path, values in by_page.items()},
         "throughput_per_s": {kind: round(len(values) / elapsed, 2)
                              for kind, values in latencies.items()},
         "images": {"accepted": len(accepted), "unique_accepted": len(set(accepted)),

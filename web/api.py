@@ -60,6 +60,13 @@ def _predictions() -> PredictionService:
     return current_app.extensions["transferlab.prediction"]
 
 
+def _release_connection() -> None:
+    """End the request's read transaction before slow work (decoding, storing, TensorFlow),
+    so its pooled database connection serves other requests meanwhile: with 40 concurrent
+    uploads and predictions each holding one for seconds, pages queued for the pool."""
+    db.session.commit()
+
+
 def _weights_dir():
     return current_app.config.get("WEIGHTS_DIR")
 
@@ -328,6 +335,7 @@ def upload_images(project_id: int):
         split = check_split(request.form.get("split"))
     except UploadError as exc:
         raise ApiError(400, str(exc)) from None
+    _release_connection()
     report = ingest(project.id, files, label=label, split=split, storage=_storage(),
                     thumb_size=current_app.config["THUMBNAIL_SIZE"])
     for image in report["images"]:
@@ -624,13 +632,14 @@ def predict(project_id: int):
     it = _iteration(project_id)
     top_k = _int_arg("top_k", current_app.config["TOP_K"], 1, 20)
     threshold = _float_arg("threshold", 0.0, 0.0, 1.0)
+    it_id, number, classes, folder = it.id, it.number, it.classes, _storage().resolve(it.folder)
+    _release_connection()
     name, image = _uploaded_image()
-    folder = _storage().resolve(it.folder)
     try:
-        answers = offload_tf(_predictions().predict, it.id, folder, [image], top_k, threshold)
+        answers = offload_tf(_predictions().predict, it_id, folder, [image], top_k, threshold)
     except BackboneUnavailable as exc:
         raise ApiError(503, str(exc)) from None
-    return jsonify({**answers[0], "name": name, "iteration": it.number, "classes": it.classes})
+    return jsonify({**answers[0], "name": name, "iteration": number, "classes": classes})
 
 
 @bp.post("/imagenet/predict")
