@@ -224,7 +224,9 @@ def run_load(base: str, server_pid: int, setup: dict, *, seconds: float = 60.0,
         return None if problem else response
 
     def ok(response: requests.Response) -> str | None:
-        return None if response.status_code == 200 else f"{response.status_code}: {response.text[:200]}"
+        if response.status_code == 200:
+            return None
+        return f"{response.status_code}: {response.text[:200]}"
 
     def uploader(index: int) -> None:
         http, n = session_factory(), 0
@@ -232,7 +234,7 @@ def run_load(base: str, server_pid: int, setup: dict, *, seconds: float = 60.0,
             seed = 1_000_000 + index * 100_000 + n
             n += 1
             label = f"class-{seed % 4}"
-            response = timed("upload", lambda: http.post(
+            response = timed("upload", lambda seed=seed, label=label: http.post(
                 f"{base}/api/v1/projects/{upload_pid}/images", timeout=120,
                 files={"file": (f"u{seed}.png", noise_png(seed))}, data={"label": label}), ok)
             if response is not None:
@@ -267,7 +269,7 @@ def run_load(base: str, server_pid: int, setup: dict, *, seconds: float = 60.0,
             path = pages[i % len(pages)]
             i += 1
             began = time.monotonic()
-            timed("page", lambda: http.get(base + path, timeout=60), ok)
+            timed("page", lambda path=path: http.get(base + path, timeout=60), ok)
             with lock:
                 by_page.setdefault(path, []).append(time.monotonic() - began)
             time.sleep(0.25)

@@ -189,10 +189,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+LIMITED = ("import os, resource, sys; limit = int(sys.argv[1]); "
+           "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+           "os.execv(sys.argv[2], sys.argv[2:])")
+
+
 class Server:
     """`python app.py` on a loopback port, output to a log file in the instance folder."""
 
-    def __init__(self, instance: Path, preexec_fn=None, **env):
+    def __init__(self, instance: Path, file_size_limit: int | None = None, **env):
         self.instance, self.port = Path(instance), _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.instance.parent / f"server-{time.time_ns()}.log"
@@ -201,14 +206,15 @@ class Server:
                     "PYTHONUNBUFFERED": "1", "TRANSFERLAB_WORKER_POLL_SECONDS": "0.2",
                     "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
                     "NO_PROXY": "127.0.0.1,localhost", **{k: str(v) for k, v in env.items()}}
-        self.preexec_fn = preexec_fn
+        self.command = [sys.executable, str(REPO / "app.py")]
+        if file_size_limit:  # RLIMIT_FSIZE set in the child itself, then exec app.py
+            self.command = [sys.executable, "-c", LIMITED, str(file_size_limit), *self.command]
         self.http = _session()
 
     def start(self, wait_worker=False):
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO,
-                                         env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True, preexec_fn=self.preexec_fn)
+            self.proc = subprocess.Popen(self.command, cwd=REPO, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
@@ -374,15 +380,9 @@ def test_full_disk_gives_clear_errors_and_an_intact_database(tmp_path):
     """RLIMIT_FSIZE makes every file the server writes stop at 2 MiB (EFBIG, as a full disk
     would; it works as root, unlike a read-only folder). An upload too big to receive is a 507;
     a database that cannot grow is a 503; the database stays consistent throughout."""
-    import resource
-
     limit = 2 * 1024 * 1024
-
-    def cap_file_size():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
     instance = tmp_path / "instance"
-    server = Server(instance, preexec_fn=cap_file_size, TRANSFERLAB_WORKER="false").start()
+    server = Server(instance, file_size_limit=limit, TRANSFERLAB_WORKER="false").start()
     saved = []
     try:
         pid = server.post("/api/v1/projects", json={"name": "full",
@@ -440,7 +440,7 @@ def test_unusable_instance_folder_stops_app_py_with_a_clear_message(tmp_path):
                  "TRANSFERLAB_STORAGE_DIR": str(not_a_folder / "storage")}):
         out = subprocess.run([sys.executable, str(REPO / "app.py")], cwd=REPO,
                              env={**os.environ, "TRANSFERLAB_PORT": str(_free_port()), **env},
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=60, check=False)
         assert out.returncode == 2, out.stderr
         assert "cannot start: the instance folder, storage folder or database is not usable" \
             in out.stderr and str(not_a_folder) in out.stderr

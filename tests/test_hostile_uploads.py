@@ -344,13 +344,13 @@ def test_class_names_differing_in_case_or_unicode_normalisation(client):
     assert r.status_code == 200 and r.json["accepted"] == 4
     # one class for the two spellings of café (NFC); Cat and cat kept apart, with a warning
     assert r.json["classes"] == {"Cat": 1, "cat": 1, nfc: 2}
-    assert r.json["warnings"] == ["classes 'Cat' and 'cat' differ only in case: they are kept "
-                                  "as separate classes; rename one if they are the same"]
+    assert r.json["warnings"] == [("classes 'Cat' and 'cat' differ only in case: they are kept "
+                                   "as separate classes; rename one if they are the same")]
     # a later upload into a case-variant of an existing class is warned about too
     r = upload(client, pid, [("c.png", png(5))], label="CAFÉ")
     assert r.status_code == 200 and r.json["accepted"] == 1
-    assert r.json["warnings"] == [f"classes 'CAFÉ' and '{nfc}' differ only in case: they are "
-                                  "kept as separate classes; rename one if they are the same"]
+    assert r.json["warnings"] == [(f"classes 'CAFÉ' and '{nfc}' differ only in case: they are "
+                                   "kept as separate classes; rename one if they are the same")]
     r = upload(client, pid, [("d.png", png(6))], label=nfd)  # NFD label: the NFC class
     assert r.json["classes"][nfc] == 3 and "'CAFÉ' and 'café'" in r.json["warnings"][0]
 

@@ -215,12 +215,11 @@ def ingest(project_id: int, files: list, *, label: str | None, split: str,
     except sa.exc.OperationalError as exc:  # the images are kept; only the history entry is not
         db.session.rollback()
         record = None
-        warnings = [f"this upload is not in the upload history: the database could not be "
-                    f"written ({exc.orig})"]
+        warnings = [(f"this upload is not in the upload history: the database could not be "
+                     f"written ({exc.orig})")]
     return {"upload_id": record.id if record else None, "accepted": len(accepted),
-            "rejected": rejected,
-            "duplicates": duplicates, "files": report_files, "images": accepted,
-            "split": split, "warnings": warnings}
+            "rejected": rejected, "duplicates": duplicates, "files": report_files,
+            "images": accepted, "split": split, "warnings": warnings}
 
 
 def case_warnings(project_id: int, labels: set[str]) -> list[str]:
