@@ -62,8 +62,8 @@ def _predictions() -> PredictionService:
 
 def _release_connection() -> None:
     """End the request's read transaction before slow work (decoding, storing, TensorFlow),
-    so its pooled database connection serves other requests meanwhile: with 40 concurrent
-    uploads and predictions each holding one for seconds, pages queued for the pool."""
+    so its pooled database connection serves other requests meanwhile (40 concurrent uploads
+    and predictions each holding one for seconds would exhaust the pool of 5 + 10)."""
     db.session.commit()
 
 
