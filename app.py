@@ -117,6 +117,20 @@ def serve(app) -> None:
     server.serve_forever()
 
 
+def checked_app():
+    """The app, or exit with a one-line reason if its folders or database are unusable."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        app = create_app()
+        app.extensions["transferlab.storage"].check_writable()
+    except (OSError, SQLAlchemyError) as exc:
+        log.error("cannot start: the instance folder, storage folder or database is not "
+                  "usable: %s", exc)
+        raise SystemExit(2) from None
+    return app
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -126,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "worker":
         from web.jobs import run_worker
 
-        run_worker(create_app())
+        run_worker(checked_app())
         return 0
     from web.auth import CLI_COMMANDS, cli
 
@@ -135,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv:
         print(f"unknown command {argv[0]!r}\n{__doc__}", file=sys.stderr)
         return 2
-    serve(create_app())
+    serve(checked_app())
     return 0
 
 

@@ -692,9 +692,10 @@ def _zip_entries(
             )
     except _ZipTooLarge as exc:
         raise DatasetError(name, exc.reason) from None
-    keyed = []
+    keyed, folders = [], []
     for index, info in enumerate(infos):
         if info.is_dir():
+            folders.append(_member_name(info))
             continue
         member = _member_name(info)
         source = f"{name}:{member}"
@@ -707,7 +708,24 @@ def _zip_entries(
             entry.read = _member_reader(archive, info)
         keyed.append(((parts, index), entry))
     keyed.sort(key=lambda item: item[0])
-    return [entry for _, entry in keyed]
+    entries = [entry for _, entry in keyed]
+    _reject_empty_folders(folders, entries, name, collector)
+    if not entries and not collector.rejected:
+        collector.reject(name, "empty zip: it holds no files")
+    return entries
+
+
+def _reject_empty_folders(
+    folders: list[str], entries: list[_Entry], name: str, collector: _Collector
+) -> None:
+    """Report folder members with no file under them (an empty class is never silent)."""
+    filled = {entry.parts[:depth] for entry in entries for depth in range(1, len(entry.parts))}
+    for member in sorted(folders):
+        parts = _safe_parts(member)
+        if parts is None:
+            collector.reject(f"{name}:{member}", "unsafe path")
+        elif parts not in filled and _junk_reason(parts) is None:
+            collector.reject(f"{name}:{member}", "empty folder")
 
 
 def _member_name(info: zipfile.ZipInfo) -> str:

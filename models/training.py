@@ -117,7 +117,10 @@ def _entry(probs: dict[str, np.ndarray | None], y: dict[str, np.ndarray],
     out["cv_accuracy_std"] = float(np.std(cv_folds)) if cv_folds else None
     out["test_accuracy"] = out["test"]["accuracy"] if out["test"] else None
     out["train_accuracy"] = out["train"]["accuracy"] if out["train"] else None
-    shown = "test" if out["test"] else "cv" if out["cv"] else "train"
+    shown = "test" if out["test"] else "cv" if out["cv"] else "train" if out["train"] else None
+    if shown is None:  # e.g. the CV-weighted ensemble when a class has one image: no weights
+        out["per_class"], out["confusion"] = {}, {"labels": [], "matrix": [], "source": None}
+        return out
     out["per_class"] = out[shown]["per_class"]
     out["confusion"] = dict(out[shown]["confusion"], source=shown)
     return out

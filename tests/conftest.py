@@ -249,3 +249,21 @@ def api_token(app, username: str = "ann", password: str = TEST_PASSWORD) -> str:
         if user is None:
             user = create_user(username, password, admin=username == "ann")
         return issue_token(user, "tests")[1]
+
+
+_TOKENS: dict[str, str] = {}
+
+
+def bearer_session(instance):
+    """A requests.Session for a real server on `instance`, with an API token of user "ann"
+    on that instance (made once per instance, in-process, on the same database)."""
+    import requests
+
+    from web import create_app
+
+    key = str(instance)
+    if key not in _TOKENS:
+        _TOKENS[key] = api_token(create_app({"INSTANCE_PATH": key, "TESTING": True}))
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {_TOKENS[key]}"
+    return session

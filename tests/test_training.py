@@ -169,3 +169,37 @@ def test_keras_views_match_pillow_views():
         expected = np.asarray(VIEWS[view](Image.fromarray(pixels)))
         got = np.asarray(_keras_view(pixels[None].astype(np.float32), view))[0]
         np.testing.assert_array_equal(got, expected, err_msg=view)
+
+
+def test_a_class_with_one_image_trains_without_cross_validation(tmp_path):
+    """No CV is possible (a class has one image): training still succeeds and says why; the
+    CV-weighted ensemble, which needs CV, is reported empty rather than crashing the run."""
+    import io
+
+    from PIL import Image
+
+    from models.datasets import Sample
+    from models.images import sha256_hex
+
+    class TinyBackbone:
+        input_size = 16
+
+        def features(self, pixels, batch_size=32):
+            return pixels.reshape(len(pixels), -1)[:, :64].astype(np.float32) / 255 + 0.01
+
+    def image(seed):
+        buf = io.BytesIO()
+        pixels = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buf, "PNG")
+        return buf.getvalue()
+
+    data = [image(i) for i in range(4)]
+    samples = [Sample(sha256_hex(d), "solo" if i == 0 else "many", f"{i}.png", d)
+               for i, d in enumerate(data)]
+    result = train(samples, ["efficientnet_lite0"], FeatureCache(tmp_path),
+                   lambda name: TinyBackbone())
+    report = result.report
+    assert report["classes"] == ["many", "solo"] and report["cv_folds"] is None
+    assert "at least 2 images per class" in report["cv_note"]
+    assert report["ensemble"]["train_accuracy"] is not None
+    assert report["ensembles"]["weighted"]["per_class"] == {}

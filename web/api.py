@@ -7,6 +7,7 @@ here imports TensorFlow except the two predict routes, and those run it off the 
 """
 from __future__ import annotations
 
+import errno
 import logging
 
 import sqlalchemy as sa
@@ -16,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from models.registry import BACKBONES, DEFAULT_BACKBONES, OFFLINE_BACKBONE, availability
 from web import auth
 from web.db import Iteration, Job, Project, ProjectImage, Upload, db, iso, utcnow
-from web.ingest import UploadError, check_label, check_split, ingest, upload_name
+from web.ingest import NOT_STORED, UploadError, check_label, check_split, ingest, upload_name
 from web.jobs import (JobConflict, Jobs, NotEnoughData, QueueUnavailable, class_counts,
                       collect_garbage, live_workers)
 from web.near_duplicates import group_images, image_hashes, project_images
@@ -28,6 +29,7 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 log = logging.getLogger("transferlab.api")
 
 IMMUTABLE = "private, max-age=31536000, immutable"
+NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # disk full, file size limit, quota
 
 
 class ApiError(Exception):
@@ -59,6 +61,13 @@ def _jobs() -> Jobs:
 
 def _predictions() -> PredictionService:
     return current_app.extensions["transferlab.prediction"]
+
+
+def _release_connection() -> None:
+    """End the request's read transaction before slow work (decoding, storing, TensorFlow),
+    so its pooled database connection serves other requests meanwhile (40 concurrent uploads
+    and predictions each holding one for seconds would exhaust the pool of 5 + 10)."""
+    db.session.commit()
 
 
 def _weights_dir():
@@ -342,23 +351,29 @@ def upload_images(project_id: int):
         split = check_split(request.form.get("split"))
     except UploadError as exc:
         raise ApiError(400, str(exc)) from None
+    _release_connection()
     report = ingest(project.id, files, label=label, split=split, storage=_storage(),
                     thumb_size=current_app.config["THUMBNAIL_SIZE"])
     for image in report["images"]:
         image["thumbnail"] = thumbnail_url(image["sha256"])
         image["url"] = image_url(image["sha256"])
-    project.updated_at = utcnow()
-    db.session.commit()
+    try:
+        project.updated_at = utcnow()
+        db.session.commit()
+    except sa.exc.OperationalError:  # cosmetic; the upload's own outcome is in the report
+        db.session.rollback()
     report["classes"] = class_counts(project.id, "train")
     report["test_classes"] = class_counts(project.id, "test")
     new = {image["sha256"] for image in report["images"]}
     report["near_duplicates"] = [g for g in _near_duplicates(project.id)
                                  if new & {i["sha256"] for i in g["images"]}]
     if report["accepted"] == 0 and not report["duplicates"] and report["rejected"]:
-        shown = "; ".join(f"{r['name']}: {r['reason']}" for r in report["rejected"][:5])
+        first = sorted(report["rejected"], key=lambda r: not r["reason"].startswith(NOT_STORED))
+        shown = "; ".join(f"{r['name']}: {r['reason']}" for r in first[:5])  # server faults first
         more = len(report["rejected"]) - 5
         message = f"no image accepted: {shown}" + (f"; and {more} more" if more > 0 else "")
-        return error_response(400, message, **report)
+        server_fault = first[0]["reason"].startswith(NOT_STORED)
+        return error_response(507 if server_fault else 400, message, **report)
     return jsonify(report)
 
 
@@ -657,13 +672,14 @@ def predict(project_id: int):
     it = _iteration(project_id)
     top_k = _int_arg("top_k", current_app.config["TOP_K"], 1, 20)
     threshold = _float_arg("threshold", project.threshold or 0.0, 0.0, 1.0)
+    it_id, number, classes, folder = it.id, it.number, it.classes, _storage().resolve(it.folder)
+    _release_connection()
     name, image = _uploaded_image()
-    folder = _storage().resolve(it.folder)
     try:
-        answers = offload_tf(_predictions().predict, it.id, folder, [image], top_k, threshold)
+        answers = offload_tf(_predictions().predict, it_id, folder, [image], top_k, threshold)
     except BackboneUnavailable as exc:
         raise ApiError(503, str(exc)) from None
-    return jsonify({**answers[0], "name": name, "iteration": it.number, "classes": it.classes})
+    return jsonify({**answers[0], "name": name, "iteration": number, "classes": classes})
 
 
 @bp.post("/imagenet/predict")
@@ -757,6 +773,31 @@ def _too_large_message() -> str:
 
 def register_error_handlers(app) -> None:
     """JSON errors for every /api/ URL (including unknown routes), HTML elsewhere."""
+
+    @app.errorhandler(OSError)
+    def _no_room(exc: OSError):
+        """A full disk (or file size limit) while receiving or storing a request: 507."""
+        if exc.errno not in NO_ROOM:
+            raise exc
+        log.error("no room on %s %s: %s", request.method, request.path, exc)
+        db.session.rollback()
+        message = (f"the server has no room to store this ({exc.strerror}): what the answer "
+                   "did not report as saved was not saved; retry once space is freed")
+        if request.path.startswith("/api/"):
+            return error_response(507, message)
+        return message, 507, {"Content-Type": "text/plain; charset=utf-8"}
+
+    @app.errorhandler(sa.exc.OperationalError)
+    def _database_error(exc: sa.exc.OperationalError):
+        """The database cannot be written (disk full, file locked, server down): its
+        transaction is rolled back, so it holds what was committed before, nothing half."""
+        db.session.rollback()
+        log.error("database error on %s %s: %s", request.method, request.path, exc.orig)
+        message = (f"the database could not be used ({exc.orig}): nothing of the failed step "
+                   "was saved; retry once the server has room")
+        if request.path.startswith("/api/"):
+            return error_response(503, message)
+        return message, 503, {"Content-Type": "text/plain; charset=utf-8"}
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

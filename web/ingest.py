@@ -25,6 +25,7 @@ from web.storage import CONTENT_TYPES, Storage
 
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 LIMITS = ZipLimits()
+NOT_STORED = "not stored: the server could not write it"  # a server fault, not bad input
 
 
 class UploadError(ValueError):
@@ -96,9 +97,13 @@ def store_samples(storage: Storage, samples: list[Sample], thumb_size: int) -> t
         except (ImageRejected, OSError, ValueError) as exc:  # validated by the reader already
             rejected.append(Rejection(sample.source, getattr(exc, "reason", str(exc))))
             continue
-        storage.put_blob(sample.sha256, sample.data)
-        if not storage.thumb_path(sample.sha256).is_file():
-            storage.put_thumbnail(sample.sha256, thumbnail_jpeg(image, thumb_size))
+        try:  # a full disk or an unwritable folder loses this image only, and says so
+            storage.put_blob(sample.sha256, sample.data)
+            if not storage.thumb_path(sample.sha256).is_file():
+                storage.put_thumbnail(sample.sha256, thumbnail_jpeg(image, thumb_size))
+        except OSError as exc:
+            rejected.append(Rejection(sample.source, f"{NOT_STORED} ({exc.strerror or exc})"))
+            continue
         stored.append(Stored(sample, CONTENT_TYPES.get(fmt, "application/octet-stream"),
                              image.width, image.height))
     return stored, rejected
@@ -179,8 +184,14 @@ def ingest(project_id: int, files: list, *, label: str | None, split: str,
         name = upload_name(upload.filename, index)
         dataset = offload(read_upload, upload.stream, name, label)
         stored, store_rejected = offload(store_samples, storage, dataset.samples, thumb_size)
-        file_accepted, file_dups = add_to_project(project_id, stored, split)
-        db.session.commit()
+        try:
+            file_accepted, file_dups = add_to_project(project_id, stored, split)
+            db.session.commit()
+        except sa.exc.OperationalError as exc:  # database full or gone: this file is not kept
+            db.session.rollback()
+            file_accepted, file_dups = [], []
+            store_rejected += [Rejection(item.sample.source, f"{NOT_STORED} (database: {exc.orig})")
+                               for item in stored]
         file_rejected = [{"name": r.source, "reason": r.reason}
                          for r in [*dataset.rejected, *store_rejected]]
         file_dups = [
@@ -197,8 +208,34 @@ def ingest(project_id: int, files: list, *, label: str | None, split: str,
         duplicates += file_dups
     record = Upload(project_id=project_id, split=split, label=label, accepted=len(accepted),
                     files=report_files, rejected=rejected, duplicates=duplicates)
-    db.session.add(record)
-    db.session.commit()
-    return {"upload_id": record.id, "accepted": len(accepted), "rejected": rejected,
-            "duplicates": duplicates, "files": report_files, "images": accepted,
-            "split": split}
+    try:
+        warnings = case_warnings(project_id, {image["label"] for image in accepted})
+        db.session.add(record)
+        db.session.commit()
+    except sa.exc.OperationalError as exc:  # the images are kept; only the history entry is not
+        db.session.rollback()
+        record = None
+        warnings = [(f"this upload is not in the upload history: the database could not be "
+                     f"written ({exc.orig})")]
+    return {"upload_id": record.id if record else None, "accepted": len(accepted),
+            "rejected": rejected, "duplicates": duplicates, "files": report_files,
+            "images": accepted, "split": split, "warnings": warnings}
+
+
+def case_warnings(project_id: int, labels: set[str]) -> list[str]:
+    """Warnings for classes of `labels` whose names differ from another class only in case.
+
+    They stay separate classes ('A' and 'a' can both be meant, e.g. letters); the user is
+    told so they can rename one. Names differing in Unicode normalisation are already one
+    class (labels are NFC-normalised).
+    """
+    if not labels:
+        return []
+    known = set(db.session.scalars(sa.select(ProjectImage.label).distinct()
+                                   .where(ProjectImage.project_id == project_id)))
+    groups: dict[str, set[str]] = {}
+    for label in known | labels:
+        groups.setdefault(label.casefold(), set()).add(label)
+    return [f"classes {' and '.join(map(repr, sorted(group)))} differ only in case: they are "
+            f"kept as separate classes; rename one if they are the same"
+            for _, group in sorted(groups.items()) if len(group) > 1 and group & labels]

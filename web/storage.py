@@ -59,6 +59,12 @@ class Storage:
         self.root = Path(root)
         self.feature_cache = Path(feature_cache) if feature_cache else self.root / "features"
 
+    def check_writable(self) -> None:
+        """Raise OSError (naming the path) unless files can be written under the root."""
+        probe = self.root / "tmp" / f".write-test-{uuid.uuid4().hex}"
+        atomic_write(probe, b"ok")
+        probe.unlink()
+
     # -- images --------------------------------------------------------------------------
 
     def _sharded(self, kind: str, sha256: str, suffix: str = "") -> Path:
