@@ -67,13 +67,15 @@ class WorkerSupervisor:
 
         self.greenlet = gevent.spawn(self._run)
 
-    def stop(self, timeout: float = 10.0):
+    def stop(self):
         self.stopping = True
         proc = self.proc
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # immediate: a running job is marked failed
+            # Graceful: the running job may finish within WORKER_SHUTDOWN_SECONDS, else the
+            # worker queues it again and exits.
+            proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=timeout)
+                proc.wait(timeout=float(self.app.config["WORKER_SHUTDOWN_SECONDS"]) + 15)
             except Exception:
                 proc.kill()
 
