@@ -71,11 +71,12 @@ class WorkerSupervisor:
         self.stopping = True
         proc = self.proc
         if proc is not None and proc.poll() is None:
-            # Graceful: the running job may finish within WORKER_SHUTDOWN_SECONDS, else the
-            # worker queues it again and exits.
-            proc.send_signal(signal.SIGTERM)
+            # SIGINT: the worker queues its running job again at once and exits; the job
+            # resumes (its features cached) when a worker runs again. No grace period here:
+            # stopping `python app.py` (Ctrl-C, docker stop) should be quick.
+            proc.send_signal(signal.SIGINT)
             try:
-                proc.wait(timeout=float(self.app.config["WORKER_SHUTDOWN_SECONDS"]) + 15)
+                proc.wait(timeout=15)
             except Exception:
                 proc.kill()
 

@@ -17,10 +17,10 @@ Lifecycle: `queued` -> `running` -> `succeeded` | `failed` | `cancelled`.
   looks for such jobs at each heartbeat: a worker of the same machine is dead when its process
   is, one of another machine when its heartbeat stopped (`BEAT_TIMEOUT`). The retry is cheap:
   features computed before the crash are in the shared cache.
-* Stopping a worker never loses its job: SIGTERM (what `docker stop`, systemd and the
-  `python app.py` supervisor send) stops taking jobs and lets the running one finish within
-  `WORKER_SHUTDOWN_SECONDS`, then queues it again (not counted as an attempt); SIGINT (Ctrl-C)
-  queues it again at once.
+* Stopping a worker never loses its job: SIGTERM (`docker stop`, systemd) stops taking jobs
+  and lets the running one finish within `WORKER_SHUTDOWN_SECONDS`, then queues it again (not
+  counted as an attempt); SIGINT (Ctrl-C, and the `python app.py` supervisor) queues it again
+  at once.
 
 Run a worker with `python app.py worker` (`python app.py` starts one as a child process); run
 as many as you like, on as many machines, with the same DATABASE_URL, REDIS_URL and storage.
