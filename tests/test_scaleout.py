@@ -31,6 +31,7 @@ from tests.servers import PostgresServer, RedisServer, free_port
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 BACKBONE = "efficientnet_lite0"  # real offline weights: predictions must be right
+IMPATIENT = {"TRANSFERLAB_WORKER_SHUTDOWN_SECONDS": "0.5"}  # a worker with a short grace
 HTTP = requests.Session()
 HTTP.trust_env = False  # loopback only: never through a proxy from the environment
 
@@ -182,7 +183,7 @@ def test_two_workers_share_the_work_and_a_killed_workers_job_is_retried(cluster,
         assert done[k]["iteration"] == 1 and done[k]["progress"] == 1.0
         assert done[k]["worker"] == f"{running[k]['worker'].rpartition(':')[0]}:{survivor.proc.pid}"
     assert done["a"]["attempts"] == 2 and done["b"]["attempts"] == 1
-    assert "queued again" in survivor.log() or "queued again" in str(done["a"])
+    assert f"queued again [{jobs['a']}]" in survivor.log()
     # correct results, served by the web process from the shared storage
     for k, labels in (("a", ["cat", "coffee", "rocket"]), ("b", ["astronaut", "coffee"])):
         its = api(cluster, "GET", f"/projects/{projects[k]}/iterations")
@@ -200,17 +201,42 @@ def test_two_workers_share_the_work_and_a_killed_workers_job_is_retried(cluster,
     survivor.proc.send_signal(signal.SIGTERM)
     assert survivor.proc.wait(30) == 0
     assert "stopped" in survivor.log()
-    third = cluster["start_worker"]("worker-machine-3").wait_ready()
+    third = cluster["start_worker"]("worker-machine-3", **IMPATIENT).wait_ready()
     job_id = api(cluster, "POST", f"/projects/{projects['b']}/train", 202)["job_id"]
     job = wait_for(cluster, job_id, finished, "finished", [third])
     assert job["state"] == "succeeded" and job["iteration"] == 2, job
     assert job["worker"].endswith(f":{third.proc.pid}")
     assert job["features_computed"] == 0 < job["features_total"], job
-    cluster["third"] = third
+    cluster["impatient"] = third
+
+
+# The next tests reuse the workers left by the one before when run in order (fewer TensorFlow
+# start-ups), and start their own when run alone.
+
+
+def test_sigterm_past_the_grace_period_queues_the_job_again(cluster, web_photos):
+    impatient = cluster.pop("impatient", None) or cluster["start_worker"](
+        "worker-machine-3", **IMPATIENT).wait_ready()
+    pid = new_project(cluster, "graceful requeue", web_photos, ("coffee", "astronaut"),
+                      range(6, 11))
+    job_id = api(cluster, "POST", f"/projects/{pid}/train", 202)["job_id"]
+    wait_for(cluster, job_id, lambda job: job["state"] == "running" and job["progress"] > 0,
+             "progress", [impatient])
+    impatient.proc.send_signal(signal.SIGTERM)
+    assert impatient.proc.wait(60) == 0, impatient.log()[-3000:]
+    job = api(cluster, "GET", f"/jobs/{job_id}")  # a 10-image job lasts well over 0.5 s
+    assert job["state"] == "queued" and "queued again" in job["stage"], job
+    assert job["attempts"] == 0 and api(cluster, "GET", "/status")["pending"] == 1
+    other = cluster["start_worker"]("worker-machine-4").wait_ready()
+    job = wait_for(cluster, job_id, finished, "finished", [other])
+    assert job["state"] == "succeeded" and job["attempts"] == 1, job
+    check_prediction(cluster, pid, web_photos, "astronaut", 11)
+    cluster["patient"] = other
 
 
 def test_sigterm_lets_the_running_job_finish_within_the_grace_period(cluster, web_photos):
-    worker = cluster.get("third") or cluster["start_worker"]("worker-machine-3").wait_ready()
+    worker = cluster.pop("patient", None) or cluster["start_worker"](
+        "worker-machine-4").wait_ready()
     pid = new_project(cluster, "graceful finish", web_photos, ("cat", "rocket"), range(6, 9))
     job_id = api(cluster, "POST", f"/projects/{pid}/train", 202)["job_id"]
     wait_for(cluster, job_id, lambda job: job["state"] == "running", "running", [worker])
@@ -220,21 +246,34 @@ def test_sigterm_lets_the_running_job_finish_within_the_grace_period(cluster, we
     assert job["state"] == "succeeded" and job["attempts"] == 1, job
 
 
-def test_sigterm_past_the_grace_period_queues_the_job_again(cluster, web_photos):
-    impatient = cluster["start_worker"]("worker-machine-4",
-                                        TRANSFERLAB_WORKER_SHUTDOWN_SECONDS="0.5").wait_ready()
-    pid = new_project(cluster, "graceful requeue", web_photos, ("coffee", "astronaut"),
-                      range(8, 11))
-    job_id = api(cluster, "POST", f"/projects/{pid}/train", 202)["job_id"]
-    wait_for(cluster, job_id, lambda job: job["state"] == "running" and job["progress"] > 0,
-             "progress", [impatient])
-    impatient.proc.send_signal(signal.SIGTERM)
-    assert impatient.proc.wait(60) == 0, impatient.log()[-3000:]
-    job = api(cluster, "GET", f"/jobs/{job_id}")
-    if job["state"] != "succeeded":  # (it may just have finished: then nothing to re-queue)
-        assert job["state"] == "queued" and "queued again" in job["stage"], job
-        assert job["attempts"] == 0 and api(cluster, "GET", "/status")["pending"] == 1
-        other = cluster["start_worker"]("worker-machine-5").wait_ready()
-        job = wait_for(cluster, job_id, finished, "finished", [other])
-        assert job["state"] == "succeeded" and job["attempts"] == 1, job
-    check_prediction(cluster, pid, web_photos, "astronaut", 11)
+def test_a_queued_job_whose_queue_message_was_lost_is_queued_again(tmp_path, web_photos):
+    """A worker killed between taking a message and starting its job leaves a queued job
+    with no message (so does a web process killed between saving a job and queueing it):
+    the workers' periodic check queues a message again, once."""
+    from datetime import timedelta
+
+    from web import create_app
+    from web.db import Job, db
+    from web.jobs import LOST_MESSAGE_SECONDS
+
+    app = create_app({"INSTANCE_PATH": str(tmp_path), "TESTING": True})
+    client = app.test_client()
+    pid = client.post("/api/v1/projects", json={"name": "p", "backbones": [BACKBONE]}).json["id"]
+    members = {f"{lab}/{i}.jpg": web_photos[lab][i] for lab in ("cat", "rocket") for i in (0, 1)}
+    client.post(f"/api/v1/projects/{pid}/images",
+                data={"file": (io.BytesIO(make_zip(members)), "d.zip")})
+    job_id = client.post(f"/api/v1/projects/{pid}/train").json["job_id"]
+    jobs = app.extensions["transferlab.jobs"]
+    with app.app_context():
+        assert jobs.recover_stale_jobs() == {"requeued": [], "failed": []}  # young: left alone
+        job = db.session.get(Job, job_id)
+        job.updated_at -= timedelta(seconds=LOST_MESSAGE_SECONDS + 1)
+        db.session.commit()
+        assert jobs.recover_stale_jobs() == {"requeued": [], "failed": []}  # message waiting
+        jobs.huey.flush()  # the message is lost
+        job.updated_at -= timedelta(seconds=1)
+        db.session.commit()
+        assert jobs.recover_stale_jobs() == {"requeued": [job_id], "failed": []}
+        assert [t.args for t in jobs.huey.pending()] == [(job_id,)]
+        assert jobs.recover_stale_jobs() == {"requeued": [], "failed": []}  # once
+    assert client.get(f"/api/v1/jobs/{job_id}").json["state"] == "queued"

@@ -52,6 +52,7 @@ PARENT_PID_ENV = "TRANSFERLAB_PARENT_PID"
 PROGRESS_SHARE = 0.97  # training's share of the bar; saving the iteration is the rest
 BEAT_SECONDS = 5.0  # how often a worker says it is alive
 BEAT_TIMEOUT = 30.0  # a worker silent this long is considered gone
+LOST_MESSAGE_SECONDS = 60.0  # a job queued this long without a queue message is queued again
 
 
 class JobCancelled(Exception):
@@ -263,10 +264,36 @@ class Jobs:
             return False
         return True
 
+    def _requeue_lost_messages(self, now) -> list[int]:
+        """Queued jobs whose message is not on the queue (a worker died between taking the
+        message and starting the job, or the web process between saving the job and queueing
+        it): queue a message again. A duplicate message is harmless: only one worker can
+        claim a queued job."""
+        old = db.session.execute(sa.select(Job.id, Job.queue_id, Job.updated_at).where(
+            Job.state == "queued",
+            Job.updated_at < now - timedelta(seconds=LOST_MESSAGE_SECONDS))).all()
+        db.session.commit()
+        if not old:
+            return []
+        waiting = {task.id for task in self.huey.pending()}
+        found = []
+        for job_id, queue_id, updated_at in old:
+            if queue_id in waiting:
+                continue
+            touched = db.session.execute(sa.update(Job).where(  # one process wins
+                Job.id == job_id, Job.state == "queued", Job.updated_at == updated_at).values(
+                updated_at=now, stage="queued again: its queue message was lost"))
+            db.session.commit()
+            if touched.rowcount:
+                self._enqueue(job_id)
+                found.append(job_id)
+        return found
+
     def recover_stale_jobs(self, *, at_start: bool = False) -> dict[str, list[int]]:
         """Queue again (or fail, after `JOB_MAX_ATTEMPTS` starts) the running jobs whose
         worker is gone; returns {"requeued": [ids], "failed": [ids]}.
 
+        Also queues a message again for queued jobs whose message was lost.
         A worker is gone when it is a process of this machine that is not alive (or this
         very process at its start: it runs nothing yet), when its heartbeat stopped
         `BEAT_TIMEOUT` ago, or, without a heartbeat, when its job has not reported progress
@@ -281,6 +308,7 @@ class Jobs:
         running = db.session.execute(sa.select(Job.id, Job.worker, Job.attempts, Job.updated_at)
                                      .where(Job.state == "running")).all()
         db.session.commit()
+        out["requeued"] += self._requeue_lost_messages(now)
         for job_id, worker, attempts, updated_at in running:
             owner, _, pid = (worker or "").rpartition(":")
             if owner == host and pid.isdigit():
