@@ -23,6 +23,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 log = logging.getLogger("transferlab.schema")
+if logging.getLogger("alembic").level == logging.NOTSET:  # its INFO lines at every start: noise
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "0001"  # the schema `create_all` made before migrations existed
