@@ -250,8 +250,9 @@ class Jobs:
                       stage=f"queued again: {why}", started_at=None, updated_at=now)
         if not counted:
             values["attempts"] = Job.attempts - 1
+        ran_by = Job.worker == worker if worker else Job.worker.is_(None)
         moved = db.session.execute(sa.update(Job).where(
-            Job.id == job_id, Job.state == "running", Job.worker == worker).values(**values))
+            Job.id == job_id, Job.state == "running", ran_by).values(**values))
         db.session.commit()
         if not moved.rowcount:
             return False
@@ -323,7 +324,7 @@ class Jobs:
                     job_id, worker, counted=True, why=f"its worker {worker} stopped"):
                 out["requeued"].append(job_id)
             elif attempts >= max_attempts and self._finish(
-                    job_id, "failed", from_states=("running",), error=(
+                    job_id, "failed", from_states=("running",), owner=worker, error=(
                         f"the worker running this job stopped ({worker}), {attempts} time(s) "
                         f"out of the {max_attempts} allowed; train again")):
                 out["failed"].append(job_id)
