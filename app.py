@@ -5,7 +5,12 @@
     python app.py worker     run only a worker (the Huey consumer that trains)
 
 Set TRANSFERLAB_WORKER=false to serve without starting a worker (run workers yourself, e.g.
-on other machines with REDIS_URL and DATABASE_URL pointing at shared servers).
+on other machines with REDIS_URL and DATABASE_URL pointing at shared servers and
+TRANSFERLAB_STORAGE_DIR at a shared folder; README, "Scale out").
+
+A worker stops on SIGTERM after its running job finishes (at most WORKER_SHUTDOWN_SECONDS,
+then the job is queued again) and on SIGINT at once (the job is queued again). Both processes
+upgrade the database schema at start.
 """
 from __future__ import annotations
 
