@@ -30,6 +30,7 @@ EXPOSE 5000
 # SIGTERM lets a worker finish its job within WORKER_SHUTDOWN_SECONDS (30 s), then it queues
 # the job again: give containers longer than that to stop (compose: stop_grace_period).
 STOPSIGNAL SIGTERM
+# The web app's check; a worker container serves no HTTP: override it (compose.yaml does).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/healthz', timeout=4)"
 CMD ["python", "app.py"]
