@@ -11,7 +11,12 @@
                              print a new API token (Authorization: Bearer <token>)
 
 Set TRANSFERLAB_WORKER=false to serve without starting a worker (run workers yourself, e.g.
-on other machines with REDIS_URL and DATABASE_URL pointing at shared servers).
+on other machines with REDIS_URL and DATABASE_URL pointing at shared servers and
+TRANSFERLAB_STORAGE_DIR at a shared folder; README, "Scale out").
+
+A worker stops on SIGTERM after its running job finishes (at most WORKER_SHUTDOWN_SECONDS,
+then the job is queued again) and on SIGINT at once (the job is queued again). Both processes
+upgrade the database schema at start.
 """
 from __future__ import annotations
 
@@ -73,13 +78,16 @@ class WorkerSupervisor:
 
         self.greenlet = gevent.spawn(self._run)
 
-    def stop(self, timeout: float = 10.0):
+    def stop(self):
         self.stopping = True
         proc = self.proc
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # immediate: a running job is marked failed
+            # SIGINT: the worker queues its running job again at once and exits; the job
+            # resumes (its features cached) when a worker runs again. No grace period here:
+            # stopping `python app.py` (Ctrl-C, docker stop) should be quick.
+            proc.send_signal(signal.SIGINT)
             try:
-                proc.wait(timeout=timeout)
+                proc.wait(timeout=15)
             except Exception:
                 proc.kill()
 

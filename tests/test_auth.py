@@ -541,3 +541,11 @@ def test_passwords_and_tokens_never_reach_the_logs(app, caplog):
     assert "failed login" in logged and "account 'ann' created" in logged  # logging works
     for secret_text in (TEST_PASSWORD, wrong, secret, secret[3:], secret + "zz", app.secret_key):
         assert secret_text not in logged
+
+
+def test_health_check_is_public_and_says_nothing_private(tmp_path):
+    from web import create_app
+
+    client = create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "TESTING": True}).test_client()
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json == {"ok": True}

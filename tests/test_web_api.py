@@ -409,11 +409,9 @@ def test_imagenet_predict_bad_input(client, empty_keras_home):
 # -- the worker's bookkeeping (unit level) ---------------------------------------------------
 
 
-def test_stale_running_jobs_are_failed_on_worker_start(app, client, web_photos):
+def test_stale_running_jobs_out_of_attempts_are_failed(app, client, web_photos):
     import os
     import socket
-
-    from web.jobs import fail_stale_jobs
 
     pid = new_project(client)
     upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
@@ -426,12 +424,14 @@ def test_stale_running_jobs_are_failed_on_worker_start(app, client, web_photos):
     with app.app_context():
         dead = db.session.get(Job, job_id)
         dead.state, dead.worker = "running", f"{socket.gethostname()}:{2**22 + 12345}"
+        dead.attempts = app.config["JOB_MAX_ATTEMPTS"]  # (retries: tests/test_scaleout.py)
         alive = db.session.get(Job, alive_id)  # a live worker of this host: left alone
         alive.state, alive.worker = "running", f"{socket.gethostname()}:{os.getppid()}"
         db.session.commit()
-        assert fail_stale_jobs(900) == [job_id]
+        recovered = app.extensions["transferlab.jobs"].recover_stale_jobs(at_start=True)
+        assert recovered == {"requeued": [], "failed": [job_id]}
     job = client.get(f"/api/v1/jobs/{job_id}").json
-    assert job["state"] == "failed" and "worker stopped" in job["error"]
+    assert job["state"] == "failed" and "worker running this job stopped" in job["error"]
     assert client.get(f"/api/v1/jobs/{alive_id}").json["state"] == "running"
     # the project can be trained again
     assert client.post(f"/api/v1/projects/{pid}/train").status_code == 202

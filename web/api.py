@@ -179,6 +179,7 @@ def job_json(job: Job | None) -> dict | None:
         "done": job.done, "total": job.total, "error": job.error,
         "iteration": job.iteration.number if job.iteration is not None else None,
         "cancel_requested": bool(job.cancel_requested), "backbones": job.backbones,
+        "attempts": job.attempts, "worker": job.worker,
         "n_train": job.n_train, "n_test": job.n_test,
         "features_computed": job.features_computed, "features_total": job.features_total,
         "created_at": iso(job.created_at), "started_at": iso(job.started_at),

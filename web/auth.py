@@ -51,7 +51,7 @@ log = logging.getLogger("transferlab.auth")
 
 TOKEN_PREFIX = "tl_"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
-PUBLIC_ENDPOINTS = {"static", "auth.login", "auth.setup", "api.openapi"}
+PUBLIC_ENDPOINTS = {"static", "auth.login", "auth.setup", "api.openapi", "healthz"}
 MIN_PASSWORD, MAX_PASSWORD = 8, 1024
 MAX_USERNAME = 80
 TOKEN_TOUCH_SECONDS = 60  # last_used_at is written at most this often per token

@@ -30,7 +30,9 @@ DEFAULTS: dict = {
     "WORKER": True,  # `python app.py` starts a worker child process (false: run your own)
     "WORKER_THREADS": 1,  # jobs run at once per worker process (TensorFlow uses all cores)
     "WORKER_POLL_SECONDS": 1.0,  # longest wait between queue polls when idle
-    "STALE_JOB_SECONDS": 900,  # a running job of another machine's worker silent this long fails
+    "STALE_JOB_SECONDS": 900,  # a running job of a worker with no heartbeat, silent this long, is retried
+    "JOB_MAX_ATTEMPTS": 2,  # starts of a job whose worker keeps dying before it is failed
+    "WORKER_SHUTDOWN_SECONDS": 30,  # SIGTERM: the running job's time to finish, then re-queued
     "PREDICTOR_CACHE_SIZE": 4,  # trained iterations kept loaded per web process
     "TOP_K": 3,
     "SQLALCHEMY_TRACK_MODIFICATIONS": False,

@@ -3,7 +3,8 @@
 Image files are stored once, globally, by sha256 (`Blob`); a project refers to a blob with its
 own label and split (`ProjectImage`), so the same photo can be in two projects under different
 class names. Job state and progress live here: the web process reads them, the worker writes
-them. SQLite in the instance folder by default; any SQLAlchemy URL via `DATABASE_URL`.
+them. SQLite in the instance folder by default; PostgreSQL (or any SQLAlchemy URL) via `DATABASE_URL`.
+Changing a model needs an Alembic revision (see web/schema.py).
 """
 from __future__ import annotations
 
@@ -152,6 +153,9 @@ class Job(db.Model):
     cancel_requested: Mapped[bool] = mapped_column(sa.Boolean, default=False)
     queue_id: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)  # huey task id
     worker: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)  # host:pid
+    # How many times a worker has started this job: a job whose worker died is queued again
+    # until JOB_MAX_ATTEMPTS, then failed (web.jobs.recover_stale_jobs).
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     backbones: Mapped[list] = mapped_column(sa.JSON)
     n_train: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
     n_test: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
@@ -219,6 +223,9 @@ class WorkerBeat(db.Model):
 
 
 def init_app(app) -> None:
+    """Bind the database to `app` and upgrade its schema in place (see web.schema)."""
+    from web import schema
+
     db.init_app(app)
     with app.app_context():
-        db.create_all()
+        schema.upgrade(db.engine)

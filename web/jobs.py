@@ -12,9 +12,18 @@ Lifecycle: `queued` -> `running` -> `succeeded` | `failed` | `cancelled`.
   while queued is already `cancelled` (and its queue message revoked), so it never runs.
 * Cancelling a running job sets `cancel_requested`; the training progress callback reads it
   and stops the run (features computed so far stay in the cache).
-* A job left `running` by a worker that died is marked failed when a worker starts again.
+* A job left `running` by a worker that died (killed, machine lost) is queued again, up to
+  `JOB_MAX_ATTEMPTS` starts in all, then failed with a message saying so. Every live worker
+  looks for such jobs at each heartbeat: a worker of the same machine is dead when its process
+  is, one of another machine when its heartbeat stopped (`BEAT_TIMEOUT`). The retry is cheap:
+  features computed before the crash are in the shared cache.
+* Stopping a worker never loses its job: SIGTERM (`docker stop`, systemd) stops taking jobs
+  and lets the running one finish within `WORKER_SHUTDOWN_SECONDS`, then queues it again (not
+  counted as an attempt); SIGINT (Ctrl-C, and the `python app.py` supervisor) queues it again
+  at once.
 
-Run a worker with `python app.py worker` (`python app.py` starts one as a child process).
+Run a worker with `python app.py worker` (`python app.py` starts one as a child process); run
+as many as you like, on as many machines, with the same DATABASE_URL, REDIS_URL and storage.
 """
 from __future__ import annotations
 
@@ -43,6 +52,7 @@ PARENT_PID_ENV = "TRANSFERLAB_PARENT_PID"
 PROGRESS_SHARE = 0.97  # training's share of the bar; saving the iteration is the rest
 BEAT_SECONDS = 5.0  # how often a worker says it is alive
 BEAT_TIMEOUT = 30.0  # a worker silent this long is considered gone
+LOST_MESSAGE_SECONDS = 60.0  # a job queued this long without a queue message is queued again
 
 
 class JobCancelled(Exception):
@@ -132,6 +142,7 @@ class Jobs:
         self.gc_task = self.huey.periodic_task(crontab(minute="*/30"), name=GC_TASK)(
             self._gc_task)
         self.huey.signal(SIGNAL_INTERRUPTED)(self._on_interrupted)
+        self.in_flight: set[int] = set()  # jobs this process is running (worker side)
         app.extensions["transferlab.jobs"] = self
 
     @property
@@ -158,17 +169,22 @@ class Jobs:
         except sa.exc.IntegrityError:
             db.session.rollback()
             raise JobConflict(active_job(project.id)) from None
-        task = self.train_task.s(job.id)
         try:
-            self.huey.enqueue(task)
+            self._enqueue(job.id)
         except Exception as exc:  # the queue is down: do not leave a job that never runs
             log.exception("could not enqueue job %s", job.id)
             self._finish(job.id, "failed", error=f"could not queue the job: {exc}",
                          from_states=("queued",))
             raise QueueUnavailable(f"could not queue the job: {exc}") from exc
-        job.queue_id = task.id
-        db.session.commit()
+        db.session.refresh(job)
         return job
+
+    def _enqueue(self, job_id: int) -> None:
+        """Put a message for the (queued) job on the queue and remember its id."""
+        task = self.train_task.s(job_id)
+        self.huey.enqueue(task)
+        db.session.execute(sa.update(Job).where(Job.id == job_id).values(queue_id=task.id))
+        db.session.commit()
 
     def cancel(self, job: Job) -> str:
         """Cancel `job`: "cancelled" (it was queued: it will never run), "requested" (it is
@@ -197,11 +213,13 @@ class Jobs:
     # -- worker side ---------------------------------------------------------------------
 
     def _train_task(self, job_id: int) -> None:
+        self.in_flight.add(job_id)
         with self.app.app_context():
             try:
                 run_training(self.app, job_id)
             finally:
                 db.session.remove()
+                self.in_flight.discard(job_id)
 
     def _gc_task(self) -> None:
         with self.app.app_context():
@@ -211,19 +229,116 @@ class Jobs:
                 db.session.remove()
 
     def _on_interrupted(self, signal_name, task, *args) -> None:
-        """The worker is stopping while `task` runs: the job cannot finish, say so."""
+        """The worker is stopping while `task` runs (SIGINT, or SIGTERM's grace period is
+        over): queue the job again for another worker; this stop is not counted as an
+        attempt."""
         if getattr(task, "name", None) != TRAIN_TASK or not task.args:
             return
         with self.app.app_context():
-            self._finish(task.args[0], "failed", error="interrupted: the worker was stopped "
-                         "while this job was running; train again", from_states=("running",))
-            db.session.remove()
+            try:
+                if self.requeue(task.args[0], worker_id(), counted=False,
+                                why="its worker was stopped"):
+                    log.warning("job %s queued again: this worker is stopping", task.args[0])
+            finally:
+                db.session.remove()
+
+    def requeue(self, job_id: int, worker: str, *, counted: bool, why: str) -> bool:
+        """Queue job `job_id` again if it is still `running` on `worker` (so of several
+        processes noticing the same dead worker, one wins); returns whether it did."""
+        now = utcnow()
+        values = dict(state="queued", worker=None, progress=0.0, done=None, total=None,
+                      stage=f"queued again: {why}", started_at=None, updated_at=now)
+        if not counted:
+            values["attempts"] = Job.attempts - 1
+        ran_by = Job.worker == worker if worker else Job.worker.is_(None)
+        moved = db.session.execute(sa.update(Job).where(
+            Job.id == job_id, Job.state == "running", ran_by).values(**values))
+        db.session.commit()
+        if not moved.rowcount:
+            return False
+        try:
+            self._enqueue(job_id)
+        except Exception as exc:
+            log.exception("could not queue job %s again", job_id)
+            self._finish(job_id, "failed", error=f"{why}, and it could not be queued again: "
+                         f"{exc}", from_states=("queued",))
+            return False
+        return True
+
+    def _requeue_lost_messages(self, now) -> list[int]:
+        """Queued jobs whose message is not on the queue (a worker died between taking the
+        message and starting the job, or the web process between saving the job and queueing
+        it): queue a message again. A duplicate message is harmless: only one worker can
+        claim a queued job."""
+        old = db.session.execute(sa.select(Job.id, Job.queue_id, Job.updated_at).where(
+            Job.state == "queued",
+            Job.updated_at < now - timedelta(seconds=LOST_MESSAGE_SECONDS))).all()
+        db.session.commit()
+        if not old:
+            return []
+        waiting = {task.id for task in self.huey.pending()}
+        found = []
+        for job_id, queue_id, updated_at in old:
+            if queue_id in waiting:
+                continue
+            touched = db.session.execute(sa.update(Job).where(  # one process wins
+                Job.id == job_id, Job.state == "queued", Job.updated_at == updated_at).values(
+                updated_at=now, stage="queued again: its queue message was lost"))
+            db.session.commit()
+            if touched.rowcount:
+                self._enqueue(job_id)
+                found.append(job_id)
+        return found
+
+    def recover_stale_jobs(self, *, at_start: bool = False) -> dict[str, list[int]]:
+        """Queue again (or fail, after `JOB_MAX_ATTEMPTS` starts) the running jobs whose
+        worker is gone; returns {"requeued": [ids], "failed": [ids]}.
+
+        Also queues a message again for queued jobs whose message was lost.
+        A worker is gone when it is a process of this machine that is not alive (or this
+        very process at its start: it runs nothing yet), when its heartbeat stopped
+        `BEAT_TIMEOUT` ago, or, without a heartbeat, when its job has not reported progress
+        for `STALE_JOB_SECONDS`.
+        """
+        max_attempts = int(self.app.config["JOB_MAX_ATTEMPTS"])
+        stale = timedelta(seconds=float(self.app.config["STALE_JOB_SECONDS"]))
+        host, me = socket.gethostname(), os.getpid()
+        now = utcnow()
+        beats = {b.id: b.seen_at for b in db.session.scalars(sa.select(WorkerBeat))}
+        out: dict[str, list[int]] = {"requeued": [], "failed": []}
+        running = db.session.execute(sa.select(Job.id, Job.worker, Job.attempts, Job.updated_at)
+                                     .where(Job.state == "running")).all()
+        db.session.commit()
+        out["requeued"] += self._requeue_lost_messages(now)
+        for job_id, worker, attempts, updated_at in running:
+            owner, _, pid = (worker or "").rpartition(":")
+            if owner == host and pid.isdigit():
+                dead = (int(pid) == me and at_start) or not _pid_alive(int(pid))
+            elif worker in beats:
+                dead = beats[worker] < now - timedelta(seconds=BEAT_TIMEOUT)
+            else:
+                dead = not worker or updated_at < now - stale
+            if not dead:
+                continue
+            if attempts < max_attempts and self.requeue(
+                    job_id, worker, counted=True, why=f"its worker {worker} stopped"):
+                out["requeued"].append(job_id)
+            elif attempts >= max_attempts and self._finish(
+                    job_id, "failed", from_states=("running",), owner=worker, error=(
+                        f"the worker running this job stopped ({worker}), {attempts} time(s) "
+                        f"out of the {max_attempts} allowed; train again")):
+                out["failed"].append(job_id)
+        return out
 
     def _finish(self, job_id: int, state: str, *, error: str | None = None,
-                from_states=("running",), **values) -> bool:
+                from_states=("running",), owner: str | None = None, **values) -> bool:
+        """Move the job to a final state if it is in `from_states` (and run by `owner`)."""
         now = utcnow()
+        where = [Job.id == job_id, Job.state.in_(from_states)]
+        if owner is not None:
+            where.append(Job.worker == owner)
         result = db.session.execute(
-            sa.update(Job).where(Job.id == job_id, Job.state.in_(from_states)).values(
+            sa.update(Job).where(*where).values(
                 state=state, active_project=None, error=error, finished_at=now, updated_at=now,
                 stage=values.pop("stage", state), **values))
         db.session.commit()
@@ -235,10 +350,11 @@ def run_training(app, job_id: int) -> str:
     jobs: Jobs = app.extensions["transferlab.jobs"]
     storage: Storage = app.extensions["transferlab.storage"]
     now = utcnow()
+    me = worker_id()
     claimed = db.session.execute(
         sa.update(Job).where(Job.id == job_id, Job.state == "queued").values(
-            state="running", started_at=now, updated_at=now, worker=worker_id(),
-            stage="loading images", progress=0.0))
+            state="running", started_at=now, updated_at=now, worker=me,
+            stage="loading images", progress=0.0, attempts=Job.attempts + 1))
     db.session.commit()
     if not claimed.rowcount:
         log.info("job %s is not queued any more (cancelled?): skipped", job_id)
@@ -269,9 +385,10 @@ def run_training(app, job_id: int) -> str:
         def on_progress(p) -> None:
             shown[0] = max(shown[0], round(PROGRESS_SHARE * float(p.fraction), 4))
             with db.engine.begin() as conn:
-                row = conn.execute(sa.select(Job.cancel_requested, Job.state)
+                row = conn.execute(sa.select(Job.cancel_requested, Job.state, Job.worker)
                                    .where(Job.id == job_id)).first()
-                if row is None or row.cancel_requested or row.state != "running":
+                if (row is None or row.cancel_requested or row.state != "running"
+                        or row.worker != me):  # queued again (we were thought dead)
                     raise JobCancelled()
                 values = dict(progress=shown[0], stage=p.stage, updated_at=utcnow(),
                               features_computed=cache.computed)
@@ -305,7 +422,7 @@ def run_training(app, job_id: int) -> str:
         db.session.flush()
         now = utcnow()
         finished = db.session.execute(
-            sa.update(Job).where(Job.id == job_id, Job.state == "running",
+            sa.update(Job).where(Job.id == job_id, Job.state == "running", Job.worker == me,
                                  Job.cancel_requested.is_(False)).values(
                 state="succeeded", active_project=None, finished_at=now, updated_at=now,
                 stage="done", progress=1.0, iteration_id=iteration.id,
@@ -321,14 +438,14 @@ def run_training(app, job_id: int) -> str:
         return "succeeded"
     except JobCancelled:
         db.session.rollback()
-        jobs._finish(job_id, "cancelled")
+        jobs._finish(job_id, "cancelled", owner=me)
         log.info("job %s cancelled", job_id)
         return "cancelled"
     except Exception as exc:
         db.session.rollback()
         message = _error_message(exc)
         log.error("job %s failed: %s\n%s", job_id, message, traceback.format_exc())
-        jobs._finish(job_id, "failed", error=message)
+        jobs._finish(job_id, "failed", error=message, owner=me)
         return "failed"
     finally:
         if tmp is not None:
@@ -393,40 +510,6 @@ def live_workers(within: float = BEAT_TIMEOUT) -> list[WorkerBeat]:
                               .order_by(WorkerBeat.started_at)).all()
 
 
-def fail_stale_jobs(stale_seconds: float = 900) -> list[int]:
-    """Mark failed the jobs left `running` by a worker that is gone; returns their ids.
-
-    A worker is gone when it is a process of this host that is not alive (or is us: we have
-    just started, so we run nothing), when its heartbeat stopped, or, without a heartbeat,
-    when its job has not reported progress for `stale_seconds`.
-    """
-    host, me = socket.gethostname(), os.getpid()
-    now = utcnow()
-    cutoff = now - timedelta(seconds=stale_seconds)
-    beats = {b.id: b.seen_at for b in db.session.scalars(sa.select(WorkerBeat))}
-    failed = []
-    for job in db.session.scalars(sa.select(Job).where(Job.state == "running")).all():
-        owner, _, pid = (job.worker or "").rpartition(":")
-        dead = not job.worker
-        if owner == host and pid.isdigit():
-            dead = dead or int(pid) == me or not _pid_alive(int(pid))
-        seen = beats.get(job.worker)
-        if seen is not None:
-            dead = dead or seen < now - timedelta(seconds=BEAT_TIMEOUT)
-        else:
-            dead = dead or job.updated_at < cutoff
-        if dead:
-            failed.append(job.id)
-    now = utcnow()
-    for job_id in failed:
-        db.session.execute(sa.update(Job).where(Job.id == job_id, Job.state == "running").values(
-            state="failed", active_project=None, finished_at=now, updated_at=now, stage="failed",
-            error="the worker stopped while this job was running (it was restarted); "
-                  "train again"))
-    db.session.commit()
-    return failed
-
-
 def collect_garbage(storage: Storage, grace_seconds: float = 3600) -> int:
     """Delete stored images no project uses any more (spared for `grace_seconds` after their
     last upload, so a concurrent upload never loses a file); returns how many."""
@@ -465,7 +548,9 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def _beat(app) -> None:
-    """Record this worker's heartbeat every BEAT_SECONDS (own connection, own thread)."""
+    """Every BEAT_SECONDS: record this worker's heartbeat, and queue again the jobs of
+    workers that died (own connection, own thread)."""
+    jobs: Jobs = app.extensions["transferlab.jobs"]
     me, started = worker_id(), utcnow()
     while True:
         try:
@@ -479,20 +564,32 @@ def _beat(app) -> None:
                     WorkerBeat.seen_at < now - timedelta(days=1)))
         except Exception as exc:  # a busy database must not kill the worker
             log.warning("heartbeat failed: %s", exc)
+        _recover(app, jobs)
         time.sleep(BEAT_SECONDS)
 
 
+def _recover(app, jobs: "Jobs", at_start: bool = False) -> None:
+    with app.app_context():
+        try:
+            found = jobs.recover_stale_jobs(at_start=at_start)
+            if found["requeued"] or found["failed"]:
+                log.warning("jobs of stopped workers: queued again %s, failed %s",
+                            found["requeued"], found["failed"])
+        except Exception as exc:
+            log.warning("could not check for jobs of stopped workers: %s", exc)
+        finally:
+            db.session.remove()
+
+
 def run_worker(app) -> None:
-    """Run the Huey consumer for `app` in this process until SIGINT/SIGTERM."""
+    """Run the Huey consumer for `app` in this process until SIGTERM (graceful: the running
+    job may finish within WORKER_SHUTDOWN_SECONDS, else it is queued again) or SIGINT (the
+    running job is queued again at once)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
     jobs: Jobs = app.extensions["transferlab.jobs"]
-    with app.app_context():
-        failed = fail_stale_jobs(app.config["STALE_JOB_SECONDS"])
-        if failed:
-            log.warning("marked %d stale running job(s) as failed: %s", len(failed), failed)
-        db.session.remove()
+    _recover(app, jobs, at_start=True)
     parent = os.environ.get(PARENT_PID_ENV)
     if parent and parent.isdigit():
         threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True,
@@ -503,7 +600,20 @@ def run_worker(app) -> None:
     consumer = jobs.huey.create_consumer(
         workers=max(1, int(app.config["WORKER_THREADS"])), worker_type="thread",
         initial_delay=0.05, backoff=1.15, max_delay=float(app.config["WORKER_POLL_SECONDS"]),
-        periodic=True, check_worker_health=True)
+        periodic=True, check_worker_health=True, graceful_signal="TERM",
+        shutdown_timeout=float(app.config["WORKER_SHUTDOWN_SECONDS"]))
     log.info("worker %s ready (queue: %s)", worker_id(),
              "redis" if app.config.get("REDIS_URL") else app.config["HUEY_DB"])
-    consumer.run()
+    consumer.run()  # returns once stopped; interrupted jobs are queued again by then
+    with app.app_context():
+        db.session.execute(sa.delete(WorkerBeat).where(WorkerBeat.id == worker_id()))
+        db.session.commit()
+        db.session.remove()
+    if jobs.in_flight:
+        # A training thread outlived the grace period (its job is queued again): end the
+        # process now rather than wait for TensorFlow inside a daemon thread.
+        log.info("worker %s stopped (job(s) %s queued again)", worker_id(),
+                 sorted(jobs.in_flight))
+        logging.shutdown()
+        os._exit(0)
+    log.info("worker %s stopped", worker_id())
