@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from conftest import logged_in
 from tests.servers import PostgresServer
 
 DUMP = Path(__file__).parent / "data" / "create_all_v0.sql"
@@ -72,7 +73,7 @@ def test_a_create_all_database_from_before_migrations_is_upgraded_in_place(tmp_p
         job = db.session.get(Job, 1)
         assert (job.state, job.iteration_id, job.attempts) == ("succeeded", 1, 0)
     assert _schema_diff(app.config["SQLALCHEMY_DATABASE_URI"]) == []
-    client = app.test_client()
+    client = logged_in(app.test_client())  # the first account adopts the older projects
     body = client.get("/api/v1/projects/1").get_json()
     assert body["name"] == "cats vs dogs" and body["latest_iteration"] == 1
     # a second start finds it up to date and changes nothing

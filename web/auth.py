@@ -127,13 +127,21 @@ def check_password(value) -> str:
 
 
 def create_user(username: str, password: str, *, admin: bool = False) -> User:
-    """A new account (AuthError when the name is taken or the password too short)."""
+    """A new account (AuthError when the name is taken or the password too short).
+
+    The first account of a deployment (from the setup page or the command line) adopts the
+    projects made before accounts existed."""
     username, password = check_username(username), check_password(password)
     if db.session.scalar(sa.select(User.id).where(User.username == username)) is not None:
         raise AuthError(f"the user name {username!r} is taken")
+    first = db.session.scalar(sa.select(User.id).limit(1)) is None
     user = User(username=username, password_hash=generate_password_hash(password), is_admin=admin)
     db.session.add(user)
     try:
+        db.session.flush()
+        if first:
+            db.session.execute(sa.update(Project).where(Project.owner_id.is_(None))
+                               .values(owner_id=user.id))
         db.session.commit()
     except sa.exc.IntegrityError:  # created meanwhile by another request
         db.session.rollback()
@@ -332,10 +340,6 @@ def setup():
         except AuthError as exc:
             error = str(exc)
         else:
-            # projects made before accounts existed belong to the first account
-            db.session.execute(sa.update(Project).where(Project.owner_id.is_(None))
-                               .values(owner_id=user.id))
-            db.session.commit()
             login_session(user)
             return redirect(url_for("pages.index"))
     return render_template("setup.html", error=error,

@@ -56,28 +56,44 @@ def current_revision(connection) -> str | None:
 def upgrade(engine: sa.Engine) -> str:
     """Bring the database to the newest revision; returns what was done ("created",
     "upgraded from <rev>", "up to date")."""
+    with _migration_lock(engine), engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite revisions rebuild tables (copy, drop, rename). With foreign keys on,
+            # dropping the old table would cascade-delete every row that references it.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                return _upgrade(conn)
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
+
+
+def _upgrade(conn) -> str:
     from alembic import command
 
     from web.db import db
 
-    with _migration_lock(engine), engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-        config = alembic_config(conn)
-        tables = set(sa.inspect(conn).get_table_names())
-        if "alembic_version" not in tables:
-            if "projects" not in tables:
-                db.metadata.create_all(conn)
-                command.stamp(config, "head")
-                return "created"
-            command.stamp(config, BASELINE)
-            log.warning("database made before migrations: stamped %s", BASELINE)
-        before = current_revision(conn)
-        if before == head_revision():
-            return "up to date"
-        command.upgrade(config, "head")
-        log.warning("database upgraded from revision %s to %s", before, head_revision())
-        return f"upgraded from {before}"
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+    config = alembic_config(conn)
+    tables = set(sa.inspect(conn).get_table_names())
+    if "alembic_version" not in tables:
+        if "projects" not in tables:
+            db.metadata.create_all(conn)
+            command.stamp(config, "head")
+            return "created"
+        command.stamp(config, BASELINE)
+        log.warning("database made before migrations: stamped %s", BASELINE)
+    before = current_revision(conn)
+    if before == head_revision():
+        return "up to date"
+    command.upgrade(config, "head")
+    log.warning("database upgraded from revision %s to %s", before, head_revision())
+    return f"upgraded from {before}"
 
 
 @contextlib.contextmanager
