@@ -620,10 +620,10 @@ def predict(project_id: int):
     name, image = _uploaded_image()
     folder = _storage().resolve(it.folder)
     try:
-        answers = offload_tf(_predictions().predict, it.id, folder, [image], top_k, threshold)
+        answer = _predictions().classify(it.id, folder, image, top_k, threshold)
     except BackboneUnavailable as exc:
         raise ApiError(503, str(exc)) from None
-    return jsonify({**answers[0], "name": name, "iteration": it.number, "classes": it.classes})
+    return jsonify({**answer, "name": name, "iteration": it.number, "classes": it.classes})
 
 
 @bp.post("/imagenet/predict")
