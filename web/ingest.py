@@ -5,6 +5,10 @@ zip-bomb checks, decoding checks) and committed on its own: accepted images are 
 other members, or other files of the same request, are rejected. Every skipped file is
 reported with its reason. The CPU-heavy part (reading zips, decoding, thumbnails, writing
 files) runs off the gevent loop (`offload`), so other requests are served meanwhile.
+
+Uploads stream: each accepted image is hashed, decoded once, thumbnailed and written the
+moment the reader accepts it (`FileStore`), and only its metadata is kept, so memory does not
+grow with the number of images in a zip (the zip itself is a temporary file, not memory).
 """
 from __future__ import annotations
 
@@ -16,9 +20,18 @@ from typing import BinaryIO
 import sqlalchemy as sa
 from PIL import Image
 
-from models.datasets import (Dataset, DatasetError, Rejection, Sample, ZipLimits,
-                             normalize_label, read_image_file, read_zip)
-from models.images import MAX_PIXELS, ImageRejected, decode_image, thumbnail_jpeg
+from models.datasets import (
+    Dataset,
+    DatasetError,
+    Rejection,
+    Sample,
+    SampleSink,
+    ZipLimits,
+    normalize_label,
+    read_image_file,
+    read_zip,
+)
+from models.images import MAX_PIXELS, thumbnail_jpeg
 from web.db import Blob, ProjectImage, Upload, db, utcnow
 from web.prediction import offload
 from web.storage import CONTENT_TYPES, Storage
@@ -31,14 +44,36 @@ class UploadError(ValueError):
     """The request itself is unusable (bad label or split, no file): a 400."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stored:
-    """An accepted sample after its files were written: what the database needs."""
+    """An accepted sample after its files were written: what the database needs. `sample`
+    carries no bytes (see `Sample.without_data`); `size` is the file's length."""
 
     sample: Sample
+    size: int
     content_type: str
     width: int
     height: int
+
+
+class FileStore:
+    """The streaming reader's sink (`models.datasets.SampleSink`): writes each accepted
+    sample's original bytes and thumbnail as it arrives (idempotent: keyed by sha256) and
+    keeps only a `Stored` record of it, in `stored`."""
+
+    def __init__(self, storage: Storage, thumb_size: int):
+        self.storage = storage
+        self.thumb_size = thumb_size
+        self.stored: list[Stored] = []
+
+    def __call__(self, sample: Sample, image: Image.Image) -> None:
+        fmt = Image.open(io.BytesIO(sample.data)).format or "JPEG"  # headers only
+        self.storage.put_blob(sample.sha256, sample.data)
+        if not self.storage.thumb_path(sample.sha256).is_file():
+            self.storage.put_thumbnail(sample.sha256, thumbnail_jpeg(image, self.thumb_size))
+        self.stored.append(Stored(sample.without_data(), len(sample.data),
+                                  CONTENT_TYPES.get(fmt, "application/octet-stream"),
+                                  image.width, image.height))
 
 
 def upload_name(filename: str | None, index: int) -> str:
@@ -64,13 +99,15 @@ def check_split(split: str | None) -> str:
 
 
 def read_upload(stream: BinaryIO, name: str, label: str | None,
-                max_pixels: int = MAX_PIXELS) -> Dataset:
-    """One uploaded file as a dataset: a zip (any layout the engine reads) or one image."""
+                max_pixels: int = MAX_PIXELS, on_sample: SampleSink | None = None) -> Dataset:
+    """One uploaded file as a dataset: a zip (any layout the engine reads) or one image;
+    `on_sample` streams the accepted ones (see `models.datasets.read_zip`)."""
     head = stream.read(4)
     stream.seek(0)
     try:
         if name.lower().endswith(".zip") or head in ZIP_MAGICS:
-            return read_zip(stream, name=name, label=label, max_pixels=max_pixels, limits=LIMITS)
+            return read_zip(stream, name=name, label=label, max_pixels=max_pixels, limits=LIMITS,
+                            on_sample=on_sample)
         stream.seek(0, io.SEEK_END)
         size = stream.tell()
         stream.seek(0)
@@ -80,28 +117,10 @@ def read_upload(stream: BinaryIO, name: str, label: str | None,
         if label is None:
             return Dataset(rejected=[Rejection(
                 name, "an image needs a class: send it with a label, or inside a zip")])
-        return read_image_file(stream.read(), name=name, label=label, max_pixels=max_pixels)
+        return read_image_file(stream.read(), name=name, label=label, max_pixels=max_pixels,
+                               on_sample=on_sample)
     except DatasetError as exc:
         return Dataset(rejected=[Rejection(exc.source, exc.reason)])
-
-
-def store_samples(storage: Storage, samples: list[Sample], thumb_size: int) -> tuple[
-        list[Stored], list[Rejection]]:
-    """Write each sample's original bytes and thumbnail (idempotent: keyed by sha256)."""
-    stored, rejected = [], []
-    for sample in samples:
-        try:
-            fmt = Image.open(io.BytesIO(sample.data)).format or "JPEG"
-            image = decode_image(sample.data)
-        except (ImageRejected, OSError, ValueError) as exc:  # validated by the reader already
-            rejected.append(Rejection(sample.source, getattr(exc, "reason", str(exc))))
-            continue
-        storage.put_blob(sample.sha256, sample.data)
-        if not storage.thumb_path(sample.sha256).is_file():
-            storage.put_thumbnail(sample.sha256, thumbnail_jpeg(image, thumb_size))
-        stored.append(Stored(sample, CONTENT_TYPES.get(fmt, "application/octet-stream"),
-                             image.width, image.height))
-    return stored, rejected
 
 
 def _insert_ignore(table, values: dict):
@@ -144,7 +163,7 @@ def add_to_project(project_id: int, stored: list[Stored], split: str) -> tuple[l
         kept = existing.get(sample.sha256)
         if kept is None:
             _insert_ignore(Blob.__table__, dict(
-                sha256=sample.sha256, size=len(sample.data), content_type=item.content_type,
+                sha256=sample.sha256, size=item.size, content_type=item.content_type,
                 width=item.width, height=item.height, created_at=now, touched_at=now))
             db.session.execute(sa.update(Blob).where(Blob.sha256 == sample.sha256)
                                .values(touched_at=now))
@@ -177,12 +196,11 @@ def ingest(project_id: int, files: list, *, label: str | None, split: str,
     report_files, rejected, duplicates, accepted = [], [], [], []
     for index, upload in enumerate(files):
         name = upload_name(upload.filename, index)
-        dataset = offload(read_upload, upload.stream, name, label)
-        stored, store_rejected = offload(store_samples, storage, dataset.samples, thumb_size)
-        file_accepted, file_dups = add_to_project(project_id, stored, split)
+        files_written = FileStore(storage, thumb_size)
+        dataset = offload(read_upload, upload.stream, name, label, on_sample=files_written)
+        file_accepted, file_dups = add_to_project(project_id, files_written.stored, split)
         db.session.commit()
-        file_rejected = [{"name": r.source, "reason": r.reason}
-                         for r in [*dataset.rejected, *store_rejected]]
+        file_rejected = [{"name": r.source, "reason": r.reason} for r in dataset.rejected]
         file_dups = [
             {"name": d.source, "label": d.label, "sha256": d.sha256, "kept_name": d.kept_source,
              "kept_label": d.kept_label, "kept_split": split,
