@@ -59,7 +59,8 @@ class Stored:
 class FileStore:
     """The streaming reader's sink (`models.datasets.SampleSink`): writes each accepted
     sample's original bytes and thumbnail as it arrives (idempotent: keyed by sha256) and
-    keeps only a `Stored` record of it, in `stored`."""
+    keeps only a `Stored` record of it, in `stored`. The files are made durable together
+    by `Storage.sync`, which the caller runs before recording them in the database."""
 
     def __init__(self, storage: Storage, thumb_size: int):
         self.storage = storage
@@ -68,9 +69,10 @@ class FileStore:
 
     def __call__(self, sample: Sample, image: Image.Image) -> None:
         fmt = Image.open(io.BytesIO(sample.data)).format or "JPEG"  # headers only
-        self.storage.put_blob(sample.sha256, sample.data)
+        self.storage.put_blob(sample.sha256, sample.data, durable=False)
         if not self.storage.thumb_path(sample.sha256).is_file():
-            self.storage.put_thumbnail(sample.sha256, thumbnail_jpeg(image, self.thumb_size))
+            self.storage.put_thumbnail(sample.sha256, thumbnail_jpeg(image, self.thumb_size),
+                                       durable=False)
         self.stored.append(Stored(sample.without_data(), len(sample.data),
                                   CONTENT_TYPES.get(fmt, "application/octet-stream"),
                                   image.width, image.height))
@@ -153,36 +155,85 @@ def _split_words(split: str) -> str:
     return "training set" if split == "train" else "test set"
 
 
+def _insert_ignore_returning(table, rows: list[dict], key):
+    """INSERT ... ON CONFLICT DO NOTHING for many rows in one statement; the `key` values
+    of the rows actually inserted, or None where the database cannot say (then the caller
+    inserts row by row)."""
+    dialect = db.session.get_bind().dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        return None
+    result = db.session.execute(insert(table).on_conflict_do_nothing().returning(key), rows)
+    return set(result.scalars())
+
+
+def _duplicate_json(sample: Sample, kept: ProjectImage | None) -> dict:
+    return {
+        "name": sample.source, "label": sample.label, "sha256": sample.sha256,
+        "kept_name": kept.name if kept else None,
+        "kept_label": kept.label if kept else None,
+        "kept_split": kept.split if kept else None,
+        "reason": (f"already in the project ({_split_words(kept.split)}, class {kept.label!r})"
+                   if kept else "already in the project"),
+    }
+
+
 def add_to_project(project_id: int, stored: list[Stored], split: str) -> tuple[list[dict], list[dict]]:
-    """Insert blobs and project images; an image already in the project is a duplicate."""
+    """Insert blobs and project images; an image already in the project is a duplicate.
+    A few statements for the whole list (not a few per image) where the database allows."""
     accepted, duplicates = [], []
     existing = _existing(project_id, [s.sample.sha256 for s in stored])
+    new = [item for item in stored if item.sample.sha256 not in existing]
+    duplicates += [_duplicate_json(item.sample, existing[item.sample.sha256])
+                   for item in stored if item.sample.sha256 in existing]
     now = utcnow()
-    for item in stored:
+    blobs = [{"sha256": item.sample.sha256, "size": item.size,
+              "content_type": item.content_type, "width": item.width, "height": item.height,
+              "created_at": now, "touched_at": now} for item in new]
+    images = [{"project_id": project_id, "sha256": item.sample.sha256,
+               "label": item.sample.label, "split": split,
+               "name": item.sample.source[:1000], "created_at": now} for item in new]
+    for start in range(0, len(new), 500):
+        chunk = slice(start, start + 500)
+        if _insert_ignore_returning(Blob.__table__, blobs[chunk], Blob.sha256) is None:
+            return _add_one_by_one(project_id, new, split, now, accepted, duplicates)
+        db.session.execute(sa.update(Blob).where(Blob.sha256.in_(
+            [b["sha256"] for b in blobs[chunk]])).values(touched_at=now))
+        inserted = _insert_ignore_returning(ProjectImage.__table__, images[chunk],
+                                            ProjectImage.sha256)
+        lost = [item.sample for item in new[chunk] if item.sample.sha256 not in inserted]
+        accepted += [{"sha256": item.sample.sha256, "label": item.sample.label, "split": split,
+                      "name": item.sample.source}
+                     for item in new[chunk] if item.sample.sha256 in inserted]
+        kept = _existing(project_id, [s.sha256 for s in lost]) if lost else {}
+        duplicates += [_duplicate_json(s, kept.get(s.sha256)) for s in lost]  # lost a race
+    order = {item.sample.sha256: i for i, item in enumerate(stored)}
+    duplicates.sort(key=lambda d: order[d["sha256"]])  # in reading order, as the images
+    return accepted, duplicates
+
+
+def _add_one_by_one(project_id: int, new: list[Stored], split: str, now, accepted: list,
+                    duplicates: list) -> tuple[list[dict], list[dict]]:
+    """`add_to_project` for databases without INSERT ... ON CONFLICT ... RETURNING."""
+    for item in new:
         sample = item.sample
-        kept = existing.get(sample.sha256)
-        if kept is None:
-            _insert_ignore(Blob.__table__, dict(
-                sha256=sample.sha256, size=item.size, content_type=item.content_type,
-                width=item.width, height=item.height, created_at=now, touched_at=now))
-            db.session.execute(sa.update(Blob).where(Blob.sha256 == sample.sha256)
-                               .values(touched_at=now))
-            result = _insert_ignore(ProjectImage.__table__, dict(
-                project_id=project_id, sha256=sample.sha256, label=sample.label, split=split,
-                name=sample.source[:1000], created_at=now))
-            if result is not None and result.rowcount:
-                accepted.append({"sha256": sample.sha256, "label": sample.label, "split": split,
-                                 "name": sample.source})
-                continue
-            kept = _existing(project_id, [sample.sha256]).get(sample.sha256)  # lost a race
-        duplicates.append({
-            "name": sample.source, "label": sample.label, "sha256": sample.sha256,
-            "kept_name": kept.name if kept else None,
-            "kept_label": kept.label if kept else None,
-            "kept_split": kept.split if kept else None,
-            "reason": (f"already in the project ({_split_words(kept.split)}, class {kept.label!r})"
-                       if kept else "already in the project"),
-        })
+        _insert_ignore(Blob.__table__, dict(
+            sha256=sample.sha256, size=item.size, content_type=item.content_type,
+            width=item.width, height=item.height, created_at=now, touched_at=now))
+        db.session.execute(sa.update(Blob).where(Blob.sha256 == sample.sha256)
+                           .values(touched_at=now))
+        result = _insert_ignore(ProjectImage.__table__, dict(
+            project_id=project_id, sha256=sample.sha256, label=sample.label, split=split,
+            name=sample.source[:1000], created_at=now))
+        if result is not None and result.rowcount:
+            accepted.append({"sha256": sample.sha256, "label": sample.label, "split": split,
+                             "name": sample.source})
+        else:
+            duplicates.append(_duplicate_json(
+                sample, _existing(project_id, [sample.sha256]).get(sample.sha256)))
     return accepted, duplicates
 
 
@@ -198,6 +249,8 @@ def ingest(project_id: int, files: list, *, label: str | None, split: str,
         name = upload_name(upload.filename, index)
         files_written = FileStore(storage, thumb_size)
         dataset = offload(read_upload, upload.stream, name, label, on_sample=files_written)
+        if files_written.stored:
+            offload(storage.sync)  # the files are on disk before the rows that name them
         file_accepted, file_dups = add_to_project(project_id, files_written.stored, split)
         db.session.commit()
         file_rejected = [{"name": r.source, "reason": r.reason} for r in dataset.rejected]
