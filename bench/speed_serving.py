@@ -140,6 +140,12 @@ def _post_file(url: str, filename: str, data: bytes, timeout: float = 600):
     return _request(url, body, headers, timeout)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _vm(pid: int, key: str) -> int:
     """A /proc/<pid>/status memory figure (VmRSS, VmHWM) in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -223,10 +229,11 @@ def random_backbone(name: str):
 _built: set[str] = set()
 
 
-def _prepare(instance: Path, dataset: Path, per_class: int) -> dict:
+def _prepare(instance: Path, dataset: Path, per_class: int, view_policies: str) -> dict:
     """A project with the default backbones, its images uploaded through the API (test
     client) and trained as the worker does (`web/jobs.py`) but with random-weight backbones;
-    registered as iteration 1. Returns what the benchmark reports about it."""
+    registered as iteration 1. `view_policies` ("default": as the worker trains; else a
+    comma-separated list for `train`) Returns what the benchmark reports about it."""
     from models.features import FeatureCache
     from models.registry import DEFAULT_BACKBONES
     from models.training import train
@@ -255,8 +262,10 @@ def _prepare(instance: Path, dataset: Path, per_class: int) -> dict:
         samples = [StoredSample(r.sha256, r.label, r.name, storage.blob_path(r.sha256))
                    for r in rows]
         began = time.perf_counter()
+        policies = {} if view_policies == "default" else {
+            "view_policies": tuple(view_policies.split(","))}
         result = train(samples, backbones, FeatureCache(app.config["FEATURE_CACHE_DIR"]),
-                       random_backbone)
+                       random_backbone, **policies)
         seconds = time.perf_counter() - began
         tmp = storage.temp_dir()
         result.save(tmp)
@@ -371,9 +380,13 @@ def _concurrent(server: _Server, url: str, images: list[bytes], clients: int,
 
 def prediction_latency(dataset: str | Path = DEFAULT_DATASET, requests: int = 30,
                        clients: int = 8, per_client: int = 4, per_class: int = 5,
-                       bare_reps: int = 10, workdir: str | Path | None = None) -> dict:
+                       bare_reps: int = 10, view_policies: str = "default",
+                       workdir: str | Path | None = None) -> dict:
     """Prediction through the HTTP API (one image, three default backbones + heads +
     ensemble) against the bare backbones, and batching under concurrent clients.
+
+    `view_policies`: "default" trains the project as the worker does (CV picks the heads'
+    views among the default policies); a comma-separated list (e.g. "none") restricts it.
 
     Keys (seconds are wall-clock seconds measured by the client over loopback):
       backbones: the project's backbones; head_inputs: {backbone: the head input CV chose
@@ -401,6 +414,7 @@ def prediction_latency(dataset: str | Path = DEFAULT_DATASET, requests: int = 30
       max_score_diff_batched_vs_alone: largest difference between any score a batched
         request got and the one the same image got alone (answers are rounded to 4 decimals);
         same_labels: whether every batched answer named the same classes as alone.
+      load_average_after: the machine's load averages (other work on the same cores).
     """
     import numpy as np
 
@@ -410,7 +424,7 @@ def prediction_latency(dataset: str | Path = DEFAULT_DATASET, requests: int = 30
         instance = tmp / "instance"
         prep = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "_prepare", str(instance),
-             str(dataset), str(per_class)], check=False, cwd=REPO, capture_output=True,
+             str(dataset), str(per_class), view_policies], check=False, cwd=REPO, capture_output=True,
             text=True,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         if prep.returncode != 0:
@@ -483,6 +497,7 @@ def prediction_latency(dataset: str | Path = DEFAULT_DATASET, requests: int = 30
         "batches": batches,
         "max_score_diff_batched_vs_alone": round(float(max(diffs)), 6),
         "same_labels": bool(same_labels),
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -496,7 +511,7 @@ def _long_side(data: bytes) -> int:
 # -- ingest -----------------------------------------------------------------------------------
 
 
-def _upload_run(zip_path: Path, tmp: Path, tag: str) -> dict:
+def _upload_run(zip_path: Path, dataset: Path, tmp: Path, tag: str) -> dict:
     """A fresh server; one zip uploaded through POST /api/v1/projects/<id>/images."""
     instance = tmp / f"instance-{tag}"
     server = _Server(instance, tmp / f"server-{tag}.log", random_backbones=False)
@@ -504,23 +519,23 @@ def _upload_run(zip_path: Path, tmp: Path, tag: str) -> dict:
         project = _request(server.base + "/api/v1/projects",
                            json.dumps({"name": tag, "backbones": ["efficientnet_lite0"]}).encode(),
                            {"Content-Type": "application/json"})
-        # warm: the upload code path once (imports, database) with a one-image zip
-        warm = io.BytesIO()
-        with zipfile.ZipFile(warm, "w") as archive, zipfile.ZipFile(zip_path) as source:
-            first = source.infolist()[0]
-            archive.writestr(first.filename, source.read(first))
-        server.post_file(f"/api/v1/projects/{project['id']}/images", "warm.zip", warm.getvalue())
+        # warm: the whole upload path once (imports, caches) with 20 other images
+        write_zip(tmp / "warm.zip", dataset, 20, seed=SEED + 99)
+        server.post_file(f"/api/v1/projects/{project['id']}/images", "warm.zip",
+                         (tmp / "warm.zip").read_bytes())
         rss_before = _vm(server.proc.pid, "VmRSS")
         hwm_before = _vm(server.proc.pid, "VmHWM")
         data = zip_path.read_bytes()
+        cpu = _cpu_seconds(server.proc.pid)
         began = time.perf_counter()
         report = server.post_file(f"/api/v1/projects/{project['id']}/images", zip_path.name, data)
         seconds = time.perf_counter() - began
+        cpu = _cpu_seconds(server.proc.pid) - cpu
         del data
         hwm_after = _vm(server.proc.pid, "VmHWM")
     finally:
         server.stop()
-    return {"seconds": seconds, "accepted": report["accepted"],
+    return {"seconds": seconds, "cpu_seconds": cpu, "accepted": report["accepted"],
             "rejected": len(report["rejected"]), "duplicates": len(report["duplicates"]),
             "rss_before": rss_before, "hwm_before": hwm_before, "hwm_after": hwm_after}
 
@@ -537,7 +552,11 @@ def ingest_throughput(dataset: str | Path = DEFAULT_DATASET, images: int = 1000,
         parsing, reading the zip, hashing, decoding and validating, thumbnails, writing files,
         database rows, the JSON report); accepted/rejected/duplicates: its report (every
         image must be accepted: accepted == images);
-      images_per_s: accepted / seconds (target >= 50).
+      images_per_s: accepted / seconds (target >= 50); server_cpu_seconds: CPU time the
+        server process used meanwhile (all its threads); images_per_cpu_s: accepted per CPU
+        second (what the code costs, whatever else shares the cores);
+        load_average_after: the machine's 1/5/15-minute load averages (2 cores here: above 2
+        means other work competed for them).
       peak_rss_growth_bytes: the server process's peak resident memory (VmHWM) after the
         upload minus its resident memory just before it; small_*: the same for the small zip;
         growth_ratio_large_vs_small: peak growth with `images` over that with `small_images`
@@ -549,14 +568,16 @@ def ingest_throughput(dataset: str | Path = DEFAULT_DATASET, images: int = 1000,
         tmp = Path(tmp)
         big = write_zip(tmp / "big.zip", dataset, images)
         small = write_zip(tmp / "small.zip", dataset, small_images, seed=SEED + 7)
-        run_small = _upload_run(tmp / "small.zip", tmp, "small")
-        run_big = _upload_run(tmp / "big.zip", tmp, "big")
+        run_small = _upload_run(tmp / "small.zip", dataset, tmp, "small")
+        run_big = _upload_run(tmp / "big.zip", dataset, tmp, "big")
     growth = run_big["hwm_after"] - run_big["rss_before"]
     growth_small = run_small["hwm_after"] - run_small["rss_before"]
     return {
         **big, "seconds": round(run_big["seconds"], 2), "accepted": run_big["accepted"],
         "rejected": run_big["rejected"], "duplicates": run_big["duplicates"],
         "images_per_s": round(run_big["accepted"] / run_big["seconds"], 1),
+        "server_cpu_seconds": round(run_big["cpu_seconds"], 2),
+        "images_per_cpu_s": round(run_big["accepted"] / max(run_big["cpu_seconds"], 1e-9), 1),
         "peak_rss_growth_bytes": growth,
         "small_images": small["images"], "small_image_bytes": small["image_bytes"],
         "small_seconds": round(run_small["seconds"], 2),
@@ -565,6 +586,7 @@ def ingest_throughput(dataset: str | Path = DEFAULT_DATASET, images: int = 1000,
         "growth_ratio_large_vs_small": round(growth / max(growth_small, 1), 2),
         "growth_vs_image_bytes": round(growth / big["image_bytes"], 3),
         "server_rss_before_bytes": run_big["rss_before"],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -574,15 +596,19 @@ def main(argv: list[str] | None = None) -> int:
         _serve("--random-backbones" in argv)
         return 0
     if argv and argv[0] == "_prepare":
-        print(json.dumps(_prepare(Path(argv[1]), Path(argv[2]), int(argv[3]))))
+        print(json.dumps(_prepare(Path(argv[1]), Path(argv[2]), int(argv[3]), argv[4])))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default=str(DEFAULT_DATASET))
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--per-client", type=int, default=4)
+    parser.add_argument("--per-class", type=int, default=5,
+                        help="training images per class of the predicting project")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--small-images", type=int, default=250)
+    parser.add_argument("--view-policies", default="default",
+                        help='"default" (as the worker trains) or e.g. "none"')
     parser.add_argument("--only", choices=("prediction", "ingest"))
     args = parser.parse_args(argv)
     from machine import machine  # bench/machine.py, beside this script
@@ -592,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
         out["ingest"] = ingest_throughput(args.dataset, args.images, args.small_images)
     if args.only in (None, "prediction"):
         out["prediction"] = prediction_latency(args.dataset, args.requests, args.clients,
-                                               args.per_client)
+                                               args.per_client, args.per_class,
+                                               view_policies=args.view_policies)
     print(json.dumps(out, indent=1))
     return 0
 

@@ -3,11 +3,16 @@ wait for the TensorFlow thread together run as one batch, and get exactly the an
 would have got alone."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from models.backbones import load_backbone
 from models.datasets import read_dataset
@@ -93,3 +98,37 @@ def test_a_failing_batch_fails_each_request_and_the_next_works(trained_folder, i
     assert not service._queue
     answer = service.classify(1, trained_folder, images[0])
     assert answer["ensemble"]["label"] in ("cat", "coffee", "rocket")
+
+
+def test_under_gevent_concurrent_requests_share_a_batch(trained_folder, photo_test_folder,
+                                                       tmp_path):
+    """The product's mode: monkey-patched, TensorFlow on gevent's one native thread. Eight
+    greenlets classify at once; the batcher serves them in at most two batches (the first
+    may start before the others queued), with the answers each gets alone."""
+    script = textwrap.dedent(f"""
+        from gevent import monkey
+        monkey.patch_all()
+        import json, sys
+        sys.path.insert(0, {str(REPO)!r})
+        import gevent
+        from models.datasets import read_dataset
+        from web.prediction import PredictionService
+        images = [s.image() for s in read_dataset({str(photo_test_folder)!r}).samples][:8]
+        service = PredictionService()
+        alone = [service.classify(1, {str(trained_folder)!r}, im) for im in images]
+        before = service.stats.batches
+        jobs = [gevent.spawn(service.classify, 1, {str(trained_folder)!r}, im) for im in images]
+        gevent.joinall(jobs, raise_error=True)
+        together = [job.value for job in jobs]
+        print(json.dumps({{"batches": service.stats.batches - before,
+                           "largest": service.stats.largest, "alone": alone,
+                           "together": together}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["batches"] <= 2 and result["largest"] >= 7, result
+    for alone, together in zip(result["alone"], result["together"]):
+        assert together["ensemble"]["label"] == alone["ensemble"]["label"]
+        np.testing.assert_allclose(_scores(together), _scores(alone), rtol=0, atol=1e-4 + 1e-9)
