@@ -232,8 +232,8 @@ _built: set[str] = set()
 def _prepare(instance: Path, dataset: Path, per_class: int, view_policies: str) -> dict:
     """A project with the default backbones, its images uploaded through the API (test
     client) and trained as the worker does (`web/jobs.py`) but with random-weight backbones;
-    registered as iteration 1. `view_policies` ("default": as the worker trains; else a
-    comma-separated list for `train`) Returns what the benchmark reports about it."""
+    registered as iteration 1. `view_policies`: "default" (as the worker trains) or a
+    comma-separated list for `train`. Returns what the benchmark reports about it."""
     from models.features import FeatureCache
     from models.registry import DEFAULT_BACKBONES
     from models.training import train
@@ -438,6 +438,9 @@ def prediction_latency(dataset: str | Path = DEFAULT_DATASET, requests: int = 30
         try:
             url = f"{server.base}/api/v1/projects/{project['project_id']}/predict"
             alone = [_post_file(url, "warm.jpg", im) for im in images]  # loads, traces
+            # Keras traces its predict function again for the first batch of another size
+            # (then a shape-generic one): once per process, so not part of the figures
+            _concurrent(server, url, images, clients, 1)
             query = f"/_bench/bare?reps={bare_reps}&backbones={','.join(backbones)}"
             bare = server.get(query)
             latencies = []
