@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.registry import BACKBONES, DEFAULT_BACKBONES, OFFLINE_BACKBONE, availability
@@ -213,7 +213,7 @@ class PredictionService:
                 request.answer = predictor.answer(
                     {name: p[i:i + 1] for name, p in probabilities.items()},
                     top_k=request.top_k, threshold=request.threshold)[0]
-        except Exception as exc:  # every request of the batch gets the error, none hangs
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets it, none hangs
             for request in requests:
                 request.error = exc
         finally:
