@@ -15,7 +15,9 @@ Passing ``label`` always means "everything in here is this class": any folder st
 inside is ignored and every image at any depth gets ``label``.
 
 Nothing is extracted to disk. Zip members are read into memory one at a time, and only the
-bytes of accepted samples are kept. Problems with individual files never abort a read:
+bytes of accepted samples are kept; or none at all when streaming (``on_sample``: each accepted
+sample is handed over with its decoded image as soon as it is read, and memory does not grow
+with the zip). Problems with individual files never abort a read:
 each skipped file becomes a :class:`Rejection` with a short reason, and exact copies of an
 already accepted image become :class:`Duplicate` reports. Only a container that cannot be
 read at all (not a zip, over the zip limits) raises :class:`DatasetError`.
@@ -48,6 +50,7 @@ __all__ = [
     "Duplicate",
     "Rejection",
     "Sample",
+    "SampleSink",
     "ZipLimits",
     "normalize_label",
     "read_dataset",
@@ -108,6 +111,10 @@ class Sample:
     label: str
     source: str
     data: bytes = field(repr=False)
+
+    def without_data(self) -> Sample:
+        """The same sample without its bytes (``data == b""``): what a streaming read keeps."""
+        return Sample(self.sha256, self.label, self.source, b"")
 
     def image(self, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
         """The decoded RGB image (see :func:`models.images.decode_image`)."""
@@ -233,6 +240,10 @@ def read_dataset(
                            max_pixels=max_pixels)
 
 
+SampleSink = Callable[[Sample, Image.Image], None]
+"""Receives each accepted sample (with its bytes) and its decoded RGB image, in reading order."""
+
+
 def read_zip(
     fileobj_or_path: str | os.PathLike[str] | BinaryIO,
     *,
@@ -240,6 +251,7 @@ def read_zip(
     label: str | None = None,
     max_pixels: int = MAX_PIXELS,
     limits: ZipLimits = ZipLimits(),
+    on_sample: SampleSink | None = None,
 ) -> Dataset:
     """Read one zip (a path or a seekable binary file object) with the zip layout rules.
 
@@ -247,24 +259,31 @@ def read_zip(
     the class of a zip of loose images when ``label`` is not given. Raises
     :class:`DatasetError` if the zip cannot be read or exceeds ``limits``, ``ValueError``
     for an invalid ``label``.
+
+    Streaming: with ``on_sample``, each accepted sample is passed to it (bytes and decoded
+    image) the moment it is accepted, and the returned dataset's samples carry no bytes
+    (``data == b""``), so memory stays flat however many images the zip holds. Rejections
+    and duplicates are reported exactly as without it. An exception from ``on_sample``
+    ends the read (what it already received stays received).
     """
     forced = _user_label(label)
-    collector = _Collector(max_pixels)
+    collector = _Collector(max_pixels, on_sample)
     _read_zip_into(collector, fileobj_or_path, name=name, forced_label=forced, limits=limits)
     return collector.dataset()
 
 
 def read_image_file(
-    data: bytes, *, name: str, label: str, max_pixels: int = MAX_PIXELS
+    data: bytes, *, name: str, label: str, max_pixels: int = MAX_PIXELS,
+    on_sample: SampleSink | None = None,
 ) -> Dataset:
     """A dataset of one sample (``source`` = ``name``), or of one rejection if not usable.
 
-    Raises ``ValueError`` for an invalid ``label``.
+    ``on_sample`` as in :func:`read_zip`. Raises ``ValueError`` for an invalid ``label``.
     """
     forced = _user_label(label)
     if forced is None:
         raise ValueError(f"{name}: a single image needs a label")
-    collector = _Collector(max_pixels)
+    collector = _Collector(max_pixels, on_sample)
     collector.add(data, label=forced, source=name)
     return collector.dataset()
 
@@ -294,10 +313,12 @@ class _Entry:
 
 
 class _Collector:
-    """Accumulates samples, rejections and duplicates, deduplicating by sha256."""
+    """Accumulates samples, rejections and duplicates, deduplicating by sha256. With
+    ``on_sample``, accepted samples go there and are kept without their bytes."""
 
-    def __init__(self, max_pixels: int):
+    def __init__(self, max_pixels: int, on_sample: SampleSink | None = None):
         self.max_pixels = max_pixels
+        self.on_sample = on_sample
         self.samples: list[Sample] = []
         self.rejected: list[Rejection] = []
         self.duplicates: list[Duplicate] = []
@@ -322,11 +343,15 @@ class _Collector:
         if self._is_duplicate(sha, label, source):
             return
         try:
-            decode_image(data, max_pixels=self.max_pixels)
+            image = decode_image(data, max_pixels=self.max_pixels)
         except ImageRejected as exc:
             self.reject(source, exc.reason)
             return
-        self._keep(Sample(sha256=sha, label=label, source=source, data=data))
+        sample = Sample(sha256=sha, label=label, source=source, data=data)
+        if self.on_sample is not None:
+            self.on_sample(sample, image)
+            sample = sample.without_data()
+        self._keep(sample)
 
     def extend(self, dataset: Dataset) -> None:
         """Add already validated samples and carry over the reports."""

@@ -88,11 +88,16 @@ class Predictor:
             probs[name] = head.predict_proba(transform_features(mean, transform, blocks))
         return probs
 
+    def answer(self, probabilities: dict[str, np.ndarray], top_k: int = 3,
+               threshold: float = 0.0) -> list[dict]:
+        """Answers (as `predict` gives them) from `probabilities`' {backbone: (n, C)}."""
+        return _answers(probabilities, self.classes, top_k, self.result.report.get("ensemble"),
+                        threshold)
+
     def predict(self, images: Sequence[Image.Image], top_k: int = 3,
                 threshold: float = 0.0) -> list[dict]:
         """One answer per image: each backbone's top-k classes and the project's ensemble."""
-        return _answers(self.probabilities(images), self.classes, top_k,
-                        self.result.report.get("ensemble"), threshold)
+        return self.answer(self.probabilities(images), top_k, threshold)
 
 
 def imagenet_predict(images: Sequence[Image.Image], backbones: dict[str, object],

@@ -405,10 +405,10 @@ def test_a_storage_failure_loses_only_that_image_and_says_so(app, client, monkey
     doomed = png(2)
     real_put = Storage.put_blob
 
-    def put_blob(self, sha256, data):
+    def put_blob(self, sha256, data, **kwargs):
         if sha256 == sha256_hex(doomed):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_put(self, sha256, data)
+        return real_put(self, sha256, data, **kwargs)
 
     monkeypatch.setattr(Storage, "put_blob", put_blob)
     r = upload(client, pid, [("d.zip", make_zip({"cat/1.png": png(1), "cat/2.png": doomed,

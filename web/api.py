@@ -677,10 +677,10 @@ def predict(project_id: int):
     _release_connection()
     name, image = _uploaded_image()
     try:
-        answers = offload_tf(_predictions().predict, it_id, folder, [image], top_k, threshold)
+        answer = _predictions().classify(it_id, folder, image, top_k, threshold)
     except BackboneUnavailable as exc:
         raise ApiError(503, str(exc)) from None
-    return jsonify({**answers[0], "name": name, "iteration": number, "classes": classes})
+    return jsonify({**answer, "name": name, "iteration": number, "classes": classes})
 
 
 @bp.post("/imagenet/predict")

@@ -5,6 +5,10 @@ zip-bomb checks, decoding checks) and committed on its own: accepted images are 
 other members, or other files of the same request, are rejected. Every skipped file is
 reported with its reason. The CPU-heavy part (reading zips, decoding, thumbnails, writing
 files) runs off the gevent loop (`offload`), so other requests are served meanwhile.
+
+Uploads stream: each accepted image is hashed, decoded once, thumbnailed and written the
+moment the reader accepts it (`FileStore`), and only its metadata is kept, so memory does not
+grow with the number of images in a zip (the zip itself is a temporary file, not memory).
 """
 from __future__ import annotations
 
@@ -16,9 +20,18 @@ from typing import BinaryIO
 import sqlalchemy as sa
 from PIL import Image
 
-from models.datasets import (Dataset, DatasetError, Rejection, Sample, ZipLimits,
-                             normalize_label, read_image_file, read_zip)
-from models.images import MAX_PIXELS, ImageRejected, decode_image, thumbnail_jpeg
+from models.datasets import (
+    Dataset,
+    DatasetError,
+    Rejection,
+    Sample,
+    SampleSink,
+    ZipLimits,
+    normalize_label,
+    read_image_file,
+    read_zip,
+)
+from models.images import MAX_PIXELS, thumbnail_jpeg
 from web.db import Blob, ProjectImage, Upload, db, utcnow
 from web.prediction import offload
 from web.storage import CONTENT_TYPES, Storage
@@ -32,14 +45,43 @@ class UploadError(ValueError):
     """The request itself is unusable (bad label or split, no file): a 400."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stored:
-    """An accepted sample after its files were written: what the database needs."""
+    """An accepted sample after its files were written: what the database needs. `sample`
+    carries no bytes (see `Sample.without_data`); `size` is the file's length."""
 
     sample: Sample
+    size: int
     content_type: str
     width: int
     height: int
+
+
+class FileStore:
+    """The streaming reader's sink (`models.datasets.SampleSink`): writes each accepted
+    sample's original bytes and thumbnail as it arrives (idempotent: keyed by sha256) and
+    keeps only a `Stored` record of it, in `stored`. The files are made durable together
+    by `Storage.sync`, which the caller runs before recording them in the database."""
+
+    def __init__(self, storage: Storage, thumb_size: int):
+        self.storage = storage
+        self.thumb_size = thumb_size
+        self.stored: list[Stored] = []
+        self.rejected: list[Rejection] = []  # samples whose files could not be written
+
+    def __call__(self, sample: Sample, image: Image.Image) -> None:
+        fmt = Image.open(io.BytesIO(sample.data)).format or "JPEG"  # headers only
+        try:  # a full disk or an unwritable folder loses this image only, and says so
+            self.storage.put_blob(sample.sha256, sample.data, durable=False)
+            if not self.storage.thumb_path(sample.sha256).is_file():
+                self.storage.put_thumbnail(sample.sha256, thumbnail_jpeg(image, self.thumb_size),
+                                           durable=False)
+        except OSError as exc:
+            self.rejected.append(Rejection(sample.source, f"{NOT_STORED} ({exc.strerror or exc})"))
+            return
+        self.stored.append(Stored(sample.without_data(), len(sample.data),
+                                  CONTENT_TYPES.get(fmt, "application/octet-stream"),
+                                  image.width, image.height))
 
 
 def upload_name(filename: str | None, index: int) -> str:
@@ -65,13 +107,15 @@ def check_split(split: str | None) -> str:
 
 
 def read_upload(stream: BinaryIO, name: str, label: str | None,
-                max_pixels: int = MAX_PIXELS) -> Dataset:
-    """One uploaded file as a dataset: a zip (any layout the engine reads) or one image."""
+                max_pixels: int = MAX_PIXELS, on_sample: SampleSink | None = None) -> Dataset:
+    """One uploaded file as a dataset: a zip (any layout the engine reads) or one image;
+    `on_sample` streams the accepted ones (see `models.datasets.read_zip`)."""
     head = stream.read(4)
     stream.seek(0)
     try:
         if name.lower().endswith(".zip") or head in ZIP_MAGICS:
-            return read_zip(stream, name=name, label=label, max_pixels=max_pixels, limits=LIMITS)
+            return read_zip(stream, name=name, label=label, max_pixels=max_pixels, limits=LIMITS,
+                            on_sample=on_sample)
         stream.seek(0, io.SEEK_END)
         size = stream.tell()
         stream.seek(0)
@@ -81,32 +125,10 @@ def read_upload(stream: BinaryIO, name: str, label: str | None,
         if label is None:
             return Dataset(rejected=[Rejection(
                 name, "an image needs a class: send it with a label, or inside a zip")])
-        return read_image_file(stream.read(), name=name, label=label, max_pixels=max_pixels)
+        return read_image_file(stream.read(), name=name, label=label, max_pixels=max_pixels,
+                               on_sample=on_sample)
     except DatasetError as exc:
         return Dataset(rejected=[Rejection(exc.source, exc.reason)])
-
-
-def store_samples(storage: Storage, samples: list[Sample], thumb_size: int) -> tuple[
-        list[Stored], list[Rejection]]:
-    """Write each sample's original bytes and thumbnail (idempotent: keyed by sha256)."""
-    stored, rejected = [], []
-    for sample in samples:
-        try:
-            fmt = Image.open(io.BytesIO(sample.data)).format or "JPEG"
-            image = decode_image(sample.data)
-        except (ImageRejected, OSError, ValueError) as exc:  # validated by the reader already
-            rejected.append(Rejection(sample.source, getattr(exc, "reason", str(exc))))
-            continue
-        try:  # a full disk or an unwritable folder loses this image only, and says so
-            storage.put_blob(sample.sha256, sample.data)
-            if not storage.thumb_path(sample.sha256).is_file():
-                storage.put_thumbnail(sample.sha256, thumbnail_jpeg(image, thumb_size))
-        except OSError as exc:
-            rejected.append(Rejection(sample.source, f"{NOT_STORED} ({exc.strerror or exc})"))
-            continue
-        stored.append(Stored(sample, CONTENT_TYPES.get(fmt, "application/octet-stream"),
-                             image.width, image.height))
-    return stored, rejected
 
 
 def _insert_ignore(table, values: dict):
@@ -139,36 +161,85 @@ def _split_words(split: str) -> str:
     return "training set" if split == "train" else "test set"
 
 
+def _insert_ignore_returning(table, rows: list[dict], key):
+    """INSERT ... ON CONFLICT DO NOTHING for many rows in one statement; the `key` values
+    of the rows actually inserted, or None where the database cannot say (then the caller
+    inserts row by row)."""
+    dialect = db.session.get_bind().dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        return None
+    result = db.session.execute(insert(table).on_conflict_do_nothing().returning(key), rows)
+    return set(result.scalars())
+
+
+def _duplicate_json(sample: Sample, kept: ProjectImage | None) -> dict:
+    return {
+        "name": sample.source, "label": sample.label, "sha256": sample.sha256,
+        "kept_name": kept.name if kept else None,
+        "kept_label": kept.label if kept else None,
+        "kept_split": kept.split if kept else None,
+        "reason": (f"already in the project ({_split_words(kept.split)}, class {kept.label!r})"
+                   if kept else "already in the project"),
+    }
+
+
 def add_to_project(project_id: int, stored: list[Stored], split: str) -> tuple[list[dict], list[dict]]:
-    """Insert blobs and project images; an image already in the project is a duplicate."""
+    """Insert blobs and project images; an image already in the project is a duplicate.
+    A few statements for the whole list (not a few per image) where the database allows."""
     accepted, duplicates = [], []
     existing = _existing(project_id, [s.sample.sha256 for s in stored])
+    new = [item for item in stored if item.sample.sha256 not in existing]
+    duplicates += [_duplicate_json(item.sample, existing[item.sample.sha256])
+                   for item in stored if item.sample.sha256 in existing]
     now = utcnow()
-    for item in stored:
+    blobs = [{"sha256": item.sample.sha256, "size": item.size,
+              "content_type": item.content_type, "width": item.width, "height": item.height,
+              "created_at": now, "touched_at": now} for item in new]
+    images = [{"project_id": project_id, "sha256": item.sample.sha256,
+               "label": item.sample.label, "split": split,
+               "name": item.sample.source[:1000], "created_at": now} for item in new]
+    for start in range(0, len(new), 500):
+        chunk = slice(start, start + 500)
+        if _insert_ignore_returning(Blob.__table__, blobs[chunk], Blob.sha256) is None:
+            return _add_one_by_one(project_id, new, split, now, accepted, duplicates)
+        db.session.execute(sa.update(Blob).where(Blob.sha256.in_(
+            [b["sha256"] for b in blobs[chunk]])).values(touched_at=now))
+        inserted = _insert_ignore_returning(ProjectImage.__table__, images[chunk],
+                                            ProjectImage.sha256)
+        lost = [item.sample for item in new[chunk] if item.sample.sha256 not in inserted]
+        accepted += [{"sha256": item.sample.sha256, "label": item.sample.label, "split": split,
+                      "name": item.sample.source}
+                     for item in new[chunk] if item.sample.sha256 in inserted]
+        kept = _existing(project_id, [s.sha256 for s in lost]) if lost else {}
+        duplicates += [_duplicate_json(s, kept.get(s.sha256)) for s in lost]  # lost a race
+    order = {item.sample.sha256: i for i, item in enumerate(stored)}
+    duplicates.sort(key=lambda d: order[d["sha256"]])  # in reading order, as the images
+    return accepted, duplicates
+
+
+def _add_one_by_one(project_id: int, new: list[Stored], split: str, now, accepted: list,
+                    duplicates: list) -> tuple[list[dict], list[dict]]:
+    """`add_to_project` for databases without INSERT ... ON CONFLICT ... RETURNING."""
+    for item in new:
         sample = item.sample
-        kept = existing.get(sample.sha256)
-        if kept is None:
-            _insert_ignore(Blob.__table__, dict(
-                sha256=sample.sha256, size=len(sample.data), content_type=item.content_type,
-                width=item.width, height=item.height, created_at=now, touched_at=now))
-            db.session.execute(sa.update(Blob).where(Blob.sha256 == sample.sha256)
-                               .values(touched_at=now))
-            result = _insert_ignore(ProjectImage.__table__, dict(
-                project_id=project_id, sha256=sample.sha256, label=sample.label, split=split,
-                name=sample.source[:1000], created_at=now))
-            if result is not None and result.rowcount:
-                accepted.append({"sha256": sample.sha256, "label": sample.label, "split": split,
-                                 "name": sample.source})
-                continue
-            kept = _existing(project_id, [sample.sha256]).get(sample.sha256)  # lost a race
-        duplicates.append({
-            "name": sample.source, "label": sample.label, "sha256": sample.sha256,
-            "kept_name": kept.name if kept else None,
-            "kept_label": kept.label if kept else None,
-            "kept_split": kept.split if kept else None,
-            "reason": (f"already in the project ({_split_words(kept.split)}, class {kept.label!r})"
-                       if kept else "already in the project"),
-        })
+        _insert_ignore(Blob.__table__, dict(
+            sha256=sample.sha256, size=item.size, content_type=item.content_type,
+            width=item.width, height=item.height, created_at=now, touched_at=now))
+        db.session.execute(sa.update(Blob).where(Blob.sha256 == sample.sha256)
+                           .values(touched_at=now))
+        result = _insert_ignore(ProjectImage.__table__, dict(
+            project_id=project_id, sha256=sample.sha256, label=sample.label, split=split,
+            name=sample.source[:1000], created_at=now))
+        if result is not None and result.rowcount:
+            accepted.append({"sha256": sample.sha256, "label": sample.label, "split": split,
+                             "name": sample.source})
+        else:
+            duplicates.append(_duplicate_json(
+                sample, _existing(project_id, [sample.sha256]).get(sample.sha256)))
     return accepted, duplicates
 
 
@@ -182,15 +253,20 @@ def ingest(project_id: int, files: list, *, label: str | None, split: str,
     report_files, rejected, duplicates, accepted = [], [], [], []
     for index, upload in enumerate(files):
         name = upload_name(upload.filename, index)
-        dataset = offload(read_upload, upload.stream, name, label)
-        stored, store_rejected = offload(store_samples, storage, dataset.samples, thumb_size)
+        files_written = FileStore(storage, thumb_size)
+        dataset = offload(read_upload, upload.stream, name, label, on_sample=files_written)
+        stored, store_rejected = files_written.stored, files_written.rejected
         try:
+            if stored:
+                offload(storage.sync)  # the files are on disk before the rows that name them
             file_accepted, file_dups = add_to_project(project_id, stored, split)
             db.session.commit()
-        except sa.exc.OperationalError as exc:  # database full or gone: this file is not kept
+        except (OSError, sa.exc.OperationalError) as exc:  # disk or database full or gone
             db.session.rollback()
             file_accepted, file_dups = [], []
-            store_rejected += [Rejection(item.sample.source, f"{NOT_STORED} (database: {exc.orig})")
+            where = f"database: {exc.orig}" if isinstance(exc, sa.exc.DBAPIError) else (
+                exc.strerror or str(exc))
+            store_rejected += [Rejection(item.sample.source, f"{NOT_STORED} ({where})")
                                for item in stored]
         file_rejected = [{"name": r.source, "reason": r.reason}
                          for r in [*dataset.rejected, *store_rejected]]

@@ -5,12 +5,18 @@ page. A trained iteration is loaded once per process (an LRU keyed by iteration 
 backbones once per process (the engine's `load_backbone` cache), never per request. Under
 gevent the TensorFlow work runs in a native thread of gevent's (`offload_tf`), so the server
 keeps answering other requests while an image is classified.
+
+Concurrent requests for trained iterations are micro-batched (`PredictionService.classify`):
+each request queues its image, then asks the TensorFlow thread to serve the queue; whichever
+turn comes first takes everything waiting (up to `max_batch`) and runs it as one batch per
+backbone. Nobody waits for a batch to fill: a lone request runs at once, alone.
 """
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.registry import BACKBONES, DEFAULT_BACKBONES, OFFLINE_BACKBONE, availability
@@ -79,21 +85,65 @@ class BackboneUnavailable(RuntimeError):
     """A backbone's weights cannot be loaded here; the message says what to do."""
 
 
-class PredictionService:
-    """Loaded models for one web process. Thread-safe; every method may block (offload it)."""
+@dataclass
+class _Request:
+    """One queued image of a trained iteration; the TensorFlow thread fills in the outcome."""
 
-    def __init__(self, weights_dir: str | None = None, cache_size: int = 4):
+    iteration_id: int
+    folder: str | Path
+    image: object
+    top_k: int
+    threshold: float
+    answer: dict | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+@dataclass
+class BatchStats:
+    """What the micro-batcher did in this process: `requests` images classified through
+    `classify`, in `batches` model runs (a run = one batch per backbone of one iteration);
+    `merged` requests shared their run with at least one other; `largest` is the biggest run."""
+
+    requests: int = 0
+    batches: int = 0
+    merged: int = 0
+    largest: int = 0
+    sizes: dict = field(default_factory=dict)  # batch size -> how many runs had that size
+
+
+class PredictionService:
+    """Loaded models for one web process. Thread-safe; every method may block (offload it),
+    except `classify`, which offloads itself.
+
+    `load_backbone(name)` builds a backbone for a trained iteration; by default the ImageNet
+    weights found as `models.weights` resolves them (benchmarks pass random-weight ones).
+    `max_batch` caps how many queued requests run as one batch.
+    """
+
+    def __init__(self, weights_dir: str | None = None, cache_size: int = 4,
+                 load_backbone: Callable[[str], object] | None = None, max_batch: int = 16):
         self.weights_dir = weights_dir
         self.cache_size = max(1, int(cache_size))
+        self.max_batch = max(1, int(max_batch))
+        self.stats = BatchStats()
+        self._load_backbone = load_backbone
         self._predictors: OrderedDict[int, object] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Lock] = {}
+        # Appended to by request threads/greenlets and emptied by the TensorFlow thread:
+        # deque's append/popleft are atomic, so no lock is shared between the two (a lock
+        # shared by a greenlet and a native thread is what deadlocks under gevent).
+        self._queue: deque[_Request] = deque()
 
     def _make_backbone(self, name: str):
-        from models.backbones import load_backbone
         from models.weights import WeightsNotFound
 
         try:
+            if self._load_backbone is not None:
+                return self._load_backbone(name)
+            from models.backbones import load_backbone
+
             return load_backbone(name, "imagenet", self.weights_dir)
         except WeightsNotFound as exc:
             raise BackboneUnavailable(f"{name}: {exc}") from exc
@@ -123,9 +173,58 @@ class PredictionService:
                 threshold: float = 0.0):
         """Answers of one trained iteration; below `threshold` the ensemble says "unknown"."""
         predictor = self.predictor(iteration_id, folder)
-        if threshold:
-            return predictor.predict(list(images), top_k=top_k, threshold=threshold)
-        return predictor.predict(list(images), top_k=top_k)
+        return predictor.predict(list(images), top_k=top_k, threshold=threshold)
+
+    def classify(self, iteration_id: int, folder: str | Path, image, top_k: int = 3,
+                 threshold: float = 0.0) -> dict:
+        """One image's answer (as `predict` gives it), micro-batched with whatever other
+        requests are waiting for the TensorFlow thread. Call it from the request's own
+        thread or greenlet: it queues the image, then runs `serve_queue` via `offload_tf`.
+
+        Every request's own call to `serve_queue` comes after its image was queued, so by the
+        time that call returns the image was answered, by this turn or an earlier one."""
+        request = _Request(iteration_id, folder, image, top_k, threshold)
+        self._queue.append(request)
+        offload_tf(self.serve_queue)
+        if request.error is not None:
+            raise request.error
+        if not request.done:  # pragma: no cover - would be a bug in the turn-taking above
+            raise RuntimeError("prediction request was not served")
+        return request.answer
+
+    def serve_queue(self) -> None:
+        """On the TensorFlow thread: answer every queued request, up to `max_batch` images
+        of one iteration per batch (one forward pass per backbone and view for the batch)."""
+        while self._queue:
+            taken: list[_Request] = []
+            while self._queue and len(taken) < self.max_batch:
+                taken.append(self._queue.popleft())
+            groups: dict[int, list[_Request]] = {}
+            for request in taken:
+                groups.setdefault(request.iteration_id, []).append(request)
+            for requests in groups.values():
+                self._run_batch(requests)
+
+    def _run_batch(self, requests: list[_Request]) -> None:
+        try:
+            predictor = self.predictor(requests[0].iteration_id, requests[0].folder)
+            probabilities = predictor.probabilities([r.image for r in requests])
+            for i, request in enumerate(requests):
+                request.answer = predictor.answer(
+                    {name: p[i:i + 1] for name, p in probabilities.items()},
+                    top_k=request.top_k, threshold=request.threshold)[0]
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets it, none hangs
+            for request in requests:
+                request.error = exc
+        finally:
+            for request in requests:
+                request.done = True
+        stats, size = self.stats, len(requests)
+        stats.requests += size
+        stats.batches += 1
+        stats.merged += size if size > 1 else 0
+        stats.largest = max(stats.largest, size)
+        stats.sizes[size] = stats.sizes.get(size, 0) + 1
 
     def imagenet(self, images: Sequence, backbones: Sequence[str], top_k: int = 3):
         from models.imagenet import imagenet_labels

@@ -37,15 +37,17 @@ def is_sha256(text: str) -> bool:
     return bool(_SHA.match(text or ""))
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename.
+    `durable=False` skips the fsync: the caller makes a batch durable at once (`sync`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -81,18 +83,25 @@ class Storage:
     def preview_path(self, sha256: str) -> Path:
         return self._sharded("previews", sha256, ".jpg")
 
-    def put_blob(self, sha256: str, data: bytes) -> Path:
-        """Store the original bytes once; an existing blob (same hash, same bytes) is kept."""
+    def put_blob(self, sha256: str, data: bytes, durable: bool = True) -> Path:
+        """Store the original bytes once; an existing blob (same hash, same bytes) is kept.
+        `durable=False`: not fsynced one by one; call `sync()` before relying on it."""
         path = self.blob_path(sha256)
         if not path.is_file():
-            atomic_write(path, data)
+            atomic_write(path, data, durable)
         return path
 
-    def put_thumbnail(self, sha256: str, jpeg: bytes) -> Path:
+    def put_thumbnail(self, sha256: str, jpeg: bytes, durable: bool = True) -> Path:
         path = self.thumb_path(sha256)
         if not path.is_file():
-            atomic_write(path, jpeg)
+            atomic_write(path, jpeg, durable)
         return path
+
+    @staticmethod
+    def sync() -> None:
+        """Make every file written so far durable, in one flush (an fsync per file costs
+        milliseconds each: the bulk of storing a zip of images)."""
+        os.sync()
 
     def put_preview(self, sha256: str, jpeg: bytes) -> Path:
         path = self.preview_path(sha256)
