@@ -44,6 +44,30 @@ VIEW_POLICIES: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_POLICIES = ("none", "dihedral")
 
+# The extraction budget: the most forward-pass work per image (GFLOPs, views x the backbone's
+# cost) a default view policy may ask for. 16 is about two ResNet50 passes: every
+# EfficientNet-Lite backbone can afford all 8 dihedral views (Lite2: 8 x 1.8 = 14.4), while
+# ResNet50, VGG16 and Xception would pay 8x (62-246 GFLOPs) for them, and are offered "none".
+VIEW_BUDGET_GFLOPS = 16.0
+
+
+def view_policies_for(gflops: float, policies: Sequence[str] = DEFAULT_POLICIES,
+                      budget: float = VIEW_BUDGET_GFLOPS) -> tuple[str, ...]:
+    """The candidate view policies a backbone costing `gflops` per view is offered by default.
+
+    A policy is offered when its views fit the extraction budget (len(views) x gflops <=
+    `budget`); the cheapest policy is always offered, so a backbone dearer than the budget
+    still gets one. Among the offered policies, CV on the project's images picks the one the
+    head uses (a project where a view hurts does not use it): the choice stays data-driven
+    where it is affordable, and a heavy backbone never pays 8 forward passes per image for it.
+    """
+    unknown = [p for p in policies if p not in VIEW_POLICIES]
+    if unknown or not policies:
+        raise ValueError(f"unknown view policies {unknown}; choose from {list(VIEW_POLICIES)}")
+    ordered = sorted(dict.fromkeys(policies), key=lambda p: len(VIEW_POLICIES[p]))
+    offered = [p for p in ordered if len(VIEW_POLICIES[p]) * gflops <= budget]
+    return tuple(offered or ordered[:1])
+
 # Feature transforms a head may be given (chosen by CV, like the views). "sqrt" is the power
 # transform of few-shot learning: pooled ReLU features are skewed, their square roots less so.
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {

@@ -161,3 +161,31 @@ def test_keras_views_match_pillow_views():
         expected = np.asarray(VIEWS[view](Image.fromarray(pixels)))
         got = np.asarray(_keras_view(pixels[None].astype(np.float32), view))[0]
         np.testing.assert_array_equal(got, expected, err_msg=view)
+
+
+class QuadrantBackbone:
+    """A real, tiny feature map (mean colour per quadrant) standing in for a heavy network."""
+
+    input_size = 32
+
+    def features(self, pixels, batch_size=32):
+        q = pixels.reshape(len(pixels), 2, 16, 2, 16, 3).mean(axis=(2, 4))
+        return q.reshape(len(pixels), -1).astype(np.float32)
+
+
+def test_heavy_backbones_do_not_pay_for_eight_views_by_default(photo_folder, tmp_path):
+    """Default views follow the extraction budget; an explicit choice applies to every backbone."""
+    data = read_dataset(photo_folder)
+    cache = FeatureCache(tmp_path)
+    result = train(data.samples, ["resnet50", "efficientnet_lite0"], cache,
+                   lambda name: QuadrantBackbone())
+    n = len(data.samples)
+    assert cache.computed == n * 1 + n * 8
+    r = result.report
+    assert r["view_policies_by_backbone"] == {"resnet50": ["none"],
+                                              "efficientnet_lite0": ["none", "dihedral"]}
+    assert r["backbones"]["resnet50"]["hyperparameters"]["views"] in ("none", "none+sqrt")
+    again = FeatureCache(tmp_path / "explicit")
+    train(data.samples, ["resnet50"], again, lambda name: QuadrantBackbone(),
+          view_policies=("none", "flips"))
+    assert again.computed == n * 2
