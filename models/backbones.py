@@ -129,13 +129,17 @@ class Backbone:
 
 
 def _compiled(model):
-    """The model's inference call as one TensorFlow graph, traced once per batch shape (and
-    then once more for any batch size: `reduce_retracing`). Without XLA: on these 2-core
-    machines XLA's compile time (tens of seconds per backbone) outweighs what it saves on a
-    few hundred images, and it made Xception slower. Results equal `predict_on_batch`'s."""
+    """The model's inference call as one TensorFlow graph for any batch size, traced once.
+
+    `predict_on_batch` traces again for each new batch shape (seconds per backbone: re-
+    training on 5 new images paid one such trace per backbone). Without XLA: on these 2-core
+    machines its compile time (tens of seconds per backbone) outweighs what it saves on a few
+    hundred images, and it made Xception slower. Results equal `predict_on_batch`'s.
+    """
     import tensorflow as tf
 
-    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    spec = tf.TensorSpec((None,) + tuple(model.input_shape[1:]), tf.float32)
+    return tf.function(lambda x: model(x, training=False), input_signature=[spec])
 
 
 def _run(model, pixels: np.ndarray, batch_size: int, forward=None) -> np.ndarray:

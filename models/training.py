@@ -233,6 +233,8 @@ def train(
         entries[name] = _entry(probs, y, samples, classes, val_masks)
         entries[name]["hyperparameters"] = head.params
         entries[name]["calibration"] = calibration
+        entries[name]["extract_seconds"] = round(seconds[name], 3)
+        entries[name]["head_seconds"] = round(time.perf_counter() - began, 3)
         entries[name]["train_seconds"] = round(seconds[name] + time.perf_counter() - began, 3)
         report_progress(stage, 1, 1, 0.8 + 0.2 * b / len(backbones), 0.2 / len(backbones))
 
