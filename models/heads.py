@@ -108,21 +108,23 @@ class _Descent:
     Problem p trains on the rows where `weight[p] > 0` of its own rotated features `data[p]`
     (n, r), for every L2 strength of `l2s[p]` side by side. Weights are (P, r, L, C), so each
     step is two matrix products per problem (all strengths in one), not one per strength.
-    `keep(which)` drops finished problems, so the rest run on without them.
+    `keep(which)` drops finished problems, so the rest run on without them. `dtype` float32
+    halves the work of a hyper-parameter search; final heads descend in float64.
     """
 
     def __init__(self, data: np.ndarray, weight: np.ndarray, onehot: np.ndarray,
-                 lipschitz: np.ndarray, l2s: np.ndarray):
+                 lipschitz: np.ndarray, l2s: np.ndarray, dtype=np.float64):
         n_problems, _, rank = data.shape
         n_l2, n_classes = l2s.shape[1], onehot.shape[1]
-        self.data = data
-        self.data_t = np.ascontiguousarray(data.transpose(0, 2, 1))
-        self.weight = weight[:, :, None, None]  # (P, n, 1, 1): 1/count on training rows, else 0
-        self.onehot = onehot[None, :, None, :]
-        self.l2 = l2s[:, None, :, None]
-        self.rate = (1.0 / (lipschitz[:, None] + l2s))[:, None, :, None]
-        self.w = np.zeros((n_problems, rank, n_l2, n_classes))
-        self.b = np.zeros((n_problems, 1, n_l2, n_classes))
+        self.data = data.astype(dtype)
+        self.data_t = np.ascontiguousarray(self.data.transpose(0, 2, 1))
+        # (P, n, 1, 1): 1/count on training rows, else 0
+        self.weight = weight[:, :, None, None].astype(dtype)
+        self.onehot = onehot[None, :, None, :].astype(dtype)
+        self.l2 = l2s[:, None, :, None].astype(dtype)
+        self.rate = (1.0 / (lipschitz[:, None] + l2s))[:, None, :, None].astype(dtype)
+        self.w = np.zeros((n_problems, rank, n_l2, n_classes), dtype)
+        self.b = np.zeros((n_problems, 1, n_l2, n_classes), dtype)
         self.prev_w, self.prev_b = self.w, self.b
         self.step = 0
 
@@ -136,7 +138,7 @@ class _Descent:
             momentum = (self.step - 1) / (self.step + 2)
             look_w = self.w + momentum * (self.w - self.prev_w)
             look_b = self.b + momentum * (self.b - self.prev_b)
-            residual = (softmax(self._logits(look_w, look_b)) - self.onehot) * self.weight
+            residual = (_softmax_few(self._logits(look_w, look_b)) - self.onehot) * self.weight
             p, n, l2, c = residual.shape
             grad_w = (self.data_t @ residual.reshape(p, n, l2 * c)).reshape(look_w.shape)
             grad_w += self.l2 * look_w
@@ -152,6 +154,16 @@ class _Descent:
     def keep(self, which: np.ndarray) -> None:
         for name in ("data", "data_t", "weight", "l2", "rate", "w", "b", "prev_w", "prev_b"):
             setattr(self, name, getattr(self, name)[which])
+
+
+def _softmax_few(logits: np.ndarray) -> np.ndarray:
+    """`softmax` over a short last axis (the classes), without NumPy's slow reductions along
+    a tiny axis: an elementwise running max, and the sum as a matrix product."""
+    top = logits[..., 0]
+    for c in range(1, logits.shape[-1]):
+        top = np.maximum(top, logits[..., c])
+    exp = np.exp(logits - top[..., None])
+    return exp / (exp @ np.ones(logits.shape[-1], logits.dtype))[..., None]
 
 
 def _stack(folds: list[_Fold], train_masks: np.ndarray):
@@ -220,7 +232,8 @@ def _search_all(searches: list[_Search], labels: np.ndarray, n_classes: int) -> 
         return results
     onehot = np.eye(n_classes)[labels]
     data, weight, lipschitz = _stack(folds, np.array(train_masks))
-    descent = _Descent(data, weight, onehot, lipschitz, np.tile(L2_GRID, (len(folds), 1)))
+    descent = _Descent(data, weight, onehot, lipschitz, np.tile(L2_GRID, (len(folds), 1)),
+                       np.float32)
     val = np.array([v for s in searches if s.val_masks is not None for v in s.val_masks], float)
     owner = np.array(owner)
     live = np.unique(owner)  # searches still running
@@ -229,7 +242,8 @@ def _search_all(searches: list[_Search], labels: np.ndarray, n_classes: int) -> 
     stale = dict.fromkeys(live.tolist(), 0)
     for step in STEP_GRID:
         descent.run_to(step)
-        logp = np.log(np.clip(softmax(descent.logits()), 1e-12, 1.0))  # (P, n, L, C)
+        logits = descent.logits().astype(np.float64)
+        logp = np.log(np.clip(_softmax_few(logits), 1e-12, 1.0))  # (P, n, L, C)
         nll = -(logp * onehot[None, :, None, :]).sum(axis=-1)  # (P, n, L)
         held = val[active]
         per_problem = np.einsum("pnl,pn->pl", nll, held)
