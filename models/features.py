@@ -192,10 +192,14 @@ class FeatureCache:
 
             per_chunk = max(1, batch_size // len(views))
             pending = sorted(todo)
+            chunks = [pending[i:i + per_chunk] for i in range(0, len(pending), per_chunk)]
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-                for start in range(0, len(pending), per_chunk):
-                    rows = [row for rows in pool.map(pixels, pending[start:start + per_chunk])
-                            for row in rows]
+                # Decode the next chunk while the backbone runs on this one.
+                ahead = [pool.submit(pixels, i) for i in chunks[0]]
+                for k in range(len(chunks)):
+                    rows = [row for future in ahead for row in future.result()]
+                    following = chunks[k + 1] if k + 1 < len(chunks) else []
+                    ahead = [pool.submit(pixels, i) for i in following]
                     vectors = model.features(np.stack([r[2] for r in rows]), batch_size=batch_size)
                     for (index, view, _), vector in zip(rows, vectors):
                         self.put(backbone, view, items[index].sha256, vector)
