@@ -173,7 +173,8 @@ class QuadrantBackbone:
         return q.reshape(len(pixels), -1).astype(np.float32)
 
 
-def test_heavy_backbones_do_not_pay_for_eight_views_by_default(photo_folder, tmp_path):
+def test_heavy_backbones_do_not_pay_for_eight_views_by_default(photo_folder, photo_test_folder,
+                                                               tmp_path):
     """Default views follow the extraction budget; an explicit choice applies to every backbone."""
     data = read_dataset(photo_folder)
     cache = FeatureCache(tmp_path)
@@ -185,6 +186,10 @@ def test_heavy_backbones_do_not_pay_for_eight_views_by_default(photo_folder, tmp
     assert r["view_policies_by_backbone"] == {"resnet50": ["none"],
                                               "efficientnet_lite0": ["none", "dihedral"]}
     assert r["backbones"]["resnet50"]["hyperparameters"]["views"] in ("none", "none+sqrt")
+    more = read_dataset(photo_test_folder).samples[:1]
+    train(data.samples + more, ["resnet50", "efficientnet_lite0"], cache,
+          lambda name: QuadrantBackbone())
+    assert cache.computed == (n + 1) * 1 + (n + 1) * 8  # re-training: the new image only
     again = FeatureCache(tmp_path / "explicit")
     train(data.samples, ["resnet50"], again, lambda name: QuadrantBackbone(),
           view_policies=("none", "flips"))
