@@ -43,6 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+from machine import machine  # noqa: E402  (bench/machine.py, beside this script)
 
 from models.backbones import Backbone, load_backbone  # noqa: E402
 from models.datasets import read_dataset  # noqa: E402
@@ -50,8 +51,6 @@ from models.features import FeatureCache  # noqa: E402
 from models.images import resize_for_model  # noqa: E402
 from models.registry import get_spec  # noqa: E402
 from models.training import train  # noqa: E402
-
-from machine import machine  # noqa: E402  (bench/machine.py, beside this script)
 
 DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "galaxy4-dev"
 NAIVE_EPOCHS = 20
@@ -181,14 +180,14 @@ def transferlab_runs(first, extra, backbones: list[str], cache_dir: Path) -> dic
     return out
 
 
-def serving_figures() -> dict | None:
-    """bench/speed_serving.py's figures (items 4-5), when that helper's file is present."""
+def serving_figures(dataset: Path) -> dict | None:
+    """bench/speed_serving.py's figures (items 4-5), when that file is present (None if not)."""
     try:
         import speed_serving  # bench/speed_serving.py, beside this script
     except ImportError:
         return None
-    return {"prediction": speed_serving.prediction_latency(),
-            "ingest": speed_serving.ingest_throughput()}
+    return {"prediction": speed_serving.prediction_latency(dataset),
+            "ingest": speed_serving.ingest_throughput(dataset)}
 
 
 def main(argv=None) -> None:
@@ -231,7 +230,7 @@ def main(argv=None) -> None:
         n: round(e["keras_default_gflops_per_second"] / out["gemm_gflops"], 3)
         for n, e in out["extraction"].items()}
     if args.serving:
-        out["serving"] = serving_figures()
+        out["serving"] = serving_figures(Path(args.dataset))
     out["load_average_at_end"] = os.getloadavg()
     out["bench_seconds"] = round(time.perf_counter() - began, 1)
     print(json.dumps(out))
