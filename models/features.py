@@ -45,6 +45,30 @@ VIEW_POLICIES: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_POLICIES = ("none", "dihedral")
 
+# The extraction budget: the most forward-pass work per image (GFLOPs, views x the backbone's
+# cost) a default view policy may ask for. 16 is about two ResNet50 passes: every
+# EfficientNet-Lite backbone can afford all 8 dihedral views (Lite2: 8 x 1.8 = 14.4), while
+# ResNet50, VGG16 and Xception would pay 8x (62-246 GFLOPs) for them, and are offered "none".
+VIEW_BUDGET_GFLOPS = 16.0
+
+
+def view_policies_for(gflops: float, policies: Sequence[str] = DEFAULT_POLICIES,
+                      budget: float = VIEW_BUDGET_GFLOPS) -> tuple[str, ...]:
+    """The candidate view policies a backbone costing `gflops` per view is offered by default.
+
+    A policy is offered when its views fit the extraction budget (len(views) x gflops <=
+    `budget`); the cheapest policy is always offered, so a backbone dearer than the budget
+    still gets one. Among the offered policies, CV on the project's images picks the one the
+    head uses (a project where a view hurts does not use it): the choice stays data-driven
+    where it is affordable, and a heavy backbone never pays 8 forward passes per image for it.
+    """
+    unknown = [p for p in policies if p not in VIEW_POLICIES]
+    if unknown or not policies:
+        raise ValueError(f"unknown view policies {unknown}; choose from {list(VIEW_POLICIES)}")
+    ordered = sorted(dict.fromkeys(policies), key=lambda p: len(VIEW_POLICIES[p]))
+    offered = [p for p in ordered if len(VIEW_POLICIES[p]) * gflops <= budget]
+    return tuple(offered or ordered[:1])
+
 # Feature transforms a head may be given (chosen by CV, like the views). A transform sees the
 # whole feature vector and the widths of its parts (`blocks`, see registry.BackboneSpec):
 # "raw" and "sqrt" use the classic top features (the first part) only. "sqrt" is the power
@@ -207,10 +231,14 @@ class FeatureCache:
 
             per_chunk = max(1, batch_size // len(views))
             pending = sorted(todo)
+            chunks = [pending[i:i + per_chunk] for i in range(0, len(pending), per_chunk)]
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-                for start in range(0, len(pending), per_chunk):
-                    rows = [row for rows in pool.map(pixels, pending[start:start + per_chunk])
-                            for row in rows]
+                # Decode the next chunk while the backbone runs on this one.
+                ahead = [pool.submit(pixels, i) for i in chunks[0]]
+                for k in range(len(chunks)):
+                    rows = [row for future in ahead for row in future.result()]
+                    following = chunks[k + 1] if k + 1 < len(chunks) else []
+                    ahead = [pool.submit(pixels, i) for i in following]
                     vectors = model.features(np.stack([r[2] for r in rows]), batch_size=batch_size)
                     for (index, view, _), vector in zip(rows, vectors):
                         self.put(backbone, view, items[index].sha256, vector)

@@ -102,42 +102,78 @@ def _prepare(features: np.ndarray, train: np.ndarray) -> _Fold:
     return _Fold(mean, scale, basis, projected, 0.5 * (top / len(rows) + 1.0))
 
 
-def _descend(folds: list[_Fold], onehot: np.ndarray, train_masks: np.ndarray,
-             l2s: tuple[float, ...], checkpoints: tuple[int, ...]):
-    """Batched Nesterov descent for every (fold, l2); yields (step, weights, biases, logits).
+class _Descent:
+    """Batched Nesterov descent of many L2-penalised softmax problems at once.
 
-    weights: (F, L, r, C) in each fold's rotated basis (zero-padded to the largest r);
-    logits: (F, L, n, C) for every row, so held-out rows can be scored at each checkpoint.
+    Problem p trains on the rows where `weight[p] > 0` of its own rotated features `data[p]`
+    (n, r), for every L2 strength of `l2s[p]` side by side. Weights are (P, r, L, C), so each
+    step is two matrix products per problem (all strengths in one), not one per strength.
+    `keep(which)` drops finished problems, so the rest run on without them. `dtype` float32
+    halves the work of a hyper-parameter search; final heads descend in float64.
     """
-    n_folds, n_l2 = len(folds), len(l2s)
+
+    def __init__(self, data: np.ndarray, weight: np.ndarray, onehot: np.ndarray,
+                 lipschitz: np.ndarray, l2s: np.ndarray, dtype=np.float64):
+        n_problems, _, rank = data.shape
+        n_l2, n_classes = l2s.shape[1], onehot.shape[1]
+        self.data = data.astype(dtype)
+        self.data_t = np.ascontiguousarray(self.data.transpose(0, 2, 1))
+        # (P, n, 1, 1): 1/count on training rows, else 0
+        self.weight = weight[:, :, None, None].astype(dtype)
+        self.onehot = onehot[None, :, None, :].astype(dtype)
+        self.l2 = l2s[:, None, :, None].astype(dtype)
+        self.rate = (1.0 / (lipschitz[:, None] + l2s))[:, None, :, None].astype(dtype)
+        self.w = np.zeros((n_problems, rank, n_l2, n_classes), dtype)
+        self.b = np.zeros((n_problems, 1, n_l2, n_classes), dtype)
+        self.prev_w, self.prev_b = self.w, self.b
+        self.step = 0
+
+    def _logits(self, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        p, r, l2, c = w.shape
+        return (self.data @ w.reshape(p, r, l2 * c)).reshape(p, -1, l2, c) + b
+
+    def run_to(self, step: int) -> None:
+        while self.step < step:
+            self.step += 1
+            momentum = (self.step - 1) / (self.step + 2)
+            look_w = self.w + momentum * (self.w - self.prev_w)
+            look_b = self.b + momentum * (self.b - self.prev_b)
+            residual = (_softmax_few(self._logits(look_w, look_b)) - self.onehot) * self.weight
+            p, n, l2, c = residual.shape
+            grad_w = (self.data_t @ residual.reshape(p, n, l2 * c)).reshape(look_w.shape)
+            grad_w += self.l2 * look_w
+            grad_b = residual.sum(axis=1, keepdims=True)
+            self.prev_w, self.prev_b = self.w, self.b
+            self.w = look_w - self.rate * grad_w
+            self.b = look_b - self.rate * grad_b
+
+    def logits(self) -> np.ndarray:
+        """(P, n, L, C) logits of every row at the current step."""
+        return self._logits(self.w, self.b)
+
+    def keep(self, which: np.ndarray) -> None:
+        for name in ("data", "data_t", "weight", "l2", "rate", "w", "b", "prev_w", "prev_b"):
+            setattr(self, name, getattr(self, name)[which])
+
+
+def _softmax_few(logits: np.ndarray) -> np.ndarray:
+    """`softmax` over a short last axis (the classes), without NumPy's slow reductions along
+    a tiny axis: an elementwise running max, and the sum as a matrix product."""
+    top = logits[..., 0]
+    for c in range(1, logits.shape[-1]):
+        top = np.maximum(top, logits[..., c])
+    exp = np.exp(logits - top[..., None])
+    return exp / (exp @ np.ones(logits.shape[-1], logits.dtype))[..., None]
+
+
+def _stack(folds: list[_Fold], train_masks: np.ndarray):
+    """The arrays `_Descent` takes for these folds: rotated rows zero-padded to one rank."""
     rank = max(1, max(f.projected.shape[1] for f in folds))
-    n, n_classes = onehot.shape
-    data = np.zeros((n_folds, 1, n, rank))
+    data = np.zeros((len(folds), train_masks.shape[1], rank))
     for i, fold in enumerate(folds):
-        data[i, 0, :, : fold.projected.shape[1]] = fold.projected
-    data_t = np.ascontiguousarray(data.transpose(0, 1, 3, 2))
-    l2 = np.asarray(l2s)[None, :, None, None]
-    rate = 1.0 / (np.array([f.lipschitz for f in folds])[:, None] + np.asarray(l2s)[None, :])
-    rate = rate[:, :, None, None]
-    mask = train_masks[:, None, :, None].astype(float)
-    counts = mask.sum(axis=2, keepdims=True)
-    weights = np.zeros((n_folds, n_l2, rank, n_classes))
-    biases = np.zeros((n_folds, n_l2, 1, n_classes))
-    prev_w, prev_b = weights, biases
-    for step in range(1, max(checkpoints) + 1):
-        momentum = (step - 1) / (step + 2)
-        look_w = weights + momentum * (weights - prev_w)
-        look_b = biases + momentum * (biases - prev_b)
-        logits = data @ look_w + look_b
-        residual = (softmax(logits) - onehot) * mask / counts
-        grad_w = data_t @ residual + l2 * look_w
-        grad_b = residual.sum(axis=2, keepdims=True)
-        prev_w, prev_b = weights, biases
-        weights = look_w - rate * grad_w
-        biases = look_b - rate * grad_b
-        if step in checkpoints:
-            logits = data @ weights + biases
-            yield step, weights, biases, logits
+        data[i, :, : fold.projected.shape[1]] = fold.projected
+    weight = train_masks / train_masks.sum(axis=1, keepdims=True)
+    return data, weight, np.array([f.lipschitz for f in folds])
 
 
 def make_folds(labels: np.ndarray, groups: np.ndarray | None = None, max_folds: int = MAX_FOLDS,
@@ -165,51 +201,124 @@ def make_folds(labels: np.ndarray, groups: np.ndarray | None = None, max_folds: 
     return masks
 
 
+@dataclass
+class _Search:
+    """Choose (l2, steps) for features `x` by CV: validation `val_masks` within `rows`."""
+
+    x: np.ndarray  # (n, d): every row; only `rows` take part
+    rows: np.ndarray  # (n,) bool
+    val_masks: list[np.ndarray] | None  # None: CV impossible, DEFAULT_PARAMS
+
+
+def _search_all(searches: list[_Search], labels: np.ndarray, n_classes: int) -> list[dict]:
+    """Run every search's CV in one batched descent; each stops on its own criterion.
+
+    Per search, exactly `choose_params`'s rule: validation log-loss at each step checkpoint,
+    strongest penalty winning ties, then the shortest run; a search stops after two
+    doublings of the run length without a better model.
+    """
+    results: list[dict | None] = [None] * len(searches)
+    folds, train_masks, owner = [], [], []
+    for s, search in enumerate(searches):
+        if search.val_masks is None:
+            results[s] = dict(DEFAULT_PARAMS, cv_log_loss=None)
+            continue
+        for val in search.val_masks:
+            train = search.rows & ~val
+            folds.append(_prepare(search.x, train))
+            train_masks.append(train)
+            owner.append(s)
+    if not folds:
+        return results
+    onehot = np.eye(n_classes)[labels]
+    data, weight, lipschitz = _stack(folds, np.array(train_masks))
+    descent = _Descent(data, weight, onehot, lipschitz, np.tile(L2_GRID, (len(folds), 1)),
+                       np.float32)
+    val = np.array([v for s in searches if s.val_masks is not None for v in s.val_masks], float)
+    owner = np.array(owner)
+    live = np.unique(owner)  # searches still running
+    active = np.ones(len(owner), bool)  # problems still in the descent
+    best: dict[int, tuple[float, float, int]] = {}
+    stale = dict.fromkeys(live.tolist(), 0)
+    for step in STEP_GRID:
+        descent.run_to(step)
+        logits = descent.logits().astype(np.float64)
+        logp = np.log(np.clip(_softmax_few(logits), 1e-12, 1.0))  # (P, n, L, C)
+        nll = -(logp * onehot[None, :, None, :]).sum(axis=-1)  # (P, n, L)
+        held = val[active]
+        per_problem = np.einsum("pnl,pn->pl", nll, held)
+        for s in live.tolist():
+            mine = owner[active] == s
+            loss = per_problem[mine].sum(axis=0) / held[mine].sum()  # (L,)
+            improved = False
+            for j in reversed(range(len(L2_GRID))):
+                if s not in best or loss[j] < best[s][0] - 1e-9:
+                    best[s] = (float(loss[j]), L2_GRID[j], step)
+                    improved = True
+            stale[s] = 0 if improved else stale[s] + 1
+        live = np.array([s for s in live.tolist() if stale[s] < 2], int)
+        still = np.isin(owner[active], live)
+        if not still.any():
+            break
+        if not still.all():
+            descent.keep(still)
+            active[np.flatnonzero(active)[~still]] = False
+    for s, (loss, l2, step) in best.items():
+        results[s] = {"l2": l2, "steps": step, "cv_log_loss": loss}
+    return results
+
+
 def choose_params(features: np.ndarray, labels: np.ndarray, n_classes: int,
                   groups: np.ndarray | None = None, seed: int = 0) -> dict:
     """Pick {"l2", "steps"} by k-fold CV log-loss on these images (defaults if CV impossible).
 
     The result also carries "cv_log_loss", the winning mean validation log-loss.
     """
-    val_masks = make_folds(labels, groups, seed=seed)
-    if val_masks is None:
-        return dict(DEFAULT_PARAMS, cv_log_loss=None)
-    train_masks = ~np.array(val_masks)
-    folds = [_prepare(features, tm) for tm in train_masks]
-    onehot = np.eye(n_classes)[labels]
-    val = np.array(val_masks)[:, None, :]
-    best = None
-    stale = 0
-    for step, _, _, logits in _descend(folds, onehot, train_masks, L2_GRID, STEP_GRID):
-        logp = np.log(np.clip(softmax(logits), 1e-12, 1.0))
-        nll = -(logp * onehot).sum(axis=-1)  # (F, L, n)
-        loss = (nll * val).sum(axis=(0, 2)) / val.sum()  # (L,)
-        # Strongest penalty wins ties (iterate strong to weak), then the shortest run.
-        improved = False
-        for j in reversed(range(len(L2_GRID))):
-            if best is None or loss[j] < best[0] - 1e-9:
-                best = (float(loss[j]), L2_GRID[j], step)
-                improved = True
-        stale = 0 if improved else stale + 1
-        if stale == 2:
-            break  # two doublings of the run length without a better model: stop looking
-    return {"l2": best[1], "steps": best[2], "cv_log_loss": best[0]}
+    with _one_blas_thread():
+        search = _Search(features, np.ones(len(labels), bool), make_folds(labels, groups, seed=seed))
+        return _search_all([search], labels, n_classes)[0]
+
+
+def _fit_all(fits: list[tuple[np.ndarray, np.ndarray, dict]], labels: np.ndarray,
+             classes: list[str]) -> list[LinearHead]:
+    """One head per (features, training rows, params), all descended together."""
+    folds = [_prepare(x, rows) for x, rows, _ in fits]
+    masks = np.array([rows for _, rows, _ in fits])
+    data, weight, lipschitz = _stack(folds, masks)
+    l2s = np.array([[float(p["l2"])] for _, _, p in fits])
+    steps = np.array([int(p["steps"]) for _, _, p in fits])
+    descent = _Descent(data, weight, np.eye(len(classes))[labels], lipschitz, l2s)
+    heads: list[LinearHead | None] = [None] * len(fits)
+    left = np.arange(len(fits))
+    for step in sorted(set(steps.tolist())):
+        descent.run_to(step)
+        done = steps[left] == step
+        for k in np.flatnonzero(done):
+            i = left[k]
+            fold, rank = folds[i], folds[i].basis.shape[1]
+            heads[i] = LinearHead(
+                list(classes), fold.mean.astype(np.float32), fold.scale,
+                (fold.basis @ descent.w[k, :rank, 0]).astype(np.float32),
+                descent.b[k, 0, 0].astype(np.float32),
+                {k2: fits[i][2][k2] for k2 in ("l2", "steps")})
+        if not done.all():
+            descent.keep(~done)
+            left = left[~done]
+    return heads
 
 
 def fit_head(features: np.ndarray, labels: np.ndarray, classes: list[str], params: dict) -> LinearHead:
     """Train one head on all rows with the given {"l2", "steps"}."""
-    everything = np.ones(len(labels), bool)
-    fold = _prepare(features, everything)
-    onehot = np.eye(len(classes))[labels]
-    steps = int(params["steps"])
-    *_, (_, weights, biases, _) = _descend(
-        [fold], onehot, everything[None, :], (float(params["l2"]),), (steps,)
-    )
-    rank = fold.basis.shape[1]
-    weight = fold.basis @ weights[0, 0, :rank]
-    return LinearHead(list(classes), fold.mean.astype(np.float32), fold.scale,
-                      weight.astype(np.float32), biases[0, 0, 0].astype(np.float32),
-                      {k: params[k] for k in ("l2", "steps")})
+    with _one_blas_thread():
+        return _fit_all([(features, np.ones(len(labels), bool), params)], labels, classes)[0]
+
+
+def _one_blas_thread():
+    """BLAS on one thread: these products are small, and threads only add contention
+    (measured 10-25x slower eigh/matmul on 2 busy cores with OpenBLAS's default threads)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 Candidates = dict  # name -> (n, d) features of the same images, simplest candidate first
@@ -223,6 +332,61 @@ def _as_candidates(features) -> Candidates:
     return features if isinstance(features, dict) else {"orig": features}
 
 
+def _pick(candidates: Candidates, params: list[dict]) -> tuple[str, dict]:
+    """The candidate `train_head` uses: best CV log-loss, a richer one only by SWITCH_MARGIN."""
+    best_name, best = None, None
+    for name, p in zip(candidates, params):
+        loss = p["cv_log_loss"]
+        if best is None or (loss is not None and loss < best["cv_log_loss"] - SWITCH_MARGIN):
+            best_name, best = name, p
+        if loss is None:  # CV impossible: no ground to prefer a costlier input
+            break
+    return best_name, best
+
+
+def train_and_cross_validate(
+    features: np.ndarray | Candidates, labels: np.ndarray, classes: list[str],
+    val_masks: list[np.ndarray] | None, groups: np.ndarray | None = None, seed: int = 0,
+) -> tuple[LinearHead, np.ndarray | None, list[str]]:
+    """`train_head` on all rows, and nested-CV held-out logits, in one batched search.
+
+    Returns (head, held-out logits (n, C) or None without `val_masks`, the input each outer
+    fold chose). For each outer fold, everything is chosen by an inner CV on the outer
+    training rows only (inner folds as `make_folds` draws them on those rows), so held-out
+    rows never influence the model that scores them: the same choices, made exactly as
+    `train_head` and `cross_val_logits` make them, with every descent batched together.
+    """
+    candidates = _as_candidates(features)
+    n = len(labels)
+    outers = [np.ones(n, bool)] + [~v for v in (val_masks or [])]
+    searches = []
+    for rows in outers:
+        inner = make_folds(labels[rows], groups[rows] if groups is not None else None, seed=seed)
+        inner = None if inner is None else [_spread(m, rows) for m in inner]
+        searches += [_Search(x, rows, inner) for x in candidates.values()]
+    with _one_blas_thread():
+        params = _search_all(searches, labels, len(classes))
+        k = len(candidates)
+        picks = [_pick(candidates, params[i * k:(i + 1) * k]) for i in range(len(outers))]
+        heads = _fit_all([(candidates[name], rows, p) for (name, p), rows in zip(picks, outers)],
+                         labels, classes)
+    for head, (name, p) in zip(heads, picks):
+        head.params.update(cv_log_loss=p["cv_log_loss"], views=name)
+    if not val_masks:
+        return heads[0], None, []
+    logits = np.zeros((n, len(classes)))
+    for head, val in zip(heads[1:], val_masks):
+        logits[val] = head.logits(candidates[head.params["views"]][val])
+    return heads[0], logits, [h.params["views"] for h in heads[1:]]
+
+
+def _spread(mask: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """A mask over `rows`' True entries, as a mask over all rows."""
+    out = np.zeros(len(rows), bool)
+    out[np.flatnonzero(rows)[mask]] = True
+    return out
+
+
 def train_head(features: np.ndarray | Candidates, labels: np.ndarray, classes: list[str],
                groups: np.ndarray | None = None, seed: int = 0) -> LinearHead:
     """Choose the input, L2 and training length by CV on these images, then fit on all of them.
@@ -231,18 +395,7 @@ def train_head(features: np.ndarray | Candidates, labels: np.ndarray, classes: l
     images (e.g. one per view policy, simplest first): the head uses the candidate with the
     best CV log-loss, and records its name in `params["views"]`.
     """
-    candidates = _as_candidates(features)
-    best_name, best = None, None
-    for name, x in candidates.items():
-        params = choose_params(x, labels, len(classes), groups, seed)
-        loss = params["cv_log_loss"]
-        if best is None or (loss is not None and loss < best["cv_log_loss"] - SWITCH_MARGIN):
-            best_name, best = name, params
-        if loss is None:  # CV impossible: no ground to prefer a costlier input
-            break
-    head = fit_head(candidates[best_name], labels, classes, best)
-    head.params.update(cv_log_loss=best["cv_log_loss"], views=best_name)
-    return head
+    return train_and_cross_validate(features, labels, classes, None, groups, seed)[0]
 
 
 def cross_val_logits(features: np.ndarray | Candidates, labels: np.ndarray, classes: list[str],
@@ -253,16 +406,8 @@ def cross_val_logits(features: np.ndarray | Candidates, labels: np.ndarray, clas
     For each outer fold, everything `train_head` chooses is chosen by an inner CV on the outer
     training rows only, so the held-out rows never influence the model that scores them.
     """
-    candidates = _as_candidates(features)
-    logits = np.zeros((len(labels), len(classes)))
-    chosen = []
-    for val in val_masks:
-        train = ~val
-        inner_groups = groups[train] if groups is not None else None
-        head = train_head({k: x[train] for k, x in candidates.items()}, labels[train], classes,
-                          inner_groups, seed)
-        logits[val] = head.logits(candidates[head.params["views"]][val])
-        chosen.append(head.params["views"])
+    _, logits, chosen = train_and_cross_validate(features, labels, classes, val_masks, groups,
+                                                 seed)
     return logits, chosen
 
 

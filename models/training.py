@@ -17,10 +17,10 @@ from models.datasets import Sample
 from models.duplicates import near_duplicate_groups
 from models.ensemble import (cross_fit_weighted, fit_weights, majority_vote, mean_probability,
                              weighted_probability)
-from models.features import (DEFAULT_POLICIES, VIEW_POLICIES, FeatureCache, Item, head_input,
-                             head_inputs, transforms_for)
-from models.heads import (LinearHead, apply_temperature, cross_fit_temperature, cross_val_logits,
-                          fit_temperature, make_folds, softmax, train_head)
+from models.features import (VIEW_POLICIES, FeatureCache, Item, head_input, head_inputs,
+                             transforms_for, view_policies_for)
+from models.heads import (LinearHead, apply_temperature, cross_fit_temperature, fit_temperature,
+                          make_folds, softmax, train_and_cross_validate)
 from models.metrics import classification_report, expected_calibration_error, fold_accuracies
 from models.registry import get_spec
 
@@ -134,7 +134,7 @@ def train(
     *,
     test_samples: Sequence[Sample] = (),
     progress: ProgressCallback | None = None,
-    view_policies: Sequence[str] = DEFAULT_POLICIES,
+    view_policies: Sequence[str] | None = None,
     seed: int = 0,
 ) -> TrainResult:
     """Train one head per backbone on `train_samples` and evaluate everything honestly.
@@ -146,9 +146,13 @@ def train(
     "test_skipped"), and training-set scores under their own name.
 
     Automatic choices, all by CV on the training images: per backbone, which views of each
-    image the head sees (`view_policies`, averaged features: test-time augmentation) and
-    whether their square roots serve better, its L2 strength and training length; a temperature that calibrates its probabilities; and which
-    ensemble (majority vote, mean, CV-weighted mean) the project answers with.
+    image the head sees (averaged features: test-time augmentation) and whether their square
+    roots serve better, its L2 strength and training length; a temperature that calibrates
+    its probabilities; and which ensemble (majority vote, mean, CV-weighted mean) the project
+    answers with. The candidate view policies are `view_policies` for every backbone when
+    given, else each backbone's affordable ones (`models.features.view_policies_for`: the
+    dihedral views for the cheap EfficientNet-Lite backbones, the image alone for ResNet50,
+    VGG16 and Xception).
     Raises TrainingError for fewer than two classes, no backbone or an unknown view policy.
     """
     classes = sorted({s.label for s in train_samples})
@@ -158,9 +162,13 @@ def train(
         raise TrainingError("choose at least one backbone")
     for name in backbones:
         get_spec(name)
-    unknown = [p for p in view_policies if p not in VIEW_POLICIES]
-    if unknown or not view_policies:
-        raise TrainingError(f"unknown view policies {unknown}; choose from {list(VIEW_POLICIES)}")
+    if view_policies is not None:
+        unknown = [p for p in view_policies if p not in VIEW_POLICIES]
+        if unknown or not view_policies:
+            raise TrainingError(
+                f"unknown view policies {unknown}; choose from {list(VIEW_POLICIES)}")
+    policies = {name: tuple(view_policies) if view_policies is not None
+                else view_policies_for(get_spec(name).gflops) for name in backbones}
     index = {label: i for i, label in enumerate(classes)}
     test_kept = [s for s in test_samples if s.label in index]
     skipped = [{"source": s.source, "reason": f"class {s.label!r} has no training images"}
@@ -174,12 +182,12 @@ def train(
             progress(Progress(stage, done, total, start + width * (done / total if total else 1)))
 
     # Stage 1 (80%): every needed (image, backbone, view) through the bottleneck cache.
-    views = list(dict.fromkeys(v for p in view_policies for v in VIEW_POLICIES[p]))
     todo = _items(samples["train"]) + _items(test_kept)
     per_view: dict[str, dict[str, np.ndarray]] = {}
     seconds: dict[str, float] = {}
     for b, name in enumerate(backbones):
         began = time.perf_counter()
+        views = list(dict.fromkeys(v for p in policies[name] for v in VIEW_POLICIES[p]))
         stage = f"extracting features ({get_spec(name).title}, {len(views)} views)"
         start = 0.8 * b / len(backbones)
         per_view[name] = cache.get_or_compute_views(
@@ -203,15 +211,14 @@ def train(
         report_progress(stage, 0, 1, 0.8 + 0.2 * b / len(backbones), 0.2 / len(backbones))
         blocks = get_spec(name).blocks
         candidates = {c: head_input(per_view[name], c, blocks)
-                      for c in head_inputs(view_policies, transforms_for(blocks))}
+                      for c in head_inputs(policies[name], transforms_for(blocks))}
         train_x = {p: x[:n_train] for p, x in candidates.items()}
-        head = train_head(train_x, y["train"], classes, groups, seed)
+        head, cv_logits, chosen = train_and_cross_validate(train_x, y["train"], classes,
+                                                           val_masks, groups, seed)
         x = candidates[head.params["views"]]
         calibration = {}
         cv_probs = None
         if val_masks:
-            cv_logits, chosen = cross_val_logits(train_x, y["train"], classes, val_masks,
-                                                 groups, seed)
             cv_probs = cross_fit_temperature(cv_logits, y["train"], val_masks)
             calibration = {
                 "cv_ece_uncalibrated": expected_calibration_error(softmax(cv_logits), y["train"]),
@@ -232,6 +239,8 @@ def train(
         entries[name] = _entry(probs, y, samples, classes, val_masks)
         entries[name]["hyperparameters"] = head.params
         entries[name]["calibration"] = calibration
+        entries[name]["extract_seconds"] = round(seconds[name], 3)
+        entries[name]["head_seconds"] = round(time.perf_counter() - began, 3)
         entries[name]["train_seconds"] = round(seconds[name] + time.perf_counter() - began, 3)
         report_progress(stage, 1, 1, 0.8 + 0.2 * b / len(backbones), 0.2 / len(backbones))
 
@@ -246,7 +255,9 @@ def train(
         "test_skipped": skipped,
         "cv_folds": len(val_masks) if val_masks else None,
         "cv_note": None if val_masks else "cross-validation needs at least 2 images per class",
-        "view_policies": {p: list(VIEW_POLICIES[p]) for p in view_policies},
+        # Every policy tried by some backbone; which backbone tried which: the next key.
+        "view_policies": {p: list(VIEW_POLICIES[p]) for ps in policies.values() for p in ps},
+        "view_policies_by_backbone": {n: list(ps) for n, ps in policies.items()},
         "near_duplicates": _near_duplicate_report(groups_all, samples, n_train),
         "backbones": entries,
         "ensemble": dict(ensembles[chosen_key], key=chosen_key, why=why),

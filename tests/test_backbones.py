@@ -21,6 +21,16 @@ def test_efficientnet_lite0_builds_with_real_weights():
     assert backbone.features(pixels).shape == (1, backbone.spec.feature_dim) == (1, 2024)
 
 
+def test_compiled_extraction_equals_keras_predict_at_any_batch_split():
+    """The fast path (one traced graph) gives Keras's own answer, whatever the batch sizes."""
+    backbone = Backbone("efficientnet_lite0")
+    pixels = np.random.default_rng(1).uniform(0, 255, (5, 224, 224, 3)).astype(np.float32)
+    expected = np.asarray(backbone.features_model.predict_on_batch(pixels))
+    for batch_size in (2, 5):  # 2, 2, 1 then 5: three batch shapes through one function
+        np.testing.assert_allclose(backbone.features(pixels, batch_size=batch_size), expected,
+                                   atol=1e-4)
+
+
 @pytest.mark.parametrize("name,module", [("resnet50", "resnet50"), ("vgg16", "vgg16"),
                                          ("xception", "xception")])
 def test_preprocessing_matches_keras_applications(name, module):

@@ -141,3 +141,23 @@ def test_cache_folder_changes_with_the_feature_vector(tmp_path):
     old.parent.mkdir(parents=True)
     np.save(old, np.ones(1280, np.float32))
     assert cache.get("efficientnet_lite0", "orig", sha) is None
+
+
+def test_view_policies_follow_the_extraction_budget():
+    from models.features import VIEW_BUDGET_GFLOPS, view_policies_for
+    from models.registry import BACKBONES
+
+    offered = {name: view_policies_for(spec.gflops) for name, spec in BACKBONES.items()}
+    for cheap in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+        assert offered[cheap] == ("none", "dihedral")  # CV decides between them
+    for heavy in ("resnet50", "vgg16", "xception"):
+        assert offered[heavy] == ("none",)  # 8 views would cost 8 forward passes per image
+    # The rule is the budget, not a list of names: the cheapest policy always stays.
+    assert view_policies_for(VIEW_BUDGET_GFLOPS / 8) == ("none", "dihedral")
+    assert view_policies_for(VIEW_BUDGET_GFLOPS / 8 + 0.01) == ("none",)
+    assert view_policies_for(1000.0) == ("none",)
+    assert view_policies_for(1.0, ("dihedral", "flips")) == ("flips", "dihedral")
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown view policies"):
+        view_policies_for(1.0, ("mirror",))

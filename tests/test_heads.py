@@ -78,3 +78,27 @@ def test_keras_export_matches_numpy_head():
     np.testing.assert_allclose(model.predict(x, verbose=0), head.predict_proba(x), atol=1e-5)
     back = LinearHead.from_keras(model, ["a", "b", "c"])
     np.testing.assert_allclose(back.predict_proba(x), head.predict_proba(x), atol=1e-5)
+
+
+def test_batched_search_makes_the_choices_of_one_search_at_a_time():
+    """One batched descent (candidates x outer folds x inner folds) = the plain definition:
+    per outer fold, `train_head` on its training rows alone, scoring its held-out rows."""
+    from models.heads import train_and_cross_validate
+
+    x, y = _blobs(n_per=9, d=40, spread=2.5)
+    candidates = {"raw": x, "sqrt": np.sqrt(np.abs(x))}
+    groups = np.arange(len(y)) // 2  # pairs of rows stay together
+    masks = make_folds(y, groups)
+    head, logits, chosen = train_and_cross_validate(candidates, y, ["a", "b", "c"], masks, groups)
+    alone = train_head(candidates, y, ["a", "b", "c"], groups)
+    assert head.params == alone.params
+    np.testing.assert_allclose(head.weight, alone.weight, atol=1e-6)
+    for val, views in zip(masks, chosen):
+        train = ~val
+        inner = train_head({k: v[train] for k, v in candidates.items()}, y[train],
+                           ["a", "b", "c"], groups[train])
+        assert inner.params["views"] == views
+        np.testing.assert_allclose(logits[val], inner.logits(candidates[views][val]), atol=1e-6)
+    # Each search stops on its own: a separate choose_params gives the same answer.
+    assert choose_params(candidates[head.params["views"]], y, 3, groups)["steps"] == \
+        head.params["steps"]

@@ -203,3 +203,36 @@ def test_a_class_with_one_image_trains_without_cross_validation(tmp_path):
     assert "at least 2 images per class" in report["cv_note"]
     assert report["ensemble"]["train_accuracy"] is not None
     assert report["ensembles"]["weighted"]["per_class"] == {}
+
+
+class QuadrantBackbone:
+    """A real, tiny feature map (mean colour per quadrant) standing in for a heavy network."""
+
+    input_size = 32
+
+    def features(self, pixels, batch_size=32):
+        q = pixels.reshape(len(pixels), 2, 16, 2, 16, 3).mean(axis=(2, 4))
+        return q.reshape(len(pixels), -1).astype(np.float32)
+
+
+def test_heavy_backbones_do_not_pay_for_eight_views_by_default(photo_folder, photo_test_folder,
+                                                               tmp_path):
+    """Default views follow the extraction budget; an explicit choice applies to every backbone."""
+    data = read_dataset(photo_folder)
+    cache = FeatureCache(tmp_path)
+    result = train(data.samples, ["resnet50", "efficientnet_lite0"], cache,
+                   lambda name: QuadrantBackbone())
+    n = len(data.samples)
+    assert cache.computed == n * 1 + n * 8
+    r = result.report
+    assert r["view_policies_by_backbone"] == {"resnet50": ["none"],
+                                              "efficientnet_lite0": ["none", "dihedral"]}
+    assert r["backbones"]["resnet50"]["hyperparameters"]["views"] in ("none", "none+sqrt")
+    more = read_dataset(photo_test_folder).samples[:1]
+    train(data.samples + more, ["resnet50", "efficientnet_lite0"], cache,
+          lambda name: QuadrantBackbone())
+    assert cache.computed == (n + 1) * 1 + (n + 1) * 8  # re-training: the new image only
+    again = FeatureCache(tmp_path / "explicit")
+    train(data.samples, ["resnet50"], again, lambda name: QuadrantBackbone(),
+          view_policies=("none", "flips"))
+    assert again.computed == n * 2
