@@ -410,9 +410,7 @@ def run_training(app, job_id: int) -> str:
         relpath = storage.iteration_relpath(project.id, number)
         storage.commit_dir(tmp, relpath)
         tmp = None
-        views = {v for vs in (report.get("view_policies") or {"none": ["orig"]}).values()
-                 for v in vs}
-        total = (report["n_train"] + report["n_test"]) * len(backbones) * len(views)
+        total = (report["n_train"] + report["n_test"]) * _views_extracted(report, backbones)
         iteration = Iteration(
             project_id=project.id, number=number, job_id=job_id, folder=relpath,
             classes=report["classes"], backbones=backbones, n_train=report["n_train"],
@@ -480,6 +478,14 @@ def _error_message(exc: Exception) -> str:
 
 SUMMARY_KEYS = ("cv_accuracy", "cv_accuracy_std", "test_accuracy", "train_accuracy",
                 "train_seconds")
+
+
+def _views_extracted(report: dict, backbones: list[str]) -> int:
+    """Views extracted per image, summed over the backbones (each has its own candidates)."""
+    all_policies = report.get("view_policies") or {"none": ["orig"]}
+    by_backbone = report.get("view_policies_by_backbone") or {b: list(all_policies) for b in backbones}
+    return sum(len({v for p in by_backbone.get(b, ["none"]) for v in all_policies.get(p, ["orig"])})
+               for b in backbones)
 
 
 def summarize(report: dict) -> dict:
