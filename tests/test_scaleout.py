@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import REPO, WorkerProcess, api_token, make_zip
+from conftest import REPO, WorkerProcess, api_token, logged_in, make_zip
 
 from tests.servers import PostgresServer, RedisServer, free_port
 
@@ -269,7 +269,7 @@ def test_a_queued_job_whose_queue_message_was_lost_is_queued_again(tmp_path, web
     from web.jobs import LOST_MESSAGE_SECONDS
 
     app = create_app({"INSTANCE_PATH": str(tmp_path), "TESTING": True})
-    client = app.test_client()
+    client = logged_in(app.test_client())
     pid = client.post("/api/v1/projects", json={"name": "p", "backbones": [BACKBONE]}).json["id"]
     members = {f"{lab}/{i}.jpg": web_photos[lab][i] for lab in ("cat", "rocket") for i in (0, 1)}
     client.post(f"/api/v1/projects/{pid}/images",
