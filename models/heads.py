@@ -352,7 +352,7 @@ def train_and_cross_validate(
 
     Returns (head, held-out logits (n, C) or None without `val_masks`, the input each outer
     fold chose). For each outer fold, everything is chosen by an inner CV on the outer
-    training rows only (inner folds as `make_folds` draws them on those rows), so held-out
+    training rows only (inner folds as `_repeated_folds` draws them on those rows), so held-out
     rows never influence the model that scores them: the same choices, made exactly as
     `train_head` and `cross_val_logits` make them, with every descent batched together.
     """
@@ -361,7 +361,7 @@ def train_and_cross_validate(
     outers = [np.ones(n, bool)] + [~v for v in (val_masks or [])]
     searches = []
     for rows in outers:
-        inner = make_folds(labels[rows], groups[rows] if groups is not None else None, seed=seed)
+        inner = _repeated_folds(labels[rows], groups[rows] if groups is not None else None, seed)
         inner = None if inner is None else [_spread(m, rows) for m in inner]
         searches += [_Search(x, rows, inner) for x in candidates.values()]
     with _one_blas_thread():
@@ -378,6 +378,19 @@ def train_and_cross_validate(
     for head, val in zip(heads[1:], val_masks):
         logits[val] = head.logits(candidates[head.params["views"]][val])
     return heads[0], logits, [h.params["views"] for h in heads[1:]]
+
+
+# The inner CV that chooses a head's input, L2 and length is repeated with this many different
+# fold draws, and the choice goes by the mean loss over all of them: with 5-50 images per class
+# one draw of folds is noisy enough to flip the choice between near-equal candidates.
+INNER_REPEATS = 3
+
+
+def _repeated_folds(labels: np.ndarray, groups: np.ndarray | None, seed: int
+                    ) -> list[np.ndarray] | None:
+    """`make_folds` drawn INNER_REPEATS times with different seeds, all folds in one list."""
+    folds = [make_folds(labels, groups, seed=seed + 1000 * r) for r in range(INNER_REPEATS)]
+    return None if folds[0] is None else [mask for draw in folds for mask in draw]
 
 
 def _spread(mask: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -84,3 +84,18 @@ def test_near_duplicate_groups_stay_in_one_fold():
         folds = make_folds(labels, groups, seed=seed)
         for members in ([0, 1, 2], [25, 26]):
             assert sum(fold[members].any() for fold in folds) == 1
+
+
+def test_the_inner_choice_averages_several_draws_of_folds():
+    from models.heads import INNER_REPEATS, _repeated_folds
+
+    labels = np.repeat([0, 1, 2], 8)
+    groups = np.arange(24)
+    groups[[0, 1]] = 99  # a near-duplicate pair
+    folds = _repeated_folds(labels, groups, seed=3)
+    assert len(folds) == INNER_REPEATS * 5
+    assert (np.sum(folds, axis=0) == INNER_REPEATS).all()  # every row validated once per draw
+    draws = [folds[i * 5:(i + 1) * 5] for i in range(INNER_REPEATS)]
+    assert len({tuple(np.argmax(draw, axis=0)) for draw in draws}) == INNER_REPEATS  # all differ
+    assert all(sum(f[[0, 1]].any() for f in draw) == 1 for draw in draws)
+    assert _repeated_folds(np.array([0, 0, 1]), None, seed=0) is None  # CV impossible
