@@ -56,18 +56,11 @@ def _session() -> requests.Session:
 
 def make_token(instance: Path) -> str:
     """An API token for a new account on `instance`, made in-process on its database."""
-    import secrets
-
     from web import create_app
-    from web.auth import create_user, issue_token
-    from web.db import User, db
+    from web.auth import service_token
 
-    app = create_app({"INSTANCE_PATH": str(instance)})
-    with app.app_context():
-        user = db.session.scalar(db.select(User).where(User.username == "load"))
-        if user is None:
-            user = create_user("load", secrets.token_hex(16))
-        return issue_token(user, "bench/load.py")[1]
+    with create_app({"INSTANCE_PATH": str(instance)}).app_context():
+        return service_token("load", "bench/load.py")
 
 
 # -- the server -------------------------------------------------------------------------------

@@ -120,16 +120,10 @@ AUTH: dict[str, str] = {}  # the API token header every request sends (see _acco
 
 def _account(app) -> str:
     """An account and an API token on `app`'s database; every request below sends the token."""
-    import secrets
-
-    from web.auth import create_user, issue_token
-    from web.db import User, db
+    from web.auth import service_token
 
     with app.app_context():
-        user = db.session.scalar(db.select(User).where(User.username == "bench"))
-        if user is None:
-            user = create_user("bench", secrets.token_hex(16))
-        token = issue_token(user, "bench/speed_serving.py")[1]
+        token = service_token("bench", "bench/speed_serving.py")
     AUTH["Authorization"] = f"Bearer {token}"
     return token
 

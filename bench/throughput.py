@@ -91,12 +91,10 @@ def run(n_workers: int, zips: list[bytes], backbone: str, postgres, redis_url: s
                       "STORAGE_DIR": env["TRANSFERLAB_STORAGE_DIR"]})
     client = app.test_client()
     with app.app_context():  # an account, and its API token on every request
-        import secrets
+        from web.auth import service_token
 
-        from web.auth import create_user, issue_token
-
-        user = create_user("bench", secrets.token_hex(16))
-        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {issue_token(user, 'bench')[1]}"
+        token = service_token("bench", "bench/throughput.py")
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
     projects = []
     for i, data in enumerate(zips):
         pid = client.post("/api/v1/projects", json={"name": f"p{i}", "backbones": [backbone]}
