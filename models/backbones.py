@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from models.registry import BackboneSpec, get_spec
+from models.runtime import fastest_forward
 from models.weights import resolve
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
@@ -131,14 +132,23 @@ class Backbone:
         )
         self._classifier = None
         self._lock = threading.Lock()
-        self._forward = _compiled(self.features_model)
+        self._tf_forward = _compiled(self.features_model)
+        self._forward = None  # the fastest runtime's, chosen on first use
 
     @property
     def input_size(self) -> int:
         return self.spec.input_size
 
     def features(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """(n, S, S, 3) pixels in [0, 255] -> (n, feature_dim) float32 pooled features."""
+        """(n, S, S, 3) pixels in [0, 255] -> (n, feature_dim) float32 pooled features.
+
+        The pass runs on OpenVINO when it reproduces TensorFlow within 1e-4 (checked on first
+        use, see `models.runtime`), else on TensorFlow."""
+        if self._forward is None:
+            with self._lock:
+                if self._forward is None:
+                    shape = (self.input_size, self.input_size, 3)
+                    self._forward = fastest_forward(self._tf_forward, shape, self.name)
         return _run(self.features_model, pixels, batch_size, self._forward)
 
     def classifier(self):
