@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import tempfile
 import threading
 from collections.abc import Callable
 
@@ -40,6 +42,35 @@ def requested_runtime() -> str:
     return value
 
 
+def _frozen_graph(tf_forward) -> bytes:
+    """The traced function as a frozen TensorFlow GraphDef (weights as constants).
+
+    OpenVINO's runtime reads it directly (`Core.read_model`); its `convert_model` tool is not
+    used because it reports usage to a remote server, which a self-hosted app must not do."""
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2)
+
+    frozen = convert_variables_to_constants_v2(tf_forward.get_concrete_function())
+    return frozen.graph.as_graph_def().SerializeToString()
+
+
+def _import_openvino():
+    """The `openvino` module, imported without its model-conversion tools.
+
+    `import openvino` also imports `openvino.tools.ovc` when it can, and that starts OpenVINO's
+    usage telemetry: a thread that may report to a remote server, which a self-hosted app must
+    not do, and which under gevent keeps the process from exiting. Only the runtime is used
+    here, so that import is made to fail (openvino expects and skips the failure)."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino.tools.ovc", None)
+        try:
+            import openvino  # noqa: F401
+        finally:
+            if sys.modules.get("openvino.tools.ovc", 0) is None:
+                del sys.modules["openvino.tools.ovc"]
+    return sys.modules["openvino"]
+
+
 class OpenVinoForward:
     """The OpenVINO twin of a traced TensorFlow forward function (float32 pixels -> outputs).
 
@@ -48,11 +79,13 @@ class OpenVinoForward:
     are serialised by a lock: one caller at a time owns the CPU anyway.
     """
 
-    def __init__(self, tf_forward, example: np.ndarray):
-        import openvino as ov
-
-        self._core = ov.Core()
-        self._model = ov.convert_model(tf_forward, example_input=example)
+    def __init__(self, tf_forward):
+        self._core = _import_openvino().Core()
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "forward.pb")
+            with open(path, "wb") as file:
+                file.write(_frozen_graph(tf_forward))
+            self._model = self._core.read_model(path)
         self._compiled: dict[str, object] = {}
         self._lock = threading.Lock()
 
@@ -70,17 +103,24 @@ class OpenVinoForward:
             return self._side_by_side(pixels)
 
     def _side_by_side(self, pixels: np.ndarray) -> np.ndarray:
-        import openvino as ov
-
         compiled = self._get("THROUGHPUT")
-        queue = ov.AsyncInferQueue(compiled)
-        outputs: dict[int, np.ndarray] = {}
-        queue.set_callback(lambda request, start: outputs.__setitem__(
-            start, request.get_output_tensor(0).data.copy()))
-        for start in range(0, len(pixels), THROUGHPUT_CHUNK):
-            queue.start_async(pixels[start:start + THROUGHPUT_CHUNK], start)
-        queue.wait_all()
-        return np.concatenate([outputs[s] for s in sorted(outputs)])
+        streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        # Every stream gets work even for a batch of a few images (a merged prediction batch).
+        chunk = min(THROUGHPUT_CHUNK, -(-len(pixels) // streams))
+        requests = [compiled.create_infer_request() for _ in range(streams)]
+        outputs = []
+        # Waves of one chunk per stream, waited for here: no Python callback ever runs on
+        # OpenVINO's threads (under gevent such a callback keeps the process from exiting).
+        for wave in range(0, len(pixels), chunk * streams):
+            running = []
+            for request, start in zip(requests, range(wave, min(wave + chunk * streams,
+                                                                len(pixels)), chunk)):
+                request.start_async(pixels[start:start + chunk])
+                running.append(request)
+            for request in running:
+                request.wait()
+                outputs.append(request.get_output_tensor(0).data.copy())
+        return np.concatenate(outputs)
 
 
 def fastest_forward(tf_forward: Callable, input_shape: tuple[int, ...], name: str) -> Callable:
@@ -92,7 +132,7 @@ def fastest_forward(tf_forward: Callable, input_shape: tuple[int, ...], name: st
         # Enough images to check both compiled models (a batch, and one image alone).
         probe = np.random.default_rng(0).uniform(0, 255, (THROUGHPUT_MIN_BATCH, *input_shape))
         probe = probe.astype(np.float32)
-        twin = OpenVinoForward(tf_forward, probe[:1])
+        twin = OpenVinoForward(tf_forward)
         expected = np.asarray(tf_forward(probe))
         difference = max(float(np.abs(twin(probe) - expected).max()),
                          float(np.abs(twin(probe[:1]) - expected[:1]).max()))

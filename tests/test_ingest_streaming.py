@@ -2,6 +2,7 @@
 does not grow with the number of images in a zip."""
 from __future__ import annotations
 
+import gc
 import io
 import tracemalloc
 import zipfile
@@ -55,13 +56,21 @@ def test_streaming_read_reports_the_same_and_hands_over_every_image(tmp_path):
     assert all(s.data == b"" for s in streamed.samples)  # ... and not kept
 
 
-def _peak_bytes(func) -> int:
-    tracemalloc.start()
-    try:
-        func()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+def _peak_bytes(func, repeats: int = 3) -> int:
+    """The least peak of traced memory over `repeats` calls of `func`.
+
+    tracemalloc sees every thread; a background thread left by an earlier test can allocate
+    during one call, so the least of a few peaks is what `func` itself needs."""
+    peaks = []
+    for _ in range(repeats):
+        gc.collect()
+        tracemalloc.start()
+        try:
+            func()
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    return min(peaks)
 
 
 def test_streaming_read_memory_does_not_grow_with_the_zip(tmp_path):
@@ -112,8 +121,9 @@ def test_upload_stores_everything_and_memory_stays_flat(app, tmp_path):
     images = write_zip(large, 120, {"a/bad.jpg": b"nope"})
 
     reports = {}
-    peak_small = _peak_bytes(lambda: reports.update(small=_ingest(app, pid, small)))
-    peak_large = _peak_bytes(lambda: reports.update(large=_ingest(app, pid, large)))
+    # once each: a second upload of the same zip would be all duplicates
+    peak_small = _peak_bytes(lambda: reports.update(small=_ingest(app, pid, small)), repeats=1)
+    peak_large = _peak_bytes(lambda: reports.update(large=_ingest(app, pid, large)), repeats=1)
     extra_bytes = sum(len(b) for b in images.values()) * 90 / 120
     # per-image metadata (report rows, database rows) is all that grows: far below the images
     assert peak_large - peak_small < 0.25 * extra_bytes, (peak_small, peak_large, extra_bytes)
