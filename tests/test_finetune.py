@@ -136,3 +136,21 @@ def test_without_fine_tune_the_report_has_no_fine_tuning(photos, tmp_path):
     result = train(data.samples, ["resnet50"], FeatureCache(tmp_path),
                    lambda name: QuadrantBackbone())
     assert "fine_tuning" not in result.report["backbones"]["resnet50"]
+
+
+def test_the_project_setting_is_saved_and_checked_by_the_api(tmp_path):
+    from conftest import logged_in
+
+    from web import create_app
+
+    app = create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "TESTING": True})
+    client = logged_in(app.test_client())
+    pid = client.post("/api/v1/projects", json={"name": "P", "backbones": [LITE0]}).json["id"]
+    assert client.get(f"/api/v1/projects/{pid}").json["fine_tune"] is False
+    r = client.patch(f"/api/v1/projects/{pid}", json={"fine_tune": True})
+    assert r.status_code == 200 and r.json["fine_tune"] is True
+    assert client.get(f"/api/v1/projects/{pid}").json["fine_tune"] is True
+    for bad in ("yes", 1, None):
+        r = client.patch(f"/api/v1/projects/{pid}", json={"fine_tune": bad})
+        assert r.status_code == 400 and "fine_tune" in r.json["error"]
+    assert client.get(f"/api/v1/projects/{pid}").json["fine_tune"] is True
