@@ -297,16 +297,19 @@ def not_tried(reason: str) -> FineTuning:
 
 
 def fine_tune(name: str, make_backbone: Callable[[], object], train_items: Sequence[Item],
-              test_items: Sequence[Item],
-              labels: np.ndarray, classes: list[str], candidates: dict[str, np.ndarray],
-              val_masks: list[np.ndarray] | None, groups: np.ndarray | None, seed: int,
-              frozen_cv_probs: np.ndarray | None) -> FineTuning:
-    """Fine-tune backbone `name` (built by `make_backbone()`, only if supported) on the frozen recipe's outer folds `val_masks`, and keep the result
-    if `decide` prefers it to the frozen recipe's calibrated CV probabilities `frozen_cv_probs`.
+              test_items: Sequence[Item], labels: np.ndarray, classes: list[str],
+              candidates: dict[str, np.ndarray], val_masks: list[np.ndarray] | None,
+              groups: np.ndarray | None, seed: int, frozen_cv_probs: np.ndarray | None,
+              progress: Callable[[int, int], None] | None = None) -> FineTuning:
+    """Fine-tune backbone `name` (built by `make_backbone()`, only if supported) on the frozen
+    recipe's outer folds `val_masks`, and keep the result if `decide` prefers it to the frozen
+    recipe's calibrated CV probabilities `frozen_cv_probs` on the same images.
 
     `candidates` are the frozen head's candidate inputs on the training images (as
     `models.heads.train_head` takes them). When kept, the tuned top and head are retrained on
     all training images and calibrated by a temperature fitted on the tuned CV logits.
+    `progress(done, total)` is called after each fold and the final fit (its caller may raise
+    there to cancel).
     """
     if not supported(name):
         return not_tried(f"not supported for {get_spec(name).title}: EfficientNet-Lite only; "
@@ -319,12 +322,15 @@ def fine_tune(name: str, make_backbone: Callable[[], object], train_items: Seque
     store = SplitFeatures(network, train_items)
     n = len(labels)
     cv_logits = np.zeros((n, len(classes)))
+    total = len(val_masks) + 1
     for k, val in enumerate(val_masks):
         rows = ~val
         head = train_head({c: x[rows] for c, x in candidates.items()}, labels[rows], classes,
                           None if groups is None else groups[rows], seed)
         tuned, _ = tune(network, store, head, labels, rows, seed + k)
         cv_logits[val] = tuned.logits(store.head_input(tuned.params["views"], val))
+        if progress:
+            progress(k + 1, total)
     tuned_cv = cross_fit_temperature(cv_logits, labels, val_masks)
     true = np.arange(n), labels
     decision = decide(-np.log(np.clip(frozen_cv_probs[true], 1e-12, 1.0)),
@@ -338,12 +344,12 @@ def fine_tune(name: str, make_backbone: Callable[[], object], train_items: Seque
     head = train_head(candidates, labels, classes, groups, seed)
     tuned, _ = tune(network, store, head, labels, np.ones(n, bool), seed + len(val_masks))
     tuned = apply_temperature(tuned, fit_temperature(cv_logits, labels))
-    probs = {"cv": tuned_cv, "train": softmax(tuned.logits(store.head_input(tuned.params["views"])))}
-    if test_items:
-        test_store = SplitFeatures(network, test_items)
-        probs["test"] = softmax(tuned.logits(test_store.head_input(tuned.params["views"])))
-    else:
-        probs["test"] = None
+    views = tuned.params["views"]
+    probs = {"cv": tuned_cv, "train": softmax(tuned.logits(store.head_input(views))),
+             "test": (softmax(tuned.logits(SplitFeatures(network, test_items).head_input(views)))
+                      if test_items else None)}
+    if progress:
+        progress(total, total)
     report["seconds"] = round(time.perf_counter() - began, 3)
     return FineTuning(report, tuned, network.features_model(), probs)
 

@@ -261,11 +261,12 @@ def train(
         # ---- fine-tuning: the tuned model replaces the frozen one only where CV prefers it
         tuning = None
         if fine_tune:
-            report_progress(f"fine-tuning ({get_spec(name).title})", 0, 1,
-                            0.8 + 0.2 * b / len(backbones), 0.2 / len(backbones))
-            tuning = fine_tune_backbone(name, partial(make_backbone, name),
-                                        _items(samples["train"]), _items(test_kept), y["train"],
-                                        classes, train_x, val_masks, groups, seed, cv_probs)
+            tuning = fine_tune_backbone(
+                name, partial(make_backbone, name), _items(samples["train"]), _items(test_kept),
+                y["train"], classes, train_x, val_masks, groups, seed, cv_probs,
+                progress=partial(report_progress, f"fine-tuning ({get_spec(name).title})",
+                                 start=0.8 + 0.2 * b / len(backbones),
+                                 width=0.18 / len(backbones)))
             if tuning.kept:
                 head, probs, tuned[name] = tuning.head, tuning.probs, tuning.model
                 calibration["cv_ece_calibrated"] = expected_calibration_error(probs["cv"],

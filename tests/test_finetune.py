@@ -154,3 +154,35 @@ def test_the_project_setting_is_saved_and_checked_by_the_api(tmp_path):
         r = client.patch(f"/api/v1/projects/{pid}", json={"fine_tune": bad})
         assert r.status_code == 400 and "fine_tune" in r.json["error"]
     assert client.get(f"/api/v1/projects/{pid}").json["fine_tune"] is True
+
+
+def test_the_worker_fine_tunes_a_project_that_asks_for_it(tmp_path, start_worker, web_photos):
+    import io
+    import time
+
+    from conftest import logged_in, make_zip
+
+    from web import create_app
+
+    instance = tmp_path / "instance"
+    app = create_app({"INSTANCE_PATH": str(instance), "TESTING": True})
+    worker = start_worker(instance)
+    client = logged_in(app.test_client())
+    pid = client.post("/api/v1/projects", json={"name": "P", "backbones": [LITE0]}).json["id"]
+    client.patch(f"/api/v1/projects/{pid}", json={"fine_tune": True})
+    members = {f"{c}/{i}.jpg": web_photos[c][i] for c in ("cat", "coffee", "rocket")
+               for i in range(6)}
+    client.post(f"/api/v1/projects/{pid}/images", content_type="multipart/form-data",
+                data={"file": (io.BytesIO(make_zip(members)), "data.zip")})
+    job_id = client.post(f"/api/v1/projects/{pid}/train").json["job_id"]
+    deadline = time.monotonic() + 240
+    while (job := client.get(f"/api/v1/jobs/{job_id}").json)["state"] not in (
+            "succeeded", "failed", "cancelled") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert job["state"] == "succeeded", worker.log()[-3000:]
+    entry = client.get(f"/api/v1/projects/{pid}/results").json["backbones"][LITE0]
+    assert entry["fine_tuning"]["tried"] is True
+    assert set(entry["fine_tuning"]["cv"]["tuned"]) == {"cv_accuracy", "cv_log_loss"}
+    r = client.post(f"/api/v1/projects/{pid}/predict",
+                    data={"file": (io.BytesIO(web_photos["cat"][11]), "m.jpg")})
+    assert r.status_code == 200 and r.json["ensemble"]["label"] == "cat"
