@@ -33,7 +33,7 @@ BATCH_SIZE = 16
 PULL = 1e-3  # L2 strength of the pull towards the phase-1 weights
 # Keep the tuned model only if its calibrated CV log-loss is lower by at least this much, by
 # more than SE_FACTOR standard errors of the per-image difference, and its CV accuracy is not
-# lower: fine-tuning costs a 14-24 MB model per backbone and slower predictions (no OpenVINO).
+# lower: fine-tuning costs a 14-20 MB model per backbone and slower predictions (no OpenVINO).
 MIN_GAIN = 0.005
 SE_FACTOR = 2.0
 # Training views when the head uses the image alone: it plus a closer look at its middle.
