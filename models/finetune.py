@@ -294,6 +294,7 @@ class FineTuning:
 
 
 def not_tried(reason: str) -> FineTuning:
+    """The outcome when fine-tuning cannot run: the frozen model stays, `reason` says why."""
     return FineTuning({"tried": False, "kept": False, "reason": reason})
 
 
