@@ -84,15 +84,13 @@ def decide(frozen_losses: np.ndarray, tuned_losses: np.ndarray, frozen_correct: 
     summary = (f"CV log-loss {figures['frozen']['cv_log_loss']:.3f} frozen vs "
                f"{figures['tuned']['cv_log_loss']:.3f} tuned (gain {gain:.3f} +/- {se:.3f} SE), "
                f"CV accuracy {acc_frozen:.1%} vs {acc_tuned:.1%}")
-    if gain < MIN_GAIN:
-        why = f"log-loss gain below {MIN_GAIN}"
-    elif gain <= SE_FACTOR * se:
-        why = f"gain within {SE_FACTOR:g} standard errors"
-    elif acc_tuned < acc_frozen:
-        why = "lower CV accuracy"
-    else:
-        return Decision(True, f"kept: {summary}", figures)
-    return Decision(False, f"not kept ({why}): {summary}", figures)
+    failed = [why for why, fails in (
+        (f"log-loss gain below {MIN_GAIN}", gain < MIN_GAIN),
+        (f"gain within {SE_FACTOR:g} standard errors", gain <= SE_FACTOR * se),
+        ("lower CV accuracy", acc_tuned < acc_frozen)) if fails]
+    if failed:
+        return Decision(False, f"not kept ({'; '.join(failed)}): {summary}", figures)
+    return Decision(True, f"kept: {summary}", figures)
 
 
 def _split_layer(spec) -> str:

@@ -68,6 +68,7 @@ def test_the_split_network_reproduces_the_backbone_and_phase_two_trains_the_top(
     (-0.003, 1, False, "below"),  # too small a gain
     (-0.10, 0, False, "accuracy"),  # better log-loss, one fewer image right
     (None, 1, False, "standard errors"),  # a big mean gain carried by one image
+    (None, 0, False, "standard errors; lower CV accuracy"),  # every failed test is named
 ])
 def test_the_keep_rule(tuned_delta, correct, kept, why):
     rng = np.random.default_rng(0)
