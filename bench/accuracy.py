@@ -9,7 +9,11 @@ recipe and line: {"dataset", "backbone", "recipe", "n_train", "draws", "mean", "
 
 Transferlab's recipe is `models.training.train` itself, exactly as the app runs it (views,
 L2 and training length chosen by CV, temperature calibration), on `--backbone` alone
-(`transferlab`) and on the offline ensemble `--ensemble` (`transferlab_ensemble`).
+(`transferlab`) and on the offline ensemble `--ensemble` (`transferlab_ensemble`);
+`transferlab_ft` is `transferlab` with fine-tuning on (`train(..., fine_tune=True)`: the
+backbone's top trained end to end, kept when CV prefers it); its row says how often it was kept
+and the mean CV figures of both models. `transferlab_ft_always` keeps the tuned model in every
+draw whatever CV says (bench-only, to measure fine-tuning itself apart from its keep rule).
 
 Peer recipes, as their tools ran them on frozen (un-augmented) features (the classic pooled top
 features; Transferlab may also use the backbone's pooled earlier stages, see features.py):
@@ -23,6 +27,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +81,24 @@ def recipe_keras20(x, y, n_classes, rng):
 
 
 PEERS = {"poets": recipe_poets, "tm": recipe_tm, "keras20": recipe_keras20}
+FINE_TUNED = ("transferlab_ft", "transferlab_ft_always")
+
+
+@contextmanager
+def always_keep_fine_tuning():
+    """`models.finetune.decide` keeps the tuned model, with the real CV figures, until exit."""
+    from models import finetune
+
+    real = finetune.decide
+
+    def keep(*args):
+        return finetune.Decision(True, "kept (forced by the benchmark)", real(*args).figures)
+
+    finetune.decide = keep
+    try:
+        yield
+    finally:
+        finetune.decide = real
 
 
 def probabilities(model, x) -> np.ndarray:
@@ -135,22 +158,30 @@ def main(argv=None) -> int:
     chosen = args.recipes.split(",")
     scores = {name: [] for name in chosen}
     ece = {name: {"uncalibrated": [], "calibrated": []} for name in chosen}
-    seconds = {name: 0.0 for name in chosen}
+    draw_seconds = {name: [] for name in chosen}
     views = {name: [] for name in chosen}
+    kept = {name: [] for name in chosen}
+    cv_figures = {name: [] for name in chosen}
     rng = np.random.default_rng(args.seed)
     for draw in range(args.draws):
         train_idx, test_idx = draw_split(labels, args.train, args.test, rng)
         for name in chosen:
             began = time.perf_counter()
             if name.startswith("transferlab"):
-                backbones = [args.backbone] if name == "transferlab" else ensemble
-                report = train([samples[i] for i in train_idx], backbones, cache, make,
-                               test_samples=[samples[i] for i in test_idx], seed=draw).report
-                entry = (report["backbones"][args.backbone] if name == "transferlab"
-                         else report["ensemble"])
+                single = name == "transferlab" or name in FINE_TUNED
+                backbones = [args.backbone] if single else ensemble
+                forced = name == "transferlab_ft_always"
+                with always_keep_fine_tuning() if forced else nullcontext():
+                    report = train([samples[i] for i in train_idx], backbones, cache, make,
+                                   test_samples=[samples[i] for i in test_idx], seed=draw,
+                                   fine_tune=name in FINE_TUNED).report
+                entry = report["backbones"][args.backbone] if single else report["ensemble"]
                 scores[name].append(entry["test_accuracy"])
                 ece[name]["calibrated"].append(entry["test"]["ece"])
-                if name == "transferlab":
+                if "fine_tuning" in entry:
+                    kept[name].append(entry["fine_tuning"]["kept"])
+                    cv_figures[name].append(entry["fine_tuning"]["cv"])
+                if single:
                     cal = entry["calibration"]
                     ece[name]["uncalibrated"].append(cal["test_ece_uncalibrated"])
                     views[name].append(entry["hyperparameters"]["views"])
@@ -163,9 +194,10 @@ def main(argv=None) -> int:
                 scores[name].append(float((probs.argmax(axis=1) == labels[test_idx]).mean()))
                 ece[name]["uncalibrated"].append(
                     expected_calibration_error(probs, labels[test_idx]))
-            seconds[name] += time.perf_counter() - began
+            draw_seconds[name].append(time.perf_counter() - began)
         print(f"draw {draw + 1}/{args.draws}: " + ", ".join(
-            f"{n} {scores[n][-1]:.3f}" for n in chosen), file=sys.stderr)
+            f"{n} {scores[n][-1]:.3f} ({draw_seconds[n][-1]:.0f} s)" for n in chosen)
+            + "".join(f", {n} kept {kept[n][-1]}" for n in chosen if kept[n]), file=sys.stderr)
 
     for name in chosen:
         row = {
@@ -178,11 +210,19 @@ def main(argv=None) -> int:
             "draws": args.draws,
             "mean": round(float(np.mean(scores[name])), 4),
             "std": round(float(np.std(scores[name])), 4),
-            "fit_seconds_per_draw": round(seconds[name] / args.draws, 3),
+            "fit_seconds_per_draw": round(float(np.mean(draw_seconds[name])), 3),
+            "fit_seconds_range": [round(min(draw_seconds[name]), 1),
+                                  round(max(draw_seconds[name]), 1)],
         }
         for kind, values in ece[name].items():
             if values:
                 row[f"test_ece_{kind}"] = round(float(np.mean(values)), 4)
+        if kept[name]:
+            row["fine_tuning_kept"] = f"{sum(kept[name])}/{len(kept[name])}"
+            figures = cv_figures[name]
+            row["fine_tuning_mean_cv"] = {
+                f"{model}_{key}": round(float(np.mean([f[model][key] for f in figures])), 4)
+                for model in ("frozen", "tuned") for key in ("cv_accuracy", "cv_log_loss")}
         if views[name]:
             row["choices"] = {c: views[name].count(c) for c in sorted(set(views[name]))}
         row["feature_seconds"] = round(extract_seconds, 2)

@@ -55,6 +55,9 @@ def _summary(report: dict) -> str:
         lines.append(f"{name:<22}{pct(e['cv_accuracy']):>8}{pct(e['cv_accuracy_std']):>8}"
                      f"{pct(e['test_accuracy']):>10}{pct(e['train_accuracy']):>11}")
     lines.append("train acc is measured on the training images themselves: not an accuracy estimate")
+    for name, e in report["backbones"].items():
+        if "fine_tuning" in e:
+            lines.append(f"{name} fine-tuning: {e['fine_tuning']['reason']}")
     return "\n".join(lines)
 
 
@@ -76,7 +79,8 @@ def cmd_train(args) -> int:
 
     try:
         result = train(data.samples, args.backbones, cache, _loader(args.weights_dir),
-                       test_samples=test.samples if test else (), progress=show)
+                       test_samples=test.samples if test else (), progress=show,
+                       fine_tune=args.fine_tune)
     except TrainingError as exc:
         raise SystemExit(f"error: {exc}") from exc
     print(file=sys.stderr)
@@ -113,15 +117,15 @@ def cmd_imagenet(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from models.predictor import export_classifier
+    from models.predictor import export_classifier, result_backbone
     from models.training import load_result
 
     result = load_result(args.result)
     if args.backbone not in result.heads:
         raise SystemExit(f"error: {args.result} has no head for {args.backbone}; "
                          f"it has {', '.join(result.heads)}")
-    path = export_classifier(_loader(args.weights_dir)(args.backbone),
-                             result.heads[args.backbone], args.output)
+    backbone = result_backbone(result, args.backbone, _loader(args.weights_dir))
+    path = export_classifier(backbone, result.heads[args.backbone], args.output)
     print(f"saved {path}: image -> probabilities of {', '.join(result.classes)}", file=sys.stderr)
     return 0
 
@@ -152,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="transferlab-result", help="output folder")
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="cache folder (features)")
     p.add_argument("--json", action="store_true", help="print the full report JSON to stdout")
+    p.add_argument("--fine-tune", action="store_true",
+                   help="also fine-tune the top of EfficientNet-Lite backbones; kept where "
+                        "cross-validation says it beats the frozen recipe")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("classify", help="classify images with a trained result folder")

@@ -65,12 +65,25 @@ def _pixels(images: Sequence[Image.Image], size: int, views: Sequence[str] = ("o
     return np.stack([resize_for_model(VIEWS[v](im), size) for v in views for im in images])
 
 
+# ---- fine-tuning: a fine-tuned backbone answers with its tuned network
+def result_backbone(result: TrainResult, name: str, make_backbone: Callable[[str], object]):
+    """The backbone `result`'s head for `name` was trained on: its fine-tuned network when it
+    has one (see `models.finetune`), else `make_backbone(name)`."""
+    if name in result.tuned:
+        from models.finetune import TunedBackbone
+
+        return TunedBackbone(name, result.tuned[name])
+    return make_backbone(name)
+# ---- end fine-tuning
+
+
 class Predictor:
     """A trained result with its backbones, ready to classify images (thread-safe reads)."""
 
     def __init__(self, result: TrainResult | str | Path, make_backbone: Callable[[str], object]):
         self.result = result if isinstance(result, TrainResult) else load_result(result)
-        self.backbones = {name: make_backbone(name) for name in self.result.heads}
+        self.backbones = {name: result_backbone(self.result, name, make_backbone)
+                          for name in self.result.heads}
 
     @property
     def classes(self) -> list[str]:
@@ -133,7 +146,8 @@ def export_classifier(backbone, head, path: str | Path) -> Path:
 
     Resizing, the backbone's preprocessing and the head's test-time views (averaged features)
     are inside, so the file needs nothing else (load it with `keras.saving.load_model` after
-    `import models.backbones`).
+    `import models.backbones`). For a fine-tuned result, pass its tuned network
+    (`result_backbone`).
     """
     import keras
 

@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from models.ensemble import (cross_fit_weighted, fit_weights, majority_vote, mea
                              weighted_probability)
 from models.features import (VIEW_POLICIES, FeatureCache, Item, head_input, head_inputs,
                              transforms_for, view_policies_for)
+from models.finetune import fine_tune as fine_tune_backbone
 from models.heads import (LinearHead, apply_temperature, cross_fit_temperature, fit_temperature,
                           make_folds, softmax, train_and_cross_validate)
 from models.metrics import classification_report, expected_calibration_error, fold_accuracies
@@ -26,6 +28,7 @@ from models.registry import get_spec
 
 REPORT_FILE = "report.json"
 HEADS_DIR = "heads"
+TUNED_SUFFIX = ".tuned.keras"
 
 
 class TrainingError(ValueError):
@@ -52,13 +55,18 @@ class TrainResult:
     classes: list[str]
     heads: dict[str, LinearHead]
     report: dict = field(default_factory=dict)
+    # Fine-tuning (models.finetune): {backbone: pixels -> features Keras model} where it was kept.
+    tuned: dict = field(default_factory=dict)
 
     def save(self, folder: str | Path) -> Path:
-        """Write `report.json` and `heads/<backbone>.keras` into `folder`."""
+        """Write `report.json`, `heads/<backbone>.keras` and, for a fine-tuned backbone,
+        `heads/<backbone>.tuned.keras` into `folder`."""
         folder = Path(folder)
         (folder / HEADS_DIR).mkdir(parents=True, exist_ok=True)
         for name, head in self.heads.items():
             head.to_keras().save(folder / HEADS_DIR / f"{name}.keras")
+        for name, model in self.tuned.items():
+            model.save(folder / HEADS_DIR / f"{name}{TUNED_SUFFIX}")
         (folder / REPORT_FILE).write_text(json.dumps(self.report, indent=1))
         return folder
 
@@ -73,7 +81,16 @@ def load_result(folder: str | Path) -> TrainResult:
     for name, entry in report["backbones"].items():
         model = keras.saving.load_model(folder / HEADS_DIR / f"{name}.keras", safe_mode=True)
         heads[name] = LinearHead.from_keras(model, report["classes"], entry["hyperparameters"])
-    return TrainResult(report["classes"], heads, report)
+    # ---- fine-tuning: tuned backbones (their Preprocess layer is registered by the import)
+    tuned = {}
+    for name in heads:
+        path = folder / HEADS_DIR / f"{name}{TUNED_SUFFIX}"
+        if path.exists():
+            import models.backbones  # noqa: F401
+
+            tuned[name] = keras.saving.load_model(path, safe_mode=True)
+    # ---- end fine-tuning
+    return TrainResult(report["classes"], heads, report, tuned)
 
 
 def _items(samples: Sequence[Sample]) -> list[Item]:
@@ -136,6 +153,7 @@ def train(
     progress: ProgressCallback | None = None,
     view_policies: Sequence[str] | None = None,
     seed: int = 0,
+    fine_tune: bool = False,
 ) -> TrainResult:
     """Train one head per backbone on `train_samples` and evaluate everything honestly.
 
@@ -153,6 +171,11 @@ def train(
     given, else each backbone's affordable ones (`models.features.view_policies_for`: the
     dihedral views for the cheap EfficientNet-Lite backbones, the image alone for ResNet50,
     VGG16 and Xception).
+
+    With `fine_tune`, each EfficientNet-Lite backbone also has the top of its network trained
+    end to end (`models.finetune`), kept only where its CV beats the frozen recipe's on the
+    same folds; each backbone's report says under "fine_tuning" whether it was tried and kept,
+    and why.
     Raises TrainingError for fewer than two classes, no backbone or an unknown view policy.
     """
     classes = sorted({s.label for s in train_samples})
@@ -203,6 +226,7 @@ def train(
 
     # Stage 2 (20%): per backbone, a head whose input, L2 and length CV chose; calibration.
     heads: dict[str, LinearHead] = {}
+    tuned: dict[str, object] = {}
     entries: dict[str, dict] = {}
     all_probs: dict[str, dict[str, np.ndarray | None]] = {}
     for b, name in enumerate(backbones):
@@ -234,11 +258,27 @@ def train(
             "train": head.predict_proba(x[:n_train]),
             "test": head.predict_proba(x[n_train:]) if test_kept else None,
         }
+        # ---- fine-tuning: the tuned model replaces the frozen one only where CV prefers it
+        tuning = None
+        if fine_tune:
+            tuning = fine_tune_backbone(
+                name, partial(make_backbone, name), _items(samples["train"]), _items(test_kept),
+                y["train"], classes, train_x, val_masks, groups, seed, cv_probs,
+                progress=partial(report_progress, f"fine-tuning ({get_spec(name).title})",
+                                 start=0.8 + 0.2 * b / len(backbones),
+                                 width=0.18 / len(backbones)))
+            if tuning.kept:
+                head, probs, tuned[name] = tuning.head, tuning.probs, tuning.model
+                calibration["cv_ece_calibrated"] = expected_calibration_error(probs["cv"],
+                                                                              y["train"])
+        # ---- end fine-tuning
         heads[name] = head
         all_probs[name] = probs
         entries[name] = _entry(probs, y, samples, classes, val_masks)
         entries[name]["hyperparameters"] = head.params
         entries[name]["calibration"] = calibration
+        if tuning is not None:
+            entries[name]["fine_tuning"] = tuning.report
         entries[name]["extract_seconds"] = round(seconds[name], 3)
         entries[name]["head_seconds"] = round(time.perf_counter() - began, 3)
         entries[name]["train_seconds"] = round(seconds[name] + time.perf_counter() - began, 3)
@@ -265,7 +305,7 @@ def train(
     }
     if progress:
         progress(Progress("done", 1, 1, 1.0))
-    return TrainResult(classes, heads, report)
+    return TrainResult(classes, heads, report, tuned)
 
 
 ENSEMBLE_NAMES = {"vote": "majority vote", "mean": "mean probability",

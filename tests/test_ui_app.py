@@ -313,6 +313,19 @@ def test_home_lists_backbones_and_creates_project(session, live):
     session.passed.add("create")
 
 
+def test_fine_tune_checkbox_is_saved_on_the_project(session):
+    session.needs("create")
+    page = session.page
+    assert not page.is_checked("#fine-tune")
+    page.check("#fine-tune")
+    page.wait_for_selector("#fine-tune-status:has-text('also fine-tunes')")
+    page.reload()
+    page.wait_for_function("document.querySelector('#fine-tune').checked === true")
+    page.uncheck("#fine-tune")
+    page.wait_for_selector("#fine-tune-status:has-text('frozen backbones only')")
+    session.assert_clean()
+
+
 def test_drop_zip_shows_classes_thumbnails_and_rejects(session, data):
     session.needs("create")
     page = session.page

@@ -124,6 +124,14 @@ def _check_threshold(value) -> float:
     return float(value)
 
 
+def _check_fine_tune(value) -> bool:
+    if not isinstance(value, bool):
+        raise ApiError(400, f"invalid fine_tune {value!r}: true (also fine-tune the top of "
+                            "EfficientNet-Lite backbones, kept where cross-validation prefers "
+                            "it) or false")
+    return value
+
+
 def _int_arg(name: str, default=None, minimum: int | None = None, maximum: int | None = None):
     raw = request.values.get(name)
     if raw is None or raw == "":
@@ -219,6 +227,7 @@ def project_json(project: Project, *, full: bool = True) -> dict:
     out = {
         "id": project.id, "name": project.name, "backbones": project.backbones,
         "threshold": project.threshold or 0.0,
+        "fine_tune": bool(project.fine_tune),
         "created_at": iso(project.created_at), "updated_at": iso(project.updated_at),
         "classes": train, "test_classes": test,
         "n_classes": len(train), "n_train": sum(train.values()), "n_test": sum(test.values()),
@@ -313,6 +322,8 @@ def update_project(project_id: int):
         project.backbones = _check_backbones(body["backbones"])
     if "threshold" in body:
         project.threshold = _check_threshold(body["threshold"])
+    if "fine_tune" in body:
+        project.fine_tune = _check_fine_tune(body["fine_tune"])
     project.updated_at = utcnow()
     db.session.commit()
     return jsonify(project_json(project))

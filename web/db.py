@@ -109,6 +109,8 @@ class Project(db.Model):
     backbones: Mapped[list] = mapped_column(sa.JSON)
     # Below this ensemble confidence the answer is "unknown" (0: always answer).
     threshold: Mapped[float] = mapped_column(sa.Float, default=0.0, server_default="0")
+    # Training also fine-tunes the top of EfficientNet-Lite backbones (kept where CV prefers it).
+    fine_tune: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow, onupdate=utcnow)
 

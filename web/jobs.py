@@ -376,6 +376,7 @@ def run_training(app, job_id: int) -> str:
         samples = {split: [StoredSample(r.sha256, r.label, r.name, storage.blob_path(r.sha256))
                            for r in rows if r.split == split] for split in ("train", "test")}
         backbones = list(job.backbones or project.backbones)
+        fine_tune = bool(project.fine_tune)
         weights_dir = app.config.get("WEIGHTS_DIR")
         cache = FeatureCache(app.config["FEATURE_CACHE_DIR"])
         db.session.commit()  # end the read transaction: the progress callback writes
@@ -399,7 +400,8 @@ def run_training(app, job_id: int) -> str:
         on_progress(_Start())
         result = train(samples["train"], backbones, cache,
                        lambda name: load_backbone(name, "imagenet", weights_dir),
-                       test_samples=samples["test"], progress=on_progress)
+                       test_samples=samples["test"], progress=on_progress,
+                       fine_tune=fine_tune)
         on_progress(_Start("saving", 1.0))  # last chance to cancel
         report = result.report
         report["backbone_titles"] = {n: _title(n) for n in backbones}

@@ -165,7 +165,24 @@ async function loadProject() {
   updateTrainControls(rows);
   loadNearDuplicates();
   if (document.activeElement !== $("#threshold")) $("#threshold").value = Math.round((project.threshold || 0) * 100);
+  $("#fine-tune").checked = Boolean(project.fine_tune);
   return project;
+}
+
+/** The project's fine-tuning setting: saved on the project as soon as the box changes. */
+function setupFineTune() {
+  $("#fine-tune").addEventListener("change", async (event) => {
+    const box = event.target;
+    const status = $("#fine-tune-status");
+    try {
+      const project = await api(base, { method: "PATCH", json: { fine_tune: box.checked } });
+      state.project.fine_tune = project.fine_tune;
+      status.textContent = project.fine_tune ? "Saved: the next training also fine-tunes." : "Saved: frozen backbones only.";
+    } catch (err) {
+      box.checked = !box.checked;
+      reportError(err);
+    }
+  });
 }
 
 /** The project's "not sure" threshold: saved on the project, used by every classification. */
@@ -602,6 +619,7 @@ async function main() {
   $("#backbone-form").addEventListener("submit", saveBackbones);
   $("#cancel-btn").addEventListener("click", cancelTraining);
   setupThreshold();
+  setupFineTune();
   $("#iteration").addEventListener("change", (e) => loadResults(Number(e.target.value)));
 
   let project;

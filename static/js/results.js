@@ -122,6 +122,13 @@ function metric(value, label, { big = false, extra, cls = "" } = {}) {
     h("span", { class: "metric-label", text: label }));
 }
 
+/** Whether the backbone's top was fine-tuned, whether that was kept and why (CV figures). */
+function fineTuningText(ft) {
+  if (!ft.tried) return `Not tried: ${ft.reason}`;
+  const verdict = ft.kept ? "Tried and kept: this backbone answers with its fine-tuned network" : "Tried, not kept: the frozen model answers";
+  return `${verdict}${ft.seconds != null ? ` (${seconds(ft.seconds)})` : ""}. Decision: ${ft.reason}`;
+}
+
 function modelCard(name, entry, report, ctx, { ensemble = false, methodPicker = null, note = null } = {}) {
   const cardTitle = ensemble ? "Ensemble" : title(name);
   const shownSource = (entry.confusion && entry.confusion.source) || (entry.test ? "test" : entry.cv ? "cv" : "train");
@@ -153,7 +160,9 @@ function modelCard(name, entry, report, ctx, { ensemble = false, methodPicker = 
         h("dd", null, pct(entry.calibration.cv_ece_calibrated),
           h("span", { class: "muted", text: ` (cross-validated ECE; ${pct(entry.calibration.cv_ece_uncalibrated)} before calibration)` }))) : null,
       entry.hyperparameters ? h("div", null, h("dt", { text: "Head" }),
-        h("dd", { class: "hyper", text: Object.entries(entry.hyperparameters).map(([k, v]) => `${k}=${typeof v === "number" ? +v.toPrecision(3) : v}`).join(", ") })) : null),
+        h("dd", { class: "hyper", text: Object.entries(entry.hyperparameters).map(([k, v]) => `${k}=${typeof v === "number" ? +v.toPrecision(3) : v}`).join(", ") })) : null,
+      entry.fine_tuning ? h("div", { class: "fine-tuning" }, h("dt", { text: "Fine-tuning" }),
+        h("dd", null, fineTuningText(entry.fine_tuning))) : null),
     h("h4", null, "Per class", h("span", { class: "muted", text: ` · ${SOURCE_TITLES[shownSource] || shownSource}` })),
     perClassTable(entry.per_class),
     entry.confusion ? heatmap(entry.confusion, shownSource, onCell,
