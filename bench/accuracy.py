@@ -8,7 +8,7 @@ cached features of the same draw and is scored on the same test images. One JSON
 recipe and line: {"dataset", "backbone", "recipe", "n_train", "draws", "mean", "std", ...}.
 
 Transferlab's recipe is `models.training.train` itself, exactly as the app runs it (views,
-L2 and training length chosen by CV, temperature calibration), on `--backbone` alone
+head kind, L2 and training length chosen by CV, temperature calibration), on `--backbone` alone
 (`transferlab`) and on the offline ensemble `--ensemble` (`transferlab_ensemble`).
 
 Peer recipes, as their tools ran them on frozen (un-augmented) features (the classic pooled top
@@ -137,6 +137,7 @@ def main(argv=None) -> int:
     ece = {name: {"uncalibrated": [], "calibrated": []} for name in chosen}
     seconds = {name: 0.0 for name in chosen}
     views = {name: [] for name in chosen}
+    kinds = {name: [] for name in chosen}  # the head kind CV chose ("linear" or "hidden")
     rng = np.random.default_rng(args.seed)
     for draw in range(args.draws):
         train_idx, test_idx = draw_split(labels, args.train, args.test, rng)
@@ -154,6 +155,7 @@ def main(argv=None) -> int:
                     cal = entry["calibration"]
                     ece[name]["uncalibrated"].append(cal["test_ece_uncalibrated"])
                     views[name].append(entry["hyperparameters"]["views"])
+                    kinds[name].append(entry["hyperparameters"]["head"])
                 else:
                     views[name].append(report["ensemble"]["key"])
             else:
@@ -185,6 +187,8 @@ def main(argv=None) -> int:
                 row[f"test_ece_{kind}"] = round(float(np.mean(values)), 4)
         if views[name]:
             row["choices"] = {c: views[name].count(c) for c in sorted(set(views[name]))}
+        if kinds[name]:
+            row["head_choices"] = {k: kinds[name].count(k) for k in sorted(set(kinds[name]))}
         row["feature_seconds"] = round(extract_seconds, 2)
         row["machine"] = machine()
         print(json.dumps(row))
