@@ -47,7 +47,7 @@ HIDDEN_UNITS = 64
 # The hidden head replaces the linear one only if its CV log-loss is lower by this many nats:
 # it has more to fit, so near-ties go to the simpler head.
 HIDDEN_MARGIN = 0.01
-HIDDEN_RATE = 0.01  # Adam's step size for the hidden head, on features of unit mean norm
+HIDDEN_RATE = 0.03  # Adam's step size for the hidden head, on features of unit mean norm
 HIDDEN_SEED = 0
 
 
