@@ -6,11 +6,13 @@ Keras `Dense` when saved) and one hidden layer of `HIDDEN_UNITS` ReLU units befo
 and three facts make choosing their hyper-parameters by cross-validation cheap enough to
 need no user knobs:
 
-* Started inside the span of the training rows, gradient descent on an L2-penalised model
-  whose first layer is linear only ever moves that layer inside the span. So we rotate the
-  features onto that span (at most n dimensions instead of 512-2048) and run the *same*
-  descent there, exactly, then rotate the weights back. (The linear head starts at zero; the
-  hidden layer starts at random weights drawn in the span.)
+* Started at zero, gradient descent on an L2-penalised linear model only ever moves the weights
+  inside the span of the training rows. So we rotate the features onto that span (an SVD of
+  the training rows: at most n dimensions instead of 512-2048) and run the *same* descent
+  there, exactly, then rotate the weights back. The hidden head is trained in the same basis
+  by Adam, from random hidden weights drawn there, so its first layer too lies in the span
+  (Adam is not rotation-invariant: this is how the hidden head is defined, not a shortcut
+  for Adam on raw features).
 * Every (fold, L2 strength) pair is trained at once as one batched array problem, and the
   validation predictions are read at several step counts along the way, so the training
   length is chosen from the same run; an L2 strength far behind the best is dropped from the
@@ -335,9 +337,11 @@ class _LinearDescent(_Descent):
 class _HiddenDescent(_Descent):
     """Full-batch Adam on a ReLU hidden layer and a softmax layer.
 
-    The hidden layer starts at the same seeded random weights in every problem (in the
-    rotated basis: inside the span of the training rows, where its gradients also lie), the
-    softmax layer at zero; the same seed makes every search and final fit reproducible.
+    The hidden layer starts at the same seeded random weights in every problem, drawn in the
+    rotated basis (inside the span of the training rows, where its gradients also lie), and
+    the softmax layer at zero, so every search and final fit is reproducible. Each slot
+    descends independently (Adam is elementwise): a strength's path is the same alone or
+    beside others, as for the linear head.
     """
 
     layers = ("w1", "b1", "w2", "b2")
