@@ -558,8 +558,9 @@ def choose_params(features: np.ndarray, labels: np.ndarray, n_classes: int,
     validation log-loss.
     """
     with _one_blas_thread():
-        search = _Search(features, np.ones(len(labels), bool), make_folds(labels, groups, seed=seed))
-        return _search_all([search], labels, n_classes, kind)[0]
+        folds = make_folds(labels, groups, seed=seed)
+        return _search_all([_Search(features, np.ones(len(labels), bool), folds)], labels,
+                           n_classes, kind)[0]
 
 
 def _fit_kind(fits: list[tuple[np.ndarray, np.ndarray, dict]], labels: np.ndarray,

@@ -199,3 +199,21 @@ def test_pruning_keeps_the_choice_on_a_small_case(monkeypatch):
 
 def _choice(params):
     return params["l2"], params["steps"]
+
+
+def test_batched_hidden_choices_equal_one_search_at_a_time():
+    """The hidden round batched over outer folds = `train_head` on each fold's rows alone."""
+    from models.heads import train_and_cross_validate
+
+    x, y = _xor(n_per=10, seed=5)
+    candidates = {"raw": x, "sqrt": np.sqrt(np.abs(x))}
+    masks = make_folds(y)
+    head, logits, chosen = train_and_cross_validate(candidates, y, ["a", "b"], masks)
+    assert head.params == train_head(candidates, y, ["a", "b"]).params
+    kinds = []
+    for val, views in zip(masks, chosen):
+        inner = train_head({k: v[~val] for k, v in candidates.items()}, y[~val], ["a", "b"])
+        assert inner.params["views"] == views
+        kinds.append(inner.params["head"])
+        np.testing.assert_allclose(logits[val], inner.logits(candidates[views][val]), atol=1e-5)
+    assert "hidden" in kinds  # the hidden path was exercised
