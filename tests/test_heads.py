@@ -217,3 +217,26 @@ def test_batched_hidden_choices_equal_one_search_at_a_time():
         kinds.append(inner.params["head"])
         np.testing.assert_allclose(logits[val], inner.logits(candidates[views][val]), atol=1e-5)
     assert "hidden" in kinds  # the hidden path was exercised
+
+
+def test_softmax_without_max_shift_matches_and_stays_finite():
+    from models.heads import _softmax_few
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 5, (3, 7, 4))
+    np.testing.assert_allclose(_softmax_few(logits), softmax(logits), rtol=1e-12)
+    huge = np.array([[500.0, -500.0, 0.0], [-900.0, -950.0, -990.0]], np.float32)
+    probs = _softmax_few(huge)
+    assert np.isfinite(probs).all() and np.allclose(probs.sum(axis=1), 1)
+    assert probs[0].argmax() == 0  # (the second row, all clipped, is uniform: no NaN)
+
+
+def test_hidden_layer_lies_in_the_span_of_the_training_rows():
+    """So the rotated descent loses nothing: what the hidden layer sees of a new image is
+    its projection on the training rows' span."""
+    x, y = _xor(n_per=6, d=40, seed=6)  # 24 rows in 40 dimensions: a proper subspace
+    head = fit_head(x, y, ["a", "b"], {"head": "hidden", "l2": 1e-3, "steps": 80})
+    centred = (x - x.mean(axis=0)) / head.scale
+    basis = np.linalg.svd(centred, full_matrices=False)[2]  # (24, 40) row space
+    outside = head.w1 - basis.T @ (basis @ head.w1)
+    assert np.abs(outside).max() < 1e-4 * np.abs(head.w1).max()
