@@ -649,11 +649,11 @@ def _pick_kind(linear: dict, hidden: dict | None) -> dict:
 def train_and_cross_validate(
     features: np.ndarray | Candidates, labels: np.ndarray, classes: list[str],
     val_masks: list[np.ndarray] | None, groups: np.ndarray | None = None, seed: int = 0,
-) -> tuple[Head, np.ndarray | None, list[str]]:
+) -> tuple[Head, np.ndarray | None, list[dict]]:
     """`train_head` on all rows, and nested-CV held-out logits, in one batched search.
 
-    Returns (head, held-out logits (n, C) or None without `val_masks`, the input each outer
-    fold chose). For each outer fold, everything is chosen by an inner CV on the outer
+    Returns (head, held-out logits (n, C) or None without `val_masks`, the params each outer
+    fold's head chose: its "views", "head" kind, "l2", "steps"). For each outer fold, everything is chosen by an inner CV on the outer
     training rows only (inner folds as `_repeated_folds` draws them on those rows), so held-out
     rows never influence the model that scores them: the same choices, made exactly as
     `train_head` and `cross_val_logits` make them, with every descent batched together.
@@ -687,7 +687,7 @@ def train_and_cross_validate(
     logits = np.zeros((n, len(classes)))
     for head, val in zip(heads[1:], val_masks):
         logits[val] = head.logits(candidates[head.params["views"]][val])
-    return heads[0], logits, [h.params["views"] for h in heads[1:]]
+    return heads[0], logits, [h.params for h in heads[1:]]
 
 
 def inner_repeats(n_rows: int) -> int:
@@ -736,7 +736,7 @@ def cross_val_logits(features: np.ndarray | Candidates, labels: np.ndarray, clas
     """
     _, logits, chosen = train_and_cross_validate(features, labels, classes, val_masks, groups,
                                                  seed)
-    return logits, chosen
+    return logits, [p["views"] for p in chosen]
 
 
 def cross_val_predict(features, labels, classes, val_masks, groups=None, seed=0) -> np.ndarray:

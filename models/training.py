@@ -221,7 +221,8 @@ def train(
             calibration = {
                 "cv_ece_uncalibrated": expected_calibration_error(softmax(cv_logits), y["train"]),
                 "cv_ece_calibrated": expected_calibration_error(cv_probs, y["train"]),
-                "cv_views_chosen_per_fold": chosen,
+                "cv_views_chosen_per_fold": [p["views"] for p in chosen],
+                "cv_heads_chosen_per_fold": [p["head"] for p in chosen],
             }
             if test_kept:
                 calibration["test_ece_uncalibrated"] = expected_calibration_error(

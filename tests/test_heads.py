@@ -95,11 +95,12 @@ def test_batched_search_makes_the_choices_of_one_search_at_a_time():
     alone = train_head(candidates, y, ["a", "b", "c"], groups)
     assert head.params == alone.params
     np.testing.assert_allclose(head.weight, alone.weight, atol=1e-6)
-    for val, views in zip(masks, chosen):
+    for val, fold_params in zip(masks, chosen):
         train = ~val
         inner = train_head({k: v[train] for k, v in candidates.items()}, y[train],
                            ["a", "b", "c"], groups[train])
-        assert inner.params["views"] == views
+        _assert_same_choice(inner.params, fold_params)
+        views = fold_params["views"]
         np.testing.assert_allclose(logits[val], inner.logits(candidates[views][val]), atol=1e-6)
     # Each search stops on its own: a separate choose_params gives the same answer.
     assert choose_params(candidates[head.params["views"]], y, 3, groups)["steps"] == \
@@ -210,13 +211,12 @@ def test_batched_hidden_choices_equal_one_search_at_a_time():
     masks = make_folds(y)
     head, logits, chosen = train_and_cross_validate(candidates, y, ["a", "b"], masks)
     assert head.params == train_head(candidates, y, ["a", "b"]).params
-    kinds = []
-    for val, views in zip(masks, chosen):
+    for val, fold_params in zip(masks, chosen):
         inner = train_head({k: v[~val] for k, v in candidates.items()}, y[~val], ["a", "b"])
-        assert inner.params["views"] == views
-        kinds.append(inner.params["head"])
+        _assert_same_choice(inner.params, fold_params)
+        views = fold_params["views"]
         np.testing.assert_allclose(logits[val], inner.logits(candidates[views][val]), atol=1e-5)
-    assert "hidden" in kinds  # the hidden path was exercised
+    assert "hidden" in [p["head"] for p in chosen]  # the hidden path was exercised
 
 
 def test_softmax_without_max_shift_matches_and_stays_finite():
@@ -240,3 +240,12 @@ def test_hidden_layer_lies_in_the_span_of_the_training_rows():
     basis = np.linalg.svd(centred, full_matrices=False)[2]  # (24, 40) row space
     outside = head.w1 - basis.T @ (basis @ head.w1)
     assert np.abs(outside).max() < 1e-4 * np.abs(head.w1).max()
+
+
+def _assert_same_choice(params, expected):
+    """Equal choices; the CV losses behind them equal up to float32 rounding (the problems
+    were batched in differently shaped arrays; Adam's path amplifies it a little)."""
+    assert {k: v for k, v in params.items() if k != "cv_log_loss"} == \
+        {k: v for k, v in expected.items() if k != "cv_log_loss"}
+    np.testing.assert_allclose(params["cv_log_loss"], expected["cv_log_loss"], rtol=1e-3,
+                               atol=1e-4)

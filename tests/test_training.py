@@ -50,6 +50,8 @@ def test_report_has_honest_metrics_for_backbone_and_ensemble(trained):
     assert set(r["ensembles"]) == {"vote", "mean", "weighted"}
     assert r["backbones"]["efficientnet_lite0"]["hyperparameters"]["l2"] > 0
     assert r["backbones"]["efficientnet_lite0"]["hyperparameters"]["head"] in ("linear", "hidden")
+    per_fold = r["backbones"]["efficientnet_lite0"]["calibration"]["cv_heads_chosen_per_fold"]
+    assert len(per_fold) == 5 and set(per_fold) <= {"linear", "hidden"}
 
 
 def test_progress_is_monotonic_and_names_stages(trained):
