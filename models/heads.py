@@ -474,6 +474,30 @@ def _slots(current: np.ndarray, alive: list[int], width: int) -> np.ndarray:
     return np.array(where + where[:1] * (width - len(where)))
 
 
+def _held_out_loss(descent: _Descent, held: _Rows, active: np.ndarray) -> np.ndarray:
+    """(P', L): each active problem's summed log-loss on its held-out rows, per slot."""
+    logits = descent.logits(held.data[active]).astype(np.float64)
+    logp = np.log(np.clip(_softmax_few(logits), 1e-12, 1.0))  # (P', m, L, C)
+    nll = -(logp * held.onehot[active][:, :, None, :]).sum(axis=-1)  # (P', m, L)
+    return np.einsum("pml,pm->pl", nll, held.present[active])
+
+
+def _narrow(descent: _Descent, slot_l2: np.ndarray, active: np.ndarray,
+            alive: list[list[int]]) -> np.ndarray:
+    """Let each active problem descend only its `alive` strengths (grid indices; one list
+    per active problem). `slot_l2` (all problems x slots) maps slots to grid indices; returns
+    it updated to the new slots."""
+    width = max(len(a) for a in alive)
+    current = slot_l2[active]
+    slots = np.array([_slots(row, a, width) for row, a in zip(current, alive)])
+    if width == current.shape[1] and (slots == np.arange(width)).all():
+        return slot_l2
+    descent.select(slots)
+    slot_l2 = slot_l2[:, :width].copy()
+    slot_l2[np.flatnonzero(active)] = np.take_along_axis(current, slots, axis=1)
+    return slot_l2
+
+
 def _search_all(searches: list[_Search], labels: np.ndarray, n_classes: int,
                 kind: str = "linear") -> list[dict]:
     """Run every search's CV in one batched descent of heads of `kind`; each stops on its own.
@@ -505,7 +529,7 @@ def _search_all(searches: list[_Search], labels: np.ndarray, n_classes: int,
                              np.array([f.lipschitz for f in folds]),
                              np.tile(L2_GRID, (len(folds), 1)), np.float32)
     held = _gather(folds, xs, np.array(val_masks), onehot, rank)
-    held_data = held.data.astype(np.float32)
+    held.data = held.data.astype(np.float32)
     owner = np.array(owner)
     held_count = {s: held.counts[owner == s].sum() for s in np.unique(owner).tolist()}
     slot_l2 = np.tile(np.arange(len(L2_GRID)), (len(folds), 1))  # grid index of each slot
@@ -516,10 +540,7 @@ def _search_all(searches: list[_Search], labels: np.ndarray, n_classes: int,
     alive: dict[int, list[int]] = {}
     for step in STEP_GRID:
         descent.run_to(step)
-        logits = descent.logits(held_data[active]).astype(np.float64)
-        logp = np.log(np.clip(_softmax_few(logits), 1e-12, 1.0))  # (P, m, L, C)
-        nll = -(logp * held.onehot[active][:, :, None, :]).sum(axis=-1)  # (P, m, L)
-        per_problem = np.einsum("pml,pm->pl", nll, held.present[active])
+        per_problem = _held_out_loss(descent, held, active)
         for s in live.tolist():
             mine = owner[active] == s
             total = per_problem[mine].sum(axis=0) / held_count[s]  # (L,)
@@ -539,13 +560,7 @@ def _search_all(searches: list[_Search], labels: np.ndarray, n_classes: int,
         if not still.all():
             descent.keep(still)
             active[np.flatnonzero(active)[~still]] = False
-        width = max(len(alive[s]) for s in live.tolist())
-        current = slot_l2[active]
-        slots = np.array([_slots(row, alive[s], width) for row, s in zip(current, owner[active])])
-        if width < current.shape[1] or (slots != np.arange(width)).any():
-            descent.select(slots)
-            slot_l2[np.flatnonzero(active), :width] = np.take_along_axis(current, slots, axis=1)
-            slot_l2 = slot_l2[:, :width]
+        slot_l2 = _narrow(descent, slot_l2, active, [alive[s] for s in owner[active]])
     for s, (loss, l2, step) in best.items():
         results[s] = {"l2": l2, "steps": step, "cv_log_loss": loss}
     return results
