@@ -8,7 +8,7 @@ cached features of the same draw and is scored on the same test images. One JSON
 recipe and line: {"dataset", "backbone", "recipe", "n_train", "draws", "mean", "std", ...}.
 
 Transferlab's recipe is `models.training.train` itself, exactly as the app runs it (views,
-L2 and training length chosen by CV, temperature calibration), on `--backbone` alone
+head kind, L2 and training length chosen by CV, temperature calibration), on `--backbone` alone
 (`transferlab`) and on the offline ensemble `--ensemble` (`transferlab_ensemble`);
 `transferlab_ft` is `transferlab` with fine-tuning on (`train(..., fine_tune=True)`: the
 backbone's top trained end to end, kept when CV prefers it); its row says how often it was kept
@@ -162,6 +162,7 @@ def main(argv=None) -> int:
     views = {name: [] for name in chosen}
     kept = {name: [] for name in chosen}
     cv_figures = {name: [] for name in chosen}
+    kinds = {name: [] for name in chosen}  # the head kind CV chose ("linear" or "hidden")
     rng = np.random.default_rng(args.seed)
     for draw in range(args.draws):
         train_idx, test_idx = draw_split(labels, args.train, args.test, rng)
@@ -185,6 +186,7 @@ def main(argv=None) -> int:
                     cal = entry["calibration"]
                     ece[name]["uncalibrated"].append(cal["test_ece_uncalibrated"])
                     views[name].append(entry["hyperparameters"]["views"])
+                    kinds[name].append(entry["hyperparameters"]["head"])
                 else:
                     views[name].append(report["ensemble"]["key"])
             else:
@@ -225,6 +227,8 @@ def main(argv=None) -> int:
                 for model in ("frozen", "tuned") for key in ("cv_accuracy", "cv_log_loss")}
         if views[name]:
             row["choices"] = {c: views[name].count(c) for c in sorted(set(views[name]))}
+        if kinds[name]:
+            row["head_choices"] = {k: kinds[name].count(k) for k in sorted(set(kinds[name]))}
         row["feature_seconds"] = round(extract_seconds, 2)
         row["machine"] = machine()
         print(json.dumps(row))

@@ -153,7 +153,6 @@ def export_classifier(backbone, head, path: str | Path) -> Path:
 
     from models.backbones import HeadInput
 
-    kernel, bias = head.folded()
     inputs = keras.Input((None, None, 3), name="image")
     size = backbone.input_size
     x = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True)(inputs)
@@ -161,9 +160,7 @@ def export_classifier(backbone, head, path: str | Path) -> Path:
     features = [backbone.features_model(_keras_view(x, v)) for v in views]
     pooled = features[0] if len(features) == 1 else keras.layers.Average()(features)
     pooled = HeadInput(transform, backbone.spec.blocks)(pooled)
-    dense = keras.layers.Dense(kernel.shape[1], activation="softmax", name="head")
-    model = keras.Model(inputs, dense(pooled), name=f"transferlab_{backbone.name}")
-    dense.set_weights([kernel, bias])
+    model = keras.Model(inputs, head.keras_output(pooled), name=f"transferlab_{backbone.name}")
     path = Path(path)
     model.save(path)
     return path

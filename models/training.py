@@ -21,8 +21,8 @@ from models.ensemble import (cross_fit_weighted, fit_weights, majority_vote, mea
 from models.features import (VIEW_POLICIES, FeatureCache, Item, head_input, head_inputs,
                              transforms_for, view_policies_for)
 from models.finetune import fine_tune as fine_tune_backbone
-from models.heads import (LinearHead, apply_temperature, cross_fit_temperature, fit_temperature,
-                          make_folds, softmax, train_and_cross_validate)
+from models.heads import (Head, apply_temperature, cross_fit_temperature, fit_temperature,
+                          head_from_keras, make_folds, softmax, train_and_cross_validate)
 from models.metrics import classification_report, expected_calibration_error, fold_accuracies
 from models.registry import get_spec
 
@@ -53,7 +53,7 @@ class TrainResult:
     """What `train` produced: a head per backbone and the JSON-able report."""
 
     classes: list[str]
-    heads: dict[str, LinearHead]
+    heads: dict[str, Head]
     report: dict = field(default_factory=dict)
     # Fine-tuning (models.finetune): {backbone: pixels -> features Keras model} where it was kept.
     tuned: dict = field(default_factory=dict)
@@ -73,19 +73,18 @@ class TrainResult:
 
 def load_result(folder: str | Path) -> TrainResult:
     """Read back what `TrainResult.save` wrote (Keras files of our own making only)."""
-    import keras
-
     folder = Path(folder)
     report = json.loads((folder / REPORT_FILE).read_text())
-    heads = {}
-    for name, entry in report["backbones"].items():
-        model = keras.saving.load_model(folder / HEADS_DIR / f"{name}.keras", safe_mode=True)
-        heads[name] = LinearHead.from_keras(model, report["classes"], entry["hyperparameters"])
+    heads = {name: head_from_keras(folder / HEADS_DIR / f"{name}.keras", report["classes"],
+                                   entry["hyperparameters"])
+             for name, entry in report["backbones"].items()}
     # ---- fine-tuning: tuned backbones (their Preprocess layer is registered by the import)
     tuned = {}
     for name in heads:
         path = folder / HEADS_DIR / f"{name}{TUNED_SUFFIX}"
         if path.exists():
+            import keras
+
             import models.backbones  # noqa: F401
 
             tuned[name] = keras.saving.load_model(path, safe_mode=True)
@@ -165,12 +164,13 @@ def train(
 
     Automatic choices, all by CV on the training images: per backbone, which views of each
     image the head sees (averaged features: test-time augmentation) and whether their square
-    roots serve better, its L2 strength and training length; a temperature that calibrates
-    its probabilities; and which ensemble (majority vote, mean, CV-weighted mean) the project
-    answers with. The candidate view policies are `view_policies` for every backbone when
-    given, else each backbone's affordable ones (`models.features.view_policies_for`: the
-    dihedral views for the cheap EfficientNet-Lite backbones, the image alone for ResNet50,
-    VGG16 and Xception).
+    roots serve better, its L2 strength and training length, whether a hidden layer helps
+    (the head kind, "linear" or "hidden": `hyperparameters["head"]` in the report); a
+    temperature that calibrates its probabilities; and which ensemble (majority vote, mean,
+    CV-weighted mean) the project answers with. The candidate view policies are
+    `view_policies` for every backbone when given, else each backbone's affordable ones
+    (`models.features.view_policies_for`: the dihedral views for the cheap EfficientNet-Lite
+    backbones, the image alone for ResNet50, VGG16 and Xception).
 
     With `fine_tune`, each EfficientNet-Lite backbone also has the top of its network trained
     end to end (`models.finetune`), kept only where its CV beats the frozen recipe's on the
@@ -224,8 +224,8 @@ def train(
     groups = groups_all[:n_train]
     val_masks = make_folds(y["train"], groups, seed=seed)
 
-    # Stage 2 (20%): per backbone, a head whose input, L2 and length CV chose; calibration.
-    heads: dict[str, LinearHead] = {}
+    # Stage 2 (20%): per backbone, a head whose input, kind, L2 and length CV chose; calibration.
+    heads: dict[str, Head] = {}
     tuned: dict[str, object] = {}
     entries: dict[str, dict] = {}
     all_probs: dict[str, dict[str, np.ndarray | None]] = {}
@@ -247,7 +247,8 @@ def train(
             calibration = {
                 "cv_ece_uncalibrated": expected_calibration_error(softmax(cv_logits), y["train"]),
                 "cv_ece_calibrated": expected_calibration_error(cv_probs, y["train"]),
-                "cv_views_chosen_per_fold": chosen,
+                "cv_views_chosen_per_fold": [p["views"] for p in chosen],
+                "cv_heads_chosen_per_fold": [p["head"] for p in chosen],
             }
             if test_kept:
                 calibration["test_ece_uncalibrated"] = expected_calibration_error(

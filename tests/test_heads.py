@@ -1,7 +1,9 @@
 import numpy as np
 
-from models.heads import (L2_GRID, STEP_GRID, LinearHead, choose_params, cross_val_predict,
-                          fit_head, make_folds, softmax, train_head)
+from models.heads import (HIDDEN_MARGIN, L2_GRID, STEP_GRID, HiddenHead, LinearHead,
+                          _pick_kind, _survivors, apply_temperature, choose_params,
+                          cross_val_predict, fit_head, head_from_keras, make_folds, softmax,
+                          train_head)
 
 
 def _blobs(n_per=12, d=300, classes=3, spread=1.0, seed=0):
@@ -93,12 +95,157 @@ def test_batched_search_makes_the_choices_of_one_search_at_a_time():
     alone = train_head(candidates, y, ["a", "b", "c"], groups)
     assert head.params == alone.params
     np.testing.assert_allclose(head.weight, alone.weight, atol=1e-6)
-    for val, views in zip(masks, chosen):
+    for val, fold_params in zip(masks, chosen):
         train = ~val
         inner = train_head({k: v[train] for k, v in candidates.items()}, y[train],
                            ["a", "b", "c"], groups[train])
-        assert inner.params["views"] == views
+        _assert_same_choice(inner.params, fold_params)
+        views = fold_params["views"]
         np.testing.assert_allclose(logits[val], inner.logits(candidates[views][val]), atol=1e-6)
     # Each search stops on its own: a separate choose_params gives the same answer.
     assert choose_params(candidates[head.params["views"]], y, 3, groups)["steps"] == \
         head.params["steps"]
+
+
+def _xor(n_per=16, d=12, seed=0):
+    """Two classes as the diagonals of four clusters in 2 dims (no line separates them),
+    plus noise dimensions."""
+    rng = np.random.default_rng(seed)
+    corner = np.repeat(np.arange(4), n_per)
+    centres = np.array([[1, 1], [-1, -1], [1, -1], [-1, 1]])[corner]
+    x = np.concatenate([centres + 0.3 * rng.normal(size=(len(corner), 2)),
+                        0.3 * rng.normal(size=(len(corner), d - 2))], axis=1)
+    return x.astype(np.float32), (corner >= 2).astype(int)
+
+
+def test_hidden_head_is_chosen_where_no_line_separates_the_classes():
+    x, y = _xor(seed=0)
+    head = train_head(x, y, ["a", "b"])
+    assert head.params["head"] == "hidden" and isinstance(head, HiddenHead)
+    linear = fit_head(x, y, ["a", "b"], choose_params(x, y, 2))
+    test_x, test_y = _xor(seed=1)
+    hidden_acc = (head.predict_proba(test_x).argmax(axis=1) == test_y).mean()
+    linear_acc = (linear.predict_proba(test_x).argmax(axis=1) == test_y).mean()
+    assert hidden_acc >= 0.95 and linear_acc <= 0.75
+
+
+def test_linear_head_is_kept_where_the_best_boundary_is_linear():
+    """Gaussian classes of one shared covariance: the Bayes boundaries are hyperplanes, so a
+    hidden layer has nothing to add, and must not win on noise."""
+    for seed in range(3):
+        x, y = _blobs(n_per=15, d=60, spread=4.0, seed=seed)
+        head = train_head(x, y, ["a", "b", "c"])
+        assert head.params["head"] == "linear" and isinstance(head, LinearHead), seed
+
+
+def test_hidden_wins_only_by_the_margin():
+    linear = {"l2": 0.01, "steps": 80, "cv_log_loss": 0.50}
+    near = {"l2": 0.1, "steps": 40, "cv_log_loss": 0.50 - HIDDEN_MARGIN / 2}
+    far = {"l2": 0.1, "steps": 40, "cv_log_loss": 0.50 - 2 * HIDDEN_MARGIN}
+    assert _pick_kind(linear, near)["head"] == "linear"
+    assert _pick_kind(linear, far) == dict(far, head="hidden")
+    assert _pick_kind(linear, None)["head"] == "linear"  # CV impossible: never tried
+
+
+def test_hidden_head_training_is_reproducible_and_fits():
+    x, y = _xor(seed=2)
+    params = {"head": "hidden", "l2": 1e-4, "steps": 320}
+    first, second = fit_head(x, y, ["a", "b"], params), fit_head(x, y, ["a", "b"], params)
+    np.testing.assert_array_equal(first.w1, second.w1)
+    assert first.params == params
+    assert (first.predict_proba(x).argmax(axis=1) == y).mean() >= 0.95
+
+
+def test_hidden_head_round_trips_through_keras_and_temperature(tmp_path):
+    x, y = _xor(seed=3)
+    head = fit_head(x, y, ["a", "b"], {"head": "hidden", "l2": 1e-3, "steps": 160})
+    path = tmp_path / "hidden.keras"
+    head.to_keras().save(path)
+    back = head_from_keras(path, ["a", "b"], head.params)
+    assert isinstance(back, HiddenHead) and back.params == head.params
+    np.testing.assert_allclose(back.predict_proba(x), head.predict_proba(x), atol=1e-6)
+    cooled = apply_temperature(head, 2.0)
+    np.testing.assert_allclose(cooled.logits(x), head.logits(x) / 2, rtol=1e-5, atol=1e-5)
+    assert cooled.params["temperature"] == 2.0 and "temperature" not in head.params
+    linear = fit_head(x, y, ["a", "b"], {"l2": 1e-3, "steps": 40})
+    assert isinstance(head_from_keras(linear.to_keras(), ["a", "b"]), LinearHead)
+
+
+def test_pruning_rule_keeps_strengths_near_the_best():
+    loss = {0: 0.30, 1: 0.40, 2: 0.41, 3: 0.45}
+    assert _survivors(loss, best=0.30) == [0, 1]  # 0.41 is 0.11 behind: dropped
+    assert _survivors(loss, best=0.15) == []  # every one fell far behind an earlier best
+
+
+def test_pruning_keeps_the_choice_on_a_small_case(monkeypatch):
+    """Successive halving only saves time here: without it, the same choices."""
+    import models.heads as heads
+
+    x, y = _blobs(n_per=10, d=80, spread=2.5, seed=4)
+    hx, hy = _xor(n_per=8, seed=4)
+    pruned = [choose_params(x, y, 3), choose_params(hx, hy, 2, kind="hidden")]
+    narrowed = []
+    monkeypatch.setattr(heads._Descent, "select",
+                        lambda self, slots, real=heads._Descent.select: (
+                            narrowed.append(slots.shape[1]), real(self, slots))[1])
+    assert _choice(choose_params(x, y, 3)) == _choice(pruned[0])
+    assert min(narrowed) < len(L2_GRID)  # it does prune
+    monkeypatch.setattr(heads, "PRUNE_GAP", np.inf)
+    unpruned = [choose_params(x, y, 3), choose_params(hx, hy, 2, kind="hidden")]
+    assert [_choice(p) for p in unpruned] == [_choice(p) for p in pruned]
+    # float32 products batched in other shapes round differently: losses agree, not bits
+    np.testing.assert_allclose([p["cv_log_loss"] for p in unpruned],
+                               [p["cv_log_loss"] for p in pruned], rtol=1e-4)
+
+
+def _choice(params):
+    return params["l2"], params["steps"]
+
+
+def test_batched_hidden_choices_equal_one_search_at_a_time():
+    """The hidden round batched over outer folds = `train_head` on each fold's rows alone."""
+    from models.heads import train_and_cross_validate
+
+    x, y = _xor(n_per=10, seed=5)
+    candidates = {"raw": x, "sqrt": np.sqrt(np.abs(x))}
+    masks = make_folds(y)
+    head, logits, chosen = train_and_cross_validate(candidates, y, ["a", "b"], masks)
+    assert head.params == train_head(candidates, y, ["a", "b"]).params
+    for val, fold_params in zip(masks, chosen):
+        inner = train_head({k: v[~val] for k, v in candidates.items()}, y[~val], ["a", "b"])
+        _assert_same_choice(inner.params, fold_params)
+        views = fold_params["views"]
+        np.testing.assert_allclose(logits[val], inner.logits(candidates[views][val]), atol=1e-5)
+    assert "hidden" in [p["head"] for p in chosen]  # the hidden path was exercised
+
+
+def test_softmax_without_max_shift_matches_and_stays_finite():
+    from models.heads import _softmax_few
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 5, (3, 7, 4))
+    np.testing.assert_allclose(_softmax_few(logits), softmax(logits), rtol=1e-12)
+    huge = np.array([[500.0, -500.0, 0.0], [-900.0, -950.0, -990.0]], np.float32)
+    probs = _softmax_few(huge)
+    assert np.isfinite(probs).all() and np.allclose(probs.sum(axis=1), 1)
+    assert probs[0].argmax() == 0  # (the second row, all clipped, is uniform: no NaN)
+
+
+def test_hidden_layer_lies_in_the_span_of_the_training_rows():
+    """So the rotated descent loses nothing: what the hidden layer sees of a new image is
+    its projection on the training rows' span."""
+    x, y = _xor(n_per=6, d=40, seed=6)  # 24 rows in 40 dimensions: a proper subspace
+    head = fit_head(x, y, ["a", "b"], {"head": "hidden", "l2": 1e-3, "steps": 80})
+    centred = (x - x.mean(axis=0)) / head.scale
+    basis = np.linalg.svd(centred, full_matrices=False)[2]  # (24, 40) row space
+    outside = head.w1 - basis.T @ (basis @ head.w1)
+    assert np.abs(outside).max() < 1e-4 * np.abs(head.w1).max()
+
+
+def _assert_same_choice(params, expected):
+    """Equal choices; the CV losses behind them equal up to float32 rounding (the problems
+    were batched in differently shaped arrays; Adam's path amplifies it a little)."""
+    assert {k: v for k, v in params.items() if k != "cv_log_loss"} == \
+        {k: v for k, v in expected.items() if k != "cv_log_loss"}
+    np.testing.assert_allclose(params["cv_log_loss"], expected["cv_log_loss"], rtol=1e-3,
+                               atol=1e-4)

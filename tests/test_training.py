@@ -49,6 +49,9 @@ def test_report_has_honest_metrics_for_backbone_and_ensemble(trained):
     assert r["ensemble"]["key"] == "mean" and "one backbone" in r["ensemble"]["why"]
     assert set(r["ensembles"]) == {"vote", "mean", "weighted"}
     assert r["backbones"]["efficientnet_lite0"]["hyperparameters"]["l2"] > 0
+    assert r["backbones"]["efficientnet_lite0"]["hyperparameters"]["head"] in ("linear", "hidden")
+    per_fold = r["backbones"]["efficientnet_lite0"]["calibration"]["cv_heads_chosen_per_fold"]
+    assert len(per_fold) == 5 and set(per_fold) <= {"linear", "hidden"}
 
 
 def test_progress_is_monotonic_and_names_stages(trained):
@@ -236,3 +239,45 @@ def test_heavy_backbones_do_not_pay_for_eight_views_by_default(photo_folder, pho
     train(data.samples, ["resnet50"], again, lambda name: QuadrantBackbone(),
           view_policies=("none", "flips"))
     assert again.computed == n * 2
+
+
+def _random_hidden_head(classes, dim, views):
+    from models.heads import HIDDEN_UNITS, HiddenHead
+
+    rng = np.random.default_rng(1)
+    return HiddenHead(classes, np.zeros(dim, np.float32), 0.1,
+                      rng.normal(0, dim ** -0.5, (dim, HIDDEN_UNITS)).astype(np.float32),
+                      np.full(HIDDEN_UNITS, 0.1, np.float32),
+                      rng.normal(0, 0.5, (HIDDEN_UNITS, len(classes))).astype(np.float32),
+                      np.zeros(len(classes), np.float32), {"head": "hidden", "views": views})
+
+
+def test_exported_hidden_head_matches_the_numpy_head(trained, tmp_path):
+    """A hidden head exports as Dense-ReLU-Dense: on the export's own head input it gives the
+    NumPy head's probabilities, and end to end the predictor's (within the resize filters),
+    also after saving and loading the result."""
+    import keras
+
+    from models.backbones import HeadInput
+    from models.training import TrainResult
+
+    result, _, data, _, _ = trained
+    spec = lite("efficientnet_lite0").spec
+    head = _random_hidden_head(result.classes, spec.feature_dim, "dihedral+multiscale")
+    path = export_classifier(lite("efficientnet_lite0"), head, tmp_path / "hidden.keras")
+    model = keras.saving.load_model(path, safe_mode=True)
+    head_input = next(layer for layer in model.layers if isinstance(layer, HeadInput))
+    image = np.asarray(data.samples[0].image().resize((224, 224)), np.float32)[None]
+    features = np.asarray(keras.Model(model.input, head_input.output)(image))
+    got = np.asarray(model(image))
+    assert got.max() < 0.99  # not saturated, so the comparison means something
+    np.testing.assert_allclose(got, head.predict_proba(features), atol=1e-5)
+
+    saved = TrainResult(result.classes, {"efficientnet_lite0": head}, result.report)
+    report = json.loads(json.dumps(result.report))
+    report["backbones"]["efficientnet_lite0"]["hyperparameters"] = head.params
+    saved.report = report
+    predictor = Predictor(saved.save(tmp_path / "result"), lite)
+    assert predictor.result.heads["efficientnet_lite0"].params["head"] == "hidden"
+    expected = predictor.probabilities([data.samples[0].image().resize((224, 224))])
+    np.testing.assert_allclose(got[0], expected["efficientnet_lite0"][0], atol=1e-3)
