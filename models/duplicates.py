@@ -24,6 +24,7 @@ NEAR_DUPLICATE_COSINE = 0.92
 # resized, JPEG-recompressed or 5%-cropped copy of a photo lands at 2-4; distinct images of one
 # homogeneous domain (200 galaxies: 19,900 pairs) never came closer than 8.
 PHASH_MAX_DISTANCE = 6
+PAIRS_PER_BLOCK = 1 << 18
 
 
 def perceptual_hash(image: Image.Image) -> int:
@@ -38,9 +39,11 @@ def hash_groups(hashes, max_distance: int = PHASH_MAX_DISTANCE) -> np.ndarray:
     if n < 2:
         return np.zeros(n, int)
     i, j = [], []
-    for start in range(0, n, 512):  # bounded memory: 512 x n distances at a time
-        xor = codes[start:start + 512, None] ^ codes[None, :]
-        distance = np.unpackbits(xor.view(np.uint8).reshape(*xor.shape, 8), axis=-1).sum(-1)
+    # Memory is bounded whatever the project's size (it runs on every upload): at most
+    # PAIRS_PER_BLOCK pairs at a time, 9 bytes each.
+    block = max(1, PAIRS_PER_BLOCK // n)
+    for start in range(0, n, block):
+        distance = np.bitwise_count(codes[start:start + block, None] ^ codes[None, :])
         rows, cols = np.nonzero(distance <= max_distance)
         keep = cols > rows + start
         i.append(rows[keep] + start)

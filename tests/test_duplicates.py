@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import io
+import tracemalloc
 
 import numpy as np
 from PIL import Image, ImageEnhance
 from skimage import data
 
-from models.duplicates import PHASH_MAX_DISTANCE, hash_groups, perceptual_hash
+from models.duplicates import PAIRS_PER_BLOCK, PHASH_MAX_DISTANCE, hash_groups, perceptual_hash
 
 
 def _jpeg_roundtrip(im: Image.Image, quality: int) -> Image.Image:
@@ -44,7 +45,20 @@ def test_hash_groups_links_chains_and_respects_the_distance():
 def test_hash_groups_is_chunked_but_complete():
     rng = np.random.default_rng(0)
     hashes = [int(h) for h in rng.integers(0, 2**63, 1100, dtype=np.int64)]
-    hashes[1050] = hashes[3] ^ 0b101  # a pair split across the 512-row chunks
+    hashes[1050] = hashes[3] ^ 0b101  # a pair split across blocks of rows
     groups = hash_groups(hashes)
     assert groups[1050] == groups[3]
     assert len(set(groups)) == 1099
+
+
+def test_hash_groups_memory_does_not_grow_with_the_number_of_images():
+    """It runs on every upload over the whole project: 5,000 images must not take (as they
+    once did) hundreds of MB at once."""
+    hashes = [int(h) for h in np.random.default_rng(1).integers(0, 2**63, 5000, dtype=np.int64)]
+    tracemalloc.start()
+    try:
+        hash_groups(hashes)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * PAIRS_PER_BLOCK * 9, peak  # a few blocks' worth, not 5,000 x 5,000
