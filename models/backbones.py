@@ -142,14 +142,18 @@ class Backbone:
     def features(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """(n, S, S, 3) pixels in [0, 255] -> (n, feature_dim) float32 pooled features.
 
-        The pass runs on OpenVINO when it reproduces TensorFlow within 1e-4 (checked on first
-        use, see `models.runtime`), else on TensorFlow."""
-        if self._forward is None:
-            with self._lock:
-                if self._forward is None:
-                    shape = (self.input_size, self.input_size, 3)
-                    self._forward = fastest_forward(self._tf_forward, shape, self.name)
-        return _run(self.features_model, pixels, batch_size, self._forward)
+        The pass runs on TensorFlow, or on the runtime `use_fastest_runtime` chose."""
+        return _run(self.features_model, pixels, batch_size, self._forward or self._tf_forward)
+
+    def use_fastest_runtime(self) -> None:
+        """Run every later pass on OpenVINO if it reproduces TensorFlow within 1e-4 (checked
+        here, once; see `models.runtime`). Converting costs about as much as a few hundred
+        passes, so callers ask for it before long runs of images (`worth_converting`) or
+        where each image's latency matters (serving)."""
+        with self._lock:
+            if self._forward is None:
+                shape = (self.input_size, self.input_size, 3)
+                self._forward = fastest_forward(self._tf_forward, shape, self.name)
 
     def classifier(self):
         """The pixels -> 1000 ImageNet probabilities model (built on first use)."""

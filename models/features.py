@@ -19,6 +19,7 @@ from PIL import Image
 
 from models.images import resize_for_model
 from models.registry import BACKBONES
+from models.runtime import worth_converting
 
 # A view is a deterministic transform of the decoded image before resizing; "orig" is the image.
 VIEWS: dict[str, Callable[[Image.Image], Image.Image]] = {
@@ -224,6 +225,8 @@ class FeatureCache:
         if todo:
             model = make_backbone()
             size = model.input_size
+            if worth_converting(total - done) and hasattr(model, "use_fastest_runtime"):
+                model.use_fastest_runtime()
 
             def pixels(index: int) -> list[tuple[int, str, np.ndarray]]:
                 image = items[index].load()

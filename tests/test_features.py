@@ -12,6 +12,10 @@ class CountingBackbone:
 
     def __init__(self):
         self.images_seen = 0
+        self.fastest_runtime_asked = False
+
+    def use_fastest_runtime(self):
+        self.fastest_runtime_asked = True
 
     def features(self, pixels, batch_size=32):
         self.images_seen += len(pixels)
@@ -161,3 +165,14 @@ def test_view_policies_follow_the_extraction_budget():
 
     with pytest.raises(ValueError, match="unknown view policies"):
         view_policies_for(1.0, ("mirror",))
+
+
+def test_only_a_long_run_of_images_asks_for_the_fastest_runtime(tmp_path, monkeypatch):
+    """Converting a backbone to OpenVINO costs seconds: a few new images stay on TensorFlow."""
+    import models.runtime
+
+    monkeypatch.setattr(models.runtime, "CONVERT_MIN_IMAGES", 6)
+    few, many = CountingBackbone(), CountingBackbone()
+    FeatureCache(tmp_path).get_or_compute("toy", _items(5), lambda: few)
+    FeatureCache(tmp_path).get_or_compute("toy", _items(6, offset=5), lambda: many)
+    assert not few.fastest_runtime_asked and many.fastest_runtime_asked
