@@ -13,12 +13,13 @@ def lite0():
 
 
 def test_backbone_features_run_on_openvino_and_match_tensorflow(lite0):
-    pixels = np.random.default_rng(1).uniform(0, 255, (9, 224, 224, 3)).astype(np.float32)
+    n = runtime.THROUGHPUT_MIN_BATCH + 1
+    pixels = np.random.default_rng(1).uniform(0, 255, (n, 224, 224, 3)).astype(np.float32)
     lite0.features(pixels[:2])
     assert lite0._forward is None  # TensorFlow until asked: converting costs seconds
     lite0.use_fastest_runtime()
     assert isinstance(lite0._forward, OpenVinoForward)
-    features = lite0.features(pixels)  # 9 images: the side-by-side path, odd last chunk
+    features = lite0.features(pixels)  # the side-by-side path, an odd last chunk
     expected = np.asarray(lite0._tf_forward(pixels))
     assert features.shape == expected.shape
     np.testing.assert_allclose(features, expected, atol=runtime.TOLERANCE, rtol=0)
