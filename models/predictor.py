@@ -65,7 +65,6 @@ def _pixels(images: Sequence[Image.Image], size: int, views: Sequence[str] = ("o
     return np.stack([resize_for_model(VIEWS[v](im), size) for v in views for im in images])
 
 
-# ---- fine-tuning: a fine-tuned backbone answers with its tuned network
 def result_backbone(result: TrainResult, name: str, make_backbone: Callable[[str], object]):
     """The backbone `result`'s head for `name` was trained on: its fine-tuned network when it
     has one (see `models.finetune`), else `make_backbone(name)`."""
@@ -74,7 +73,6 @@ def result_backbone(result: TrainResult, name: str, make_backbone: Callable[[str
 
         return TunedBackbone(name, result.tuned[name])
     return make_backbone(name)
-# ---- end fine-tuning
 
 
 class Predictor:

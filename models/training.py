@@ -78,7 +78,7 @@ def load_result(folder: str | Path) -> TrainResult:
     heads = {name: head_from_keras(folder / HEADS_DIR / f"{name}.keras", report["classes"],
                                    entry["hyperparameters"])
              for name, entry in report["backbones"].items()}
-    # ---- fine-tuning: tuned backbones (their Preprocess layer is registered by the import)
+    # Fine-tuned backbones (their Preprocess layer is registered by the import).
     tuned = {}
     for name in heads:
         path = folder / HEADS_DIR / f"{name}{TUNED_SUFFIX}"
@@ -88,7 +88,6 @@ def load_result(folder: str | Path) -> TrainResult:
             import models.backbones  # noqa: F401
 
             tuned[name] = keras.saving.load_model(path, safe_mode=True)
-    # ---- end fine-tuning
     return TrainResult(report["classes"], heads, report, tuned)
 
 
@@ -259,7 +258,7 @@ def train(
             "train": head.predict_proba(x[:n_train]),
             "test": head.predict_proba(x[n_train:]) if test_kept else None,
         }
-        # ---- fine-tuning: the tuned model replaces the frozen one only where CV prefers it
+        # Fine-tuning: the tuned model replaces the frozen one only where CV prefers it.
         tuning = None
         if fine_tune:
             tuning = fine_tune_backbone(
@@ -272,7 +271,6 @@ def train(
                 head, probs, tuned[name] = tuning.head, tuning.probs, tuning.model
                 calibration["cv_ece_calibrated"] = expected_calibration_error(probs["cv"],
                                                                               y["train"])
-        # ---- end fine-tuning
         heads[name] = head
         all_probs[name] = probs
         entries[name] = _entry(probs, y, samples, classes, val_masks)
