@@ -114,26 +114,15 @@ def _with_preprocessing(spec: BackboneSpec, base, name: str):
     return model
 
 
-class Backbone:
-    """A frozen backbone ready to turn pixels into features (and ImageNet labels).
+class FeatureModel:
+    """A pixels -> features Keras model (`features_model`) with its forward pass: TensorFlow
+    until `use_fastest_runtime` is called, then the runtime that call chose."""
 
-    `weights` is "imagenet" (resolved as in `models.weights`, may download) or None (random
-    weights: for tests and timing only).
-    """
-
-    def __init__(self, name: str, weights: str | None = "imagenet", weights_dir=None):
-        self.spec = get_spec(name)
-        self.name = name
-        self.weights = weights
-        self.weights_dir = weights_dir
-        path = resolve(self.spec.features_weights, weights_dir) if weights == "imagenet" else None
-        self.features_model = _with_preprocessing(
-            self.spec, _base_model(self.spec, path, include_top=False), f"{name}_features"
-        )
-        self._classifier = None
+    def __init__(self, name: str, spec: BackboneSpec, features_model):
+        self.name, self.spec, self.features_model = name, spec, features_model
         self._lock = threading.Lock()
-        self._tf_forward = _compiled(self.features_model)
-        self._forward = None  # the fastest runtime's, chosen on first use
+        self._tf_forward = _compiled(features_model)
+        self._forward = None  # the fastest runtime's, once asked for
 
     @property
     def input_size(self) -> int:
@@ -154,6 +143,23 @@ class Backbone:
             if self._forward is None:
                 shape = (self.input_size, self.input_size, 3)
                 self._forward = fastest_forward(self._tf_forward, shape, self.name)
+
+
+class Backbone(FeatureModel):
+    """A frozen backbone ready to turn pixels into features (and ImageNet labels).
+
+    `weights` is "imagenet" (resolved as in `models.weights`, may download) or None (random
+    weights: for tests and timing only).
+    """
+
+    def __init__(self, name: str, weights: str | None = "imagenet", weights_dir=None):
+        spec = get_spec(name)
+        self.weights = weights
+        self.weights_dir = weights_dir
+        path = resolve(spec.features_weights, weights_dir) if weights == "imagenet" else None
+        super().__init__(name, spec, _with_preprocessing(
+            spec, _base_model(spec, path, include_top=False), f"{name}_features"))
+        self._classifier = None
 
     def classifier(self):
         """The pixels -> 1000 ImageNet probabilities model (built on first use)."""
@@ -195,6 +201,19 @@ def _run(model, pixels: np.ndarray, batch_size: int, forward=None) -> np.ndarray
         for i in range(0, len(pixels), batch_size)
     ]
     return np.concatenate(outs).astype(np.float32)
+
+
+class TunedBackbone(FeatureModel):
+    """A fine-tuned features model (`models.finetune`) with a `Backbone`'s interface for
+    prediction and export. It serves predictions only, so it asks for the fastest runtime on
+    its first pass."""
+
+    def __init__(self, name: str, features_model):
+        super().__init__(name, get_spec(name), features_model)
+
+    def features(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        self.use_fastest_runtime()
+        return super().features(pixels, batch_size)
 
 
 @lru_cache(maxsize=None)

@@ -15,7 +15,6 @@ so and the frozen model stays.
 """
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -354,29 +353,3 @@ def fine_tune(name: str, make_backbone: Callable[[], object], train_items: Seque
     report["seconds"] = round(time.perf_counter() - began, 3)
     return FineTuning(report, tuned, network.features_model(), probs)
 
-
-class TunedBackbone:
-    """A fine-tuned features model with a `Backbone`'s interface for prediction and export:
-    `name`, `spec`, `input_size`, `features_model` and `features(pixels)`."""
-
-    def __init__(self, name: str, features_model):
-        self.name, self.spec = name, get_spec(name)
-        self.features_model = features_model
-        self._lock = threading.Lock()
-        self._forward = None  # the fastest runtime's, chosen on first use
-
-    @property
-    def input_size(self) -> int:
-        return self.spec.input_size
-
-    def features(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """As `models.backbones.Backbone.features` (OpenVINO when it reproduces TensorFlow)."""
-        from models.backbones import _compiled, _run
-        from models.runtime import fastest_forward
-
-        with self._lock:
-            if self._forward is None:
-                shape = (self.input_size, self.input_size, 3)
-                self._forward = fastest_forward(_compiled(self.features_model), shape,
-                                                f"{self.name} (fine-tuned)")
-        return _run(self.features_model, pixels, batch_size, self._forward)

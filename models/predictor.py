@@ -69,7 +69,7 @@ def result_backbone(result: TrainResult, name: str, make_backbone: Callable[[str
     """The backbone `result`'s head for `name` was trained on: its fine-tuned network when it
     has one (see `models.finetune`), else `make_backbone(name)`."""
     if name in result.tuned:
-        from models.finetune import TunedBackbone
+        from models.backbones import TunedBackbone
 
         return TunedBackbone(name, result.tuned[name])
     return make_backbone(name)

@@ -96,6 +96,7 @@ class OpenVinoForward:
                 file.write(_frozen_graph(tf_forward))
             self._model = self._core.read_model(path)
         self._compiled: dict[str, object] = {}
+        self._requests: list = []  # the throughput model's, one per stream, made once
         self._lock = threading.Lock()
 
     def _get(self, hint: str):
@@ -112,14 +113,15 @@ class OpenVinoForward:
             return self._side_by_side(pixels)
 
     def _side_by_side(self, pixels: np.ndarray) -> np.ndarray:
-        compiled = self._get("THROUGHPUT")
-        streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        # Every stream gets work even for a batch of a few images (a merged prediction batch).
+        if not self._requests:
+            compiled = self._get("THROUGHPUT")
+            streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            self._requests = [compiled.create_infer_request() for _ in range(streams)]
+        requests, streams = self._requests, len(self._requests)
+        # Every stream gets work even for a small batch.
         chunk = min(THROUGHPUT_CHUNK, -(-len(pixels) // streams))
-        requests = [compiled.create_infer_request() for _ in range(streams)]
         outputs = []
-        # Waves of one chunk per stream, waited for here: no Python callback ever runs on
-        # OpenVINO's threads (under gevent such a callback keeps the process from exiting).
+        # Waves of one chunk per stream, waited for in order: the outputs need no callback.
         for wave in range(0, len(pixels), chunk * streams):
             running = []
             for request, start in zip(requests, range(wave, min(wave + chunk * streams,
