@@ -31,6 +31,10 @@ DEFAULTS: dict = {
     "WORKER_THREADS": 1,  # jobs run at once per worker process (TensorFlow uses all cores)
     "WORKER_POLL_SECONDS": 1.0,  # longest wait between queue polls when idle
     "STALE_JOB_SECONDS": 900,  # a running job of a worker with no heartbeat, silent this long, is retried
+    # A running job that reported no progress this long is taken from its worker even while
+    # that worker's heartbeat is fresh (a hung thread): queued again, or failed after
+    # JOB_MAX_ATTEMPTS. Far above the longest silent stage (fitting a head, a fine-tuning fold).
+    "JOB_STALL_SECONDS": 3600,
     "JOB_MAX_ATTEMPTS": 2,  # starts of a job whose worker keeps dying before it is failed
     "WORKER_SHUTDOWN_SECONDS": 30,  # SIGTERM: the running job's time to finish, then re-queued
     "PREDICTOR_CACHE_SIZE": 4,  # trained iterations kept loaded per web process

@@ -14,8 +14,10 @@ Lifecycle: `queued` -> `running` -> `succeeded` | `failed` | `cancelled`.
   and stops the run (features computed so far stay in the cache).
 * A job left `running` by a worker that died (killed, machine lost) is queued again, up to
   `JOB_MAX_ATTEMPTS` starts in all, then failed with a message saying so. Every live worker
-  looks for such jobs at each heartbeat: a worker of the same machine is dead when its process
-  is, one of another machine when its heartbeat stopped (`BEAT_TIMEOUT`). The retry is cheap:
+  looks for such jobs at each heartbeat: a worker is dead when its heartbeat stopped
+  (`BEAT_TIMEOUT`), even if its pid still exists (a zombie, or a reused pid), or, on the same
+  machine, when its process is gone or a zombie. So is a job that reported no progress for
+  `JOB_STALL_SECONDS` (a hung worker whose heartbeat thread still runs). The retry is cheap:
   features computed before the crash are in the shared cache.
 * Stopping a worker never loses its job: SIGTERM (`docker stop`, systemd) stops taking jobs
   and lets the running one finish within `WORKER_SHUTDOWN_SECONDS`, then queues it again (not
@@ -291,18 +293,17 @@ class Jobs:
         return found
 
     def recover_stale_jobs(self, *, at_start: bool = False) -> dict[str, list[int]]:
-        """Queue again (or fail, after `JOB_MAX_ATTEMPTS` starts) the running jobs whose
-        worker is gone; returns {"requeued": [ids], "failed": [ids]}.
+        """Queue again (or fail, after `JOB_MAX_ATTEMPTS` starts) the running jobs that are
+        stuck; returns {"requeued": [ids], "failed": [ids]}.
 
         Also queues a message again for queued jobs whose message was lost.
-        A worker is gone when it is a process of this machine that is not alive (or this
-        very process at its start: it runs nothing yet), when its heartbeat stopped
-        `BEAT_TIMEOUT` ago, or, without a heartbeat, when its job has not reported progress
-        for `STALE_JOB_SECONDS`.
+        A job is stuck when `_why_stuck` gives a reason: its worker is gone, or it made no
+        progress for `JOB_STALL_SECONDS` whatever its worker seems to be.
         """
         max_attempts = int(self.app.config["JOB_MAX_ATTEMPTS"])
-        stale = timedelta(seconds=float(self.app.config["STALE_JOB_SECONDS"]))
-        host, me = socket.gethostname(), os.getpid()
+        bounds = _Bounds(stale=timedelta(seconds=float(self.app.config["STALE_JOB_SECONDS"])),
+                         stall=timedelta(seconds=float(self.app.config["JOB_STALL_SECONDS"])),
+                         beat=timedelta(seconds=BEAT_TIMEOUT))
         now = utcnow()
         beats = {b.id: b.seen_at for b in db.session.scalars(sa.select(WorkerBeat))}
         out: dict[str, list[int]] = {"requeued": [], "failed": []}
@@ -311,22 +312,16 @@ class Jobs:
         db.session.commit()
         out["requeued"] += self._requeue_lost_messages(now)
         for job_id, worker, attempts, updated_at in running:
-            owner, _, pid = (worker or "").rpartition(":")
-            if owner == host and pid.isdigit():
-                dead = (int(pid) == me and at_start) or not _pid_alive(int(pid))
-            elif worker in beats:
-                dead = beats[worker] < now - timedelta(seconds=BEAT_TIMEOUT)
-            else:
-                dead = not worker or updated_at < now - stale
-            if not dead:
+            why = _why_stuck(worker, updated_at, beats.get(worker), now, bounds,
+                             at_start=at_start)
+            if why is None:
                 continue
-            if attempts < max_attempts and self.requeue(
-                    job_id, worker, counted=True, why=f"its worker {worker} stopped"):
+            if attempts < max_attempts and self.requeue(job_id, worker, counted=True, why=why):
                 out["requeued"].append(job_id)
             elif attempts >= max_attempts and self._finish(
                     job_id, "failed", from_states=("running",), owner=worker, error=(
-                        f"the worker running this job stopped ({worker}), {attempts} time(s) "
-                        f"out of the {max_attempts} allowed; train again")):
+                        f"the worker running this job stopped or hung ({worker}): {why}; "
+                        f"{attempts} time(s) out of the {max_attempts} allowed; train again")):
                 out["failed"].append(job_id)
         return out
 
@@ -343,6 +338,41 @@ class Jobs:
                 stage=values.pop("stage", state), **values))
         db.session.commit()
         return bool(result.rowcount)
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    """How long a running job may go without progress (`stall`), and a worker without a
+    heartbeat (`beat`; `stale` for the job of a worker that never wrote one)."""
+
+    stale: timedelta
+    stall: timedelta
+    beat: timedelta
+
+
+def _why_stuck(worker: str | None, updated_at, seen_at, now, bounds: _Bounds, *,
+               at_start: bool = False) -> str | None:
+    """Why the running job of `worker` (progress last reported at `updated_at`, heartbeat
+    last seen at `seen_at`, None if it has none) must be taken from it, or None while it is
+    healthy. In order: no worker; no progress for `bounds.stall` (a hung thread in a live
+    worker); a heartbeat older than `bounds.beat` (this wins over a pid that exists: a
+    zombie, or another process that reused the pid); a pid of this machine that is not
+    running (or is this very process at its start: it runs nothing yet); for a worker with
+    no heartbeat on another machine, no progress for `bounds.stale`."""
+    if not worker:
+        return "it has no worker"
+    if updated_at < now - bounds.stall:
+        return f"it reported no progress for {bounds.stall.total_seconds():g} s"
+    if seen_at is not None and seen_at < now - bounds.beat:
+        return f"its worker {worker} stopped (no heartbeat for {bounds.beat.total_seconds():g} s)"
+    owner, _, pid = worker.rpartition(":")
+    if owner == socket.gethostname() and pid.isdigit():
+        if (int(pid) == os.getpid() and at_start) or not _pid_alive(int(pid)):
+            return f"its worker {worker} stopped"
+        return None
+    if seen_at is None and updated_at < now - bounds.stale:
+        return f"its worker {worker} stopped (no heartbeat, no progress)"
+    return None
 
 
 def run_training(app, job_id: int) -> str:
@@ -502,13 +532,25 @@ def summarize(report: dict) -> dict:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine is running: it exists and is not a zombie
+    (exited but not yet reaped by its parent, which `kill(pid, 0)` alone takes for alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass  # exists, owned by another user
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether `pid` is a zombie, from /proc (False where there is no /proc to ask)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rpartition(")")[2].split()  # the name in (...) may hold spaces
+    return bool(fields) and fields[0] in ("Z", "X")
 
 
 def live_workers(within: float = BEAT_TIMEOUT) -> list[WorkerBeat]:
