@@ -44,7 +44,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from web.db import Blob, Iteration, Job, Project, ProjectImage, WorkerBeat, db, utcnow
-from web.storage import Storage
+from web.storage import Storage, older_than, remove_if_older
 
 log = logging.getLogger("transferlab.worker")
 
@@ -224,11 +224,7 @@ class Jobs:
                 self.in_flight.discard(job_id)
 
     def _gc_task(self) -> None:
-        with self.app.app_context():
-            try:
-                collect_garbage(self.storage)
-            finally:
-                db.session.remove()
+        housekeeping(self.app)
 
     def _on_interrupted(self, signal_name, task, *args) -> None:
         """The worker is stopping while `task` runs (SIGINT, or SIGTERM's grace period is
@@ -562,7 +558,8 @@ def live_workers(within: float = BEAT_TIMEOUT) -> list[WorkerBeat]:
 
 def collect_garbage(storage: Storage, grace_seconds: float = 3600) -> int:
     """Delete stored images no project uses any more (spared for `grace_seconds` after their
-    last upload, so a concurrent upload never loses a file); returns how many."""
+    last upload, so a concurrent upload never loses a file); returns how many. Walks the
+    database only: fast enough for a request (see `collect_orphan_files` for the disk)."""
     cutoff = utcnow() - timedelta(seconds=grace_seconds)
     orphans = db.session.scalars(
         sa.select(Blob.sha256).where(
@@ -576,15 +573,48 @@ def collect_garbage(storage: Storage, grace_seconds: float = 3600) -> int:
         db.session.commit()
         for sha in chunk:
             storage.delete_image_files(sha)
-    tmp = storage.root / "tmp"
-    if tmp.is_dir():  # temporary folders of crashed runs
-        for path in tmp.iterdir():
-            try:
-                if time.time() - path.stat().st_mtime > 86400:
-                    shutil.rmtree(path, ignore_errors=True)
-            except OSError:
-                pass
     return len(orphans)
+
+
+def collect_orphan_files(storage: Storage, grace_seconds: float = 3600,
+                         batch: int = 500) -> dict[str, int]:
+    """Remove what no database row names and that is older than `grace_seconds` (by mtime):
+    image files (originals, thumbnails, previews) without a `Blob` row, as a killed upload
+    leaves them (it writes files before rows), and temporary files and folders of crashed
+    writes (see `Storage.temp_files`). Returns {"images": n, "temporary": n} removed.
+
+    The disk is compared with the database `batch` names at a time, so memory stays bounded.
+    Younger files are spared: an upload writes (or refreshes, when the file exists) its
+    files before the rows that name them, so it is never harmed. Slow on a large disk: run
+    by the worker (`housekeeping`), never in a request."""
+    cutoff = older_than(grace_seconds)
+    removed = {"images": 0, "temporary": 0}
+    for files in storage.image_file_batches(batch):
+        known = set(db.session.scalars(sa.select(Blob.sha256).where(
+            Blob.sha256.in_({sha for sha, _ in files}))))
+        db.session.commit()  # no read transaction held across the walk
+        removed["images"] += sum(remove_if_older(path, cutoff)
+                                 for sha, path in files if sha not in known)
+    removed["temporary"] = sum(remove_if_older(path, cutoff) for path in storage.temp_files())
+    return removed
+
+
+def housekeeping(app) -> None:
+    """Free what nothing uses: images no project holds (`collect_garbage`), then files and
+    temporary leftovers without database rows (`collect_orphan_files`), both spared for
+    `ORPHAN_GRACE_SECONDS`. Run at each worker's start and every 30 minutes."""
+    grace = float(app.config["ORPHAN_GRACE_SECONDS"])
+    storage: Storage = app.extensions["transferlab.storage"]
+    with app.app_context():
+        try:
+            images = collect_garbage(storage, grace)
+            orphans = collect_orphan_files(storage, grace)
+            if images or any(orphans.values()):
+                log.info("housekeeping: removed %s unused image(s), %s file(s) without a "
+                         "database row and %s temporary file(s)", images, orphans["images"],
+                         orphans["temporary"])
+        finally:
+            db.session.remove()
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -631,6 +661,13 @@ def _recover(app, jobs: "Jobs", at_start: bool = False) -> None:
             db.session.remove()
 
 
+def _housekeep_once(app) -> None:
+    try:
+        housekeeping(app)
+    except Exception as exc:  # a busy database or an odd file must not kill the worker
+        log.warning("housekeeping failed: %s", exc)
+
+
 def run_worker(app) -> None:
     """Run the Huey consumer for `app` in this process until SIGTERM (graceful: the running
     job may finish within WORKER_SHUTDOWN_SECONDS, else it is queued again) or SIGINT (the
@@ -640,6 +677,8 @@ def run_worker(app) -> None:
                             format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
     jobs: Jobs = app.extensions["transferlab.jobs"]
     _recover(app, jobs, at_start=True)
+    threading.Thread(target=_housekeep_once, args=(app,), daemon=True,
+                     name="housekeeping").start()  # what a crash left; jobs need not wait
     parent = os.environ.get(PARENT_PID_ENV)
     if parent and parent.isdigit():
         threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True,
