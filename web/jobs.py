@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import threading
 import time
 import traceback
@@ -44,7 +45,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from web.db import Blob, Iteration, Job, Project, ProjectImage, WorkerBeat, db, utcnow
-from web.storage import Storage, older_than, remove_if_older
+from web.storage import (Storage, make_reserve, older_than, release_reserve,
+                         remove_if_older)
 
 log = logging.getLogger("transferlab.worker")
 
@@ -55,6 +57,7 @@ PROGRESS_SHARE = 0.97  # training's share of the bar; saving the iteration is th
 BEAT_SECONDS = 5.0  # how often a worker says it is alive
 BEAT_TIMEOUT = 30.0  # a worker silent this long is considered gone
 LOST_MESSAGE_SECONDS = 60.0  # a job queued this long without a queue message is queued again
+RESERVE_NAME = ".disk-reserve"  # next to the SQLite database: see housekeeping, give_up_reserve
 
 
 class JobCancelled(Exception):
@@ -599,16 +602,44 @@ def collect_orphan_files(storage: Storage, grace_seconds: float = 3600,
     return removed
 
 
+def reserve_path(config) -> Path | None:
+    """The disk reserve's file, next to a SQLite database (None for other databases: their
+    server's disk is not ours to manage)."""
+    url = sa.engine.make_url(config["SQLALCHEMY_DATABASE_URI"])
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database).parent / RESERVE_NAME
+
+
+def give_up_reserve(config) -> bool:
+    """Free the disk reserve so that a deletion can be recorded on a full disk; returns
+    whether there was one. The housekeeping makes it again once there is room."""
+    path = reserve_path(config)
+    return path is not None and release_reserve(path)
+
+
+def is_disk_full(exc: sa.exc.DBAPIError) -> bool:
+    """Whether the database failed for want of disk space (SQLite's SQLITE_FULL,
+    PostgreSQL's disk_full)."""
+    orig = exc.orig
+    return (getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            or getattr(orig, "pgcode", None) == "53100" or "disk is full" in str(orig))
+
+
 def housekeeping(app) -> None:
     """Free what nothing uses: images no project holds (`collect_garbage`), then files and
     temporary leftovers without database rows (`collect_orphan_files`), both spared for
-    `ORPHAN_GRACE_SECONDS`. Run at each worker's start and every 30 minutes."""
+    `ORPHAN_GRACE_SECONDS`; then make the disk reserve (`DISK_RESERVE_BYTES`) if it is
+    missing. Run at each worker's start and every 30 minutes."""
     grace = float(app.config["ORPHAN_GRACE_SECONDS"])
     storage: Storage = app.extensions["transferlab.storage"]
+    reserve = reserve_path(app.config)
     with app.app_context():
         try:
             images = collect_garbage(storage, grace)
             orphans = collect_orphan_files(storage, grace)
+            if reserve is not None:
+                make_reserve(reserve, int(app.config["DISK_RESERVE_BYTES"]))
             if images or any(orphans.values()):
                 log.info("housekeeping: removed %s unused image(s), %s file(s) without a "
                          "database row and %s temporary file(s)", images, orphans["images"],

@@ -242,6 +242,41 @@ def remove_if_older(path: Path, cutoff: float) -> bool:
     return True
 
 
+def make_reserve(path: Path, size: int) -> bool:
+    """Hold `size` bytes of the disk in the file `path` (allocated, not sparse), unless it is
+    there already; returns whether it is there now (False on a disk with no room for it:
+    nothing is left behind). See `release_reserve`."""
+    if size <= 0:
+        return False
+    try:
+        if path.stat().st_size >= size:
+            return True
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    except OSError:
+        return False
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return True
+    except OSError:
+        path.unlink(missing_ok=True)
+        return False
+    finally:
+        os.close(fd)
+
+
+def release_reserve(path: Path) -> bool:
+    """Give the disk space held by `make_reserve` back (so that a deletion can be recorded on
+    a full disk); returns whether there was a reserve to give up."""
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
 def older_than(seconds: float) -> float:
     """The epoch time `seconds` ago (a cutoff for `remove_if_older`)."""
     return time.time() - seconds
