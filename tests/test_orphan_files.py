@@ -83,7 +83,7 @@ def test_files_without_rows_and_stale_temporaries_go_the_rest_stays(app):
         _age(storage.thumb_path(sha))
     rng = np.random.default_rng(0)
     doomed, spared = set(), set()
-    for _ in range(1500):  # what a killed upload of 1,500 images leaves
+    for _ in range(500):  # what a killed upload leaves (500 images)
         sha = _sha(rng)
         doomed |= {_put(storage.blob_path(sha)), _put(storage.thumb_path(sha))}
     doomed.add(_put(storage.preview_path(_sha(rng))))
@@ -104,7 +104,7 @@ def test_files_without_rows_and_stale_temporaries_go_the_rest_stays(app):
 
     with app.app_context():
         removed = collect_orphan_files(storage, HOUR, batch=128)
-    assert removed == {"images": len(doomed), "temporary": len(temporaries)}
+    assert removed == {"images": len(doomed), "folders": 0, "temporary": len(temporaries)}
     assert _files(storage.root) == before - doomed - temporaries
     assert spared <= _files(storage.root)
     assert not (storage.root / "tmp" / "dead").exists()
@@ -113,7 +113,55 @@ def test_files_without_rows_and_stale_temporaries_go_the_rest_stays(app):
         assert client.get(f"/api/v1/images/{sha}").status_code == 200
         assert client.get(f"/api/v1/images/{sha}/thumbnail").status_code == 200
     with app.app_context():  # nothing left to do
-        assert collect_orphan_files(storage, HOUR) == {"images": 0, "temporary": 0}
+        assert collect_orphan_files(storage, HOUR) == {"images": 0, "folders": 0,
+                                                       "temporary": 0}
+
+
+def test_project_and_iteration_folders_without_rows_go(app):
+    """A crash between deleting a project's row and its folder, or between saving an
+    iteration's folder and recording it, leaves a folder no row names."""
+    from web.db import Iteration, db
+
+    storage = app.extensions["transferlab.storage"]
+    _upload(app, {"a/1.png": _png(4), "b/2.png": _png(5)})  # project 1
+    with app.app_context():
+        db.session.add(Iteration(project_id=1, number=1, folder=storage.iteration_relpath(1, 1),
+                                 classes=["a", "b"], backbones=["efficientnet_lite0"],
+                                 n_train=2, n_test=0, summary={}))
+        db.session.commit()
+
+    def folder(project_id, number, mtime=OLD):
+        path = storage.resolve(storage.iteration_relpath(project_id, number))
+        _put(path / "report.json", b"{}", mtime)
+        for p in (path, path.parent.parent) if mtime else ():
+            _age(p, mtime)
+        return path
+
+    recorded, unrecorded, saving = folder(1, 1), folder(1, 2), folder(1, 3, mtime=None)
+    deleted_project = folder(7, 1).parent.parent
+    with app.app_context():
+        removed = collect_orphan_files(storage, HOUR)
+    assert removed == {"images": 0, "folders": 2, "temporary": 0}
+    assert not unrecorded.exists() and not deleted_project.exists()
+    assert (recorded / "report.json").is_file() and (saving / "report.json").is_file()
+    assert sorted(p.name for p in (storage.root / "projects").iterdir()) == ["1"]
+    assert sorted(p.name for p in (storage.project_dir(1) / "iterations").iterdir()) == ["1", "3"]
+
+
+def test_the_periodic_task_runs_the_housekeeping(app):
+    """The worker's periodic task (every 30 minutes) is the housekeeping."""
+    import datetime
+
+    storage = app.extensions["transferlab.storage"]
+    jobs = app.extensions["transferlab.jobs"]
+    orphan = _put(storage.blob_path("cd" + "2" * 62))
+    temporary = _put(storage.feature_cache / "k" / "orig" / "cd" / "tmp1.tmp")
+    (periodic,) = [t for t in jobs.huey.read_periodic(datetime.datetime(2026, 1, 1, 5, 30))]
+    assert periodic.name == "transferlab.gc"
+    assert not jobs.huey.read_periodic(datetime.datetime(2026, 1, 1, 5, 31))
+    jobs.gc_task.call_local()
+    assert not orphan.exists() and not temporary.exists()
+    assert (storage.root / ".disk-reserve").stat().st_size == app.config["DISK_RESERVE_BYTES"]
 
 
 def test_the_disk_is_compared_with_the_database_in_bounded_batches(app):
@@ -151,7 +199,8 @@ def test_a_file_reused_by_an_upload_before_its_rows_exist_is_not_collected(app):
     reused, left = _put(storage.blob_path(sha), data), _put(storage.thumb_path(sha), b"jpg")
     storage.put_blob(sha, data, durable=False)  # what the upload's file writer does
     with app.app_context():
-        assert collect_orphan_files(storage, HOUR) == {"images": 1, "temporary": 0}
+        assert collect_orphan_files(storage, HOUR) == {"images": 1, "folders": 0,
+                                                       "temporary": 0}
     assert reused.read_bytes() == data and not left.exists()
     _upload(app, {"c/3.png": data})  # the rows come; the file is there for them
     client = logged_in(app.test_client(), create=False)

@@ -583,22 +583,43 @@ def collect_orphan_files(storage: Storage, grace_seconds: float = 3600,
                          batch: int = 500) -> dict[str, int]:
     """Remove what no database row names and that is older than `grace_seconds` (by mtime):
     image files (originals, thumbnails, previews) without a `Blob` row, as a killed upload
-    leaves them (it writes files before rows), and temporary files and folders of crashed
-    writes (see `Storage.temp_files`). Returns {"images": n, "temporary": n} removed.
+    leaves them (it writes files before rows), project and iteration folders without their
+    row, and temporary files and folders of crashed writes (see `Storage.temp_files`).
+    Returns {"images": n, "folders": n, "temporary": n} removed.
 
     The disk is compared with the database `batch` names at a time, so memory stays bounded.
     Younger files are spared: an upload writes (or refreshes, when the file exists) its
     files before the rows that name them, so it is never harmed. Slow on a large disk: run
     by the worker (`housekeeping`), never in a request."""
     cutoff = older_than(grace_seconds)
-    removed = {"images": 0, "temporary": 0}
+    removed = {"images": 0, "folders": 0, "temporary": 0}
     for files in storage.image_file_batches(batch):
         known = set(db.session.scalars(sa.select(Blob.sha256).where(
             Blob.sha256.in_({sha for sha, _ in files}))))
         db.session.commit()  # no read transaction held across the walk
         removed["images"] += sum(remove_if_older(path, cutoff)
                                  for sha, path in files if sha not in known)
+    removed["folders"] = _collect_project_folders(storage, cutoff)
     removed["temporary"] = sum(remove_if_older(path, cutoff) for path in storage.temp_files())
+    return removed
+
+
+def _collect_project_folders(storage: Storage, cutoff: float) -> int:
+    """Remove project folders without a `Project` row (a crash between deleting the row and
+    the folder) and iteration folders without an `Iteration` row (a crash between saving an
+    iteration and recording it), older than `cutoff`; returns how many."""
+    removed = 0
+    for project_id, folder in storage.project_folders():
+        if db.session.get(Project, project_id) is None:
+            removed += remove_if_older(folder, cutoff)
+            continue
+        recorded = set(db.session.scalars(sa.select(Iteration.folder).where(
+            Iteration.project_id == project_id)))
+        removed += sum(remove_if_older(path, cutoff)
+                       for relpath, path in storage.iteration_folders(project_id)
+                       if relpath not in recorded)
+        db.session.commit()
+    db.session.commit()
     return removed
 
 
@@ -628,7 +649,7 @@ def is_disk_full(exc: sa.exc.DBAPIError) -> bool:
 
 def housekeeping(app) -> None:
     """Free what nothing uses: images no project holds (`collect_garbage`), then files and
-    temporary leftovers without database rows (`collect_orphan_files`), both spared for
+    folders and temporary leftovers without database rows (`collect_orphan_files`), spared for
     `ORPHAN_GRACE_SECONDS`; then make the disk reserve (`DISK_RESERVE_BYTES`) if it is
     missing. Run at each worker's start and every 30 minutes."""
     grace = float(app.config["ORPHAN_GRACE_SECONDS"])
@@ -641,9 +662,9 @@ def housekeeping(app) -> None:
             if reserve is not None:
                 make_reserve(reserve, int(app.config["DISK_RESERVE_BYTES"]))
             if images or any(orphans.values()):
-                log.info("housekeeping: removed %s unused image(s), %s file(s) without a "
-                         "database row and %s temporary file(s)", images, orphans["images"],
-                         orphans["temporary"])
+                log.info("housekeeping: removed %s unused image(s), %s file(s) and %s "
+                         "folder(s) without a database row, %s temporary file(s)", images,
+                         orphans["images"], orphans["folders"], orphans["temporary"])
         finally:
             db.session.remove()
 

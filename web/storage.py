@@ -191,6 +191,18 @@ class Storage:
                 if batch:
                     yield batch
 
+    def project_folders(self) -> Iterator[tuple[int, Path]]:
+        """(project id, folder) of every `projects/<id>` folder on disk."""
+        for entry in _entries(self.root / "projects"):
+            if entry.name.isdigit() and entry.is_dir(follow_symlinks=False):
+                yield int(entry.name), Path(entry.path)
+
+    def iteration_folders(self, project_id: int) -> Iterator[tuple[str, Path]]:
+        """(relative path, folder) of every iteration folder of project `project_id`."""
+        for entry in _entries(self.project_dir(project_id) / "iterations"):
+            if entry.name.isdigit() and entry.is_dir(follow_symlinks=False):
+                yield self.iteration_relpath(project_id, int(entry.name)), Path(entry.path)
+
     def temp_files(self) -> Iterator[Path]:
         """Temporary files and folders a crash can leave: atomic_write's and collection's
         in the image folders, everything under tmp/, the feature cache's `*.tmp`."""
