@@ -216,7 +216,7 @@ def test_files_of_an_upload_killed_midway_are_removed_by_the_next_worker(tmp_pat
 
     instance = tmp_path / "instance"
     server = Server(instance, TRANSFERLAB_WORKER="false").start()
-    storage = Path(instance)
+    storage, upload = Path(instance), None
     try:
         pid = server.post("/api/v1/projects", json={
             "name": "p", "backbones": ["efficientnet_lite0"]}).json()["id"]
@@ -235,7 +235,8 @@ def test_files_of_an_upload_killed_midway_are_removed_by_the_next_worker(tmp_pat
             time.sleep(0.01)
     finally:
         server.stop(sig=signal.SIGKILL)
-        upload.join()
+        if upload is not None:
+            upload.join()
     left = _files(storage / "blobs") | _files(storage / "thumbs")
     with sqlite3.connect(instance / "transferlab.db") as conn:
         assert conn.execute("SELECT count(*) FROM blobs").fetchone()[0] == 1  # only `kept`
