@@ -8,6 +8,7 @@ here imports TensorFlow except the two predict routes, and those run it off the 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 
 import sqlalchemy as sa
@@ -19,7 +20,7 @@ from web import auth
 from web.db import Iteration, Job, Project, ProjectImage, Upload, db, iso, utcnow
 from web.ingest import NOT_STORED, UploadError, check_label, check_split, ingest, upload_name
 from web.jobs import (JobConflict, Jobs, NotEnoughData, QueueUnavailable, class_counts,
-                      collect_garbage, live_workers)
+                      collect_garbage, give_up_reserve, is_disk_full, live_workers)
 from web.near_duplicates import group_images, image_hashes, project_images
 from web.prediction import (BackboneUnavailable, PredictionService, imagenet_backbones,
                             imagenet_candidates, offload, offload_tf)
@@ -329,7 +330,36 @@ def update_project(project_id: int):
     return jsonify(project_json(project))
 
 
+def frees_space(route):
+    """For a deleting route (which must work on a full disk, to free it): if the database's
+    disk is full, give up the disk reserve and run it once more; if there is still no room,
+    a 507 with everything rolled back (nothing deleted)."""
+    @functools.wraps(route)
+    def run(*args, **kwargs):
+        try:
+            return route(*args, **kwargs)
+        except sa.exc.OperationalError as exc:
+            full = exc
+            db.session.rollback()
+            if not is_disk_full(exc):
+                raise
+        if give_up_reserve(current_app.config):
+            log.warning("disk full on %s %s: the disk reserve was given up", request.method,
+                        request.path)
+            try:
+                return route(*args, **kwargs)
+            except sa.exc.OperationalError as exc:
+                full = exc
+                db.session.rollback()
+                if not is_disk_full(exc):
+                    raise
+        raise ApiError(507, f"the disk is full ({full.orig}): nothing was deleted; free some "
+                       "space and retry")
+    return run
+
+
 @bp.delete("/projects/<int:project_id>")
+@frees_space
 def delete_project(project_id: int):
     project = get_project(project_id)
     jobs = _jobs()
@@ -345,7 +375,12 @@ def delete_project(project_id: int):
     db.session.commit()
     _predictions().forget(iteration_ids)
     _storage().delete_project(project_id)
-    collect_garbage(_storage())
+    try:
+        collect_garbage(_storage())
+    except (OSError, sa.exc.OperationalError) as exc:  # done: the housekeeping retries it
+        db.session.rollback()
+        log.warning("project %s deleted; its unused images stay until the next "
+                    "housekeeping: %s", project_id, exc)
     return jsonify({"deleted": project_id})
 
 
@@ -456,6 +491,7 @@ def update_image(project_id: int, sha256: str):
 
 
 @bp.delete("/projects/<int:project_id>/images/<sha256>")
+@frees_space
 def delete_image(project_id: int, sha256: str):
     row = _project_image(project_id, sha256)
     db.session.delete(row)

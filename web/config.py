@@ -31,7 +31,18 @@ DEFAULTS: dict = {
     "WORKER_THREADS": 1,  # jobs run at once per worker process (TensorFlow uses all cores)
     "WORKER_POLL_SECONDS": 1.0,  # longest wait between queue polls when idle
     "STALE_JOB_SECONDS": 900,  # a running job of a worker with no heartbeat, silent this long, is retried
+    # A running job that reported no progress this long is taken from its worker even while
+    # that worker's heartbeat is fresh (a hung thread): queued again, or failed after
+    # JOB_MAX_ATTEMPTS. Far above the longest silent stage (fitting a head, a fine-tuning fold).
+    "JOB_STALL_SECONDS": 3600,
     "JOB_MAX_ATTEMPTS": 2,  # starts of a job whose worker keeps dying before it is failed
+    # The worker's housekeeping (at its start, then every 30 minutes) removes files and folders
+    # with no database row (an upload killed midway), temporary files and unused images once
+    # they are this old: far longer than any upload takes, so one in progress is never harmed.
+    "ORPHAN_GRACE_SECONDS": 3600,
+    # Bytes the housekeeping holds in a file next to a SQLite database and gives up when a
+    # deletion finds the disk full, so that deleting (to free space) works even then.
+    "DISK_RESERVE_BYTES": 8 * 1024 * 1024,
     "WORKER_SHUTDOWN_SECONDS": 30,  # SIGTERM: the running job's time to finish, then re-queued
     "PREDICTOR_CACHE_SIZE": 4,  # trained iterations kept loaded per web process
     "TOP_K": 3,

@@ -14,8 +14,10 @@ Lifecycle: `queued` -> `running` -> `succeeded` | `failed` | `cancelled`.
   and stops the run (features computed so far stay in the cache).
 * A job left `running` by a worker that died (killed, machine lost) is queued again, up to
   `JOB_MAX_ATTEMPTS` starts in all, then failed with a message saying so. Every live worker
-  looks for such jobs at each heartbeat: a worker of the same machine is dead when its process
-  is, one of another machine when its heartbeat stopped (`BEAT_TIMEOUT`). The retry is cheap:
+  looks for such jobs at each heartbeat: a worker is dead when its heartbeat stopped
+  (`BEAT_TIMEOUT`), even if its pid still exists (a zombie, or a reused pid), or, on the same
+  machine, when its process is gone or a zombie. So is a job that reported no progress for
+  `JOB_STALL_SECONDS` (a hung worker whose heartbeat thread still runs). The retry is cheap:
   features computed before the crash are in the shared cache.
 * Stopping a worker never loses its job: SIGTERM (`docker stop`, systemd) stops taking jobs
   and lets the running one finish within `WORKER_SHUTDOWN_SECONDS`, then queues it again (not
@@ -32,6 +34,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import threading
 import time
 import traceback
@@ -42,7 +45,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from web.db import Blob, Iteration, Job, Project, ProjectImage, WorkerBeat, db, utcnow
-from web.storage import Storage
+from web.storage import (Storage, make_reserve, older_than, release_reserve,
+                         remove_if_older)
 
 log = logging.getLogger("transferlab.worker")
 
@@ -53,6 +57,7 @@ PROGRESS_SHARE = 0.97  # training's share of the bar; saving the iteration is th
 BEAT_SECONDS = 5.0  # how often a worker says it is alive
 BEAT_TIMEOUT = 30.0  # a worker silent this long is considered gone
 LOST_MESSAGE_SECONDS = 60.0  # a job queued this long without a queue message is queued again
+RESERVE_NAME = ".disk-reserve"  # next to the SQLite database: see housekeeping, give_up_reserve
 
 
 class JobCancelled(Exception):
@@ -222,11 +227,7 @@ class Jobs:
                 self.in_flight.discard(job_id)
 
     def _gc_task(self) -> None:
-        with self.app.app_context():
-            try:
-                collect_garbage(self.storage)
-            finally:
-                db.session.remove()
+        housekeeping(self.app)
 
     def _on_interrupted(self, signal_name, task, *args) -> None:
         """The worker is stopping while `task` runs (SIGINT, or SIGTERM's grace period is
@@ -291,18 +292,17 @@ class Jobs:
         return found
 
     def recover_stale_jobs(self, *, at_start: bool = False) -> dict[str, list[int]]:
-        """Queue again (or fail, after `JOB_MAX_ATTEMPTS` starts) the running jobs whose
-        worker is gone; returns {"requeued": [ids], "failed": [ids]}.
+        """Queue again (or fail, after `JOB_MAX_ATTEMPTS` starts) the running jobs that are
+        stuck; returns {"requeued": [ids], "failed": [ids]}.
 
         Also queues a message again for queued jobs whose message was lost.
-        A worker is gone when it is a process of this machine that is not alive (or this
-        very process at its start: it runs nothing yet), when its heartbeat stopped
-        `BEAT_TIMEOUT` ago, or, without a heartbeat, when its job has not reported progress
-        for `STALE_JOB_SECONDS`.
+        A job is stuck when `_why_stuck` gives a reason: its worker is gone, or it made no
+        progress for `JOB_STALL_SECONDS` whatever its worker seems to be.
         """
         max_attempts = int(self.app.config["JOB_MAX_ATTEMPTS"])
-        stale = timedelta(seconds=float(self.app.config["STALE_JOB_SECONDS"]))
-        host, me = socket.gethostname(), os.getpid()
+        bounds = _Bounds(stale=timedelta(seconds=float(self.app.config["STALE_JOB_SECONDS"])),
+                         stall=timedelta(seconds=float(self.app.config["JOB_STALL_SECONDS"])),
+                         beat=timedelta(seconds=BEAT_TIMEOUT))
         now = utcnow()
         beats = {b.id: b.seen_at for b in db.session.scalars(sa.select(WorkerBeat))}
         out: dict[str, list[int]] = {"requeued": [], "failed": []}
@@ -311,22 +311,16 @@ class Jobs:
         db.session.commit()
         out["requeued"] += self._requeue_lost_messages(now)
         for job_id, worker, attempts, updated_at in running:
-            owner, _, pid = (worker or "").rpartition(":")
-            if owner == host and pid.isdigit():
-                dead = (int(pid) == me and at_start) or not _pid_alive(int(pid))
-            elif worker in beats:
-                dead = beats[worker] < now - timedelta(seconds=BEAT_TIMEOUT)
-            else:
-                dead = not worker or updated_at < now - stale
-            if not dead:
+            why = _why_stuck(worker, updated_at, beats.get(worker), now, bounds,
+                             at_start=at_start)
+            if why is None:
                 continue
-            if attempts < max_attempts and self.requeue(
-                    job_id, worker, counted=True, why=f"its worker {worker} stopped"):
+            if attempts < max_attempts and self.requeue(job_id, worker, counted=True, why=why):
                 out["requeued"].append(job_id)
             elif attempts >= max_attempts and self._finish(
                     job_id, "failed", from_states=("running",), owner=worker, error=(
-                        f"the worker running this job stopped ({worker}), {attempts} time(s) "
-                        f"out of the {max_attempts} allowed; train again")):
+                        f"the worker running this job stopped or hung ({worker}): {why}; "
+                        f"{attempts} time(s) out of the {max_attempts} allowed; train again")):
                 out["failed"].append(job_id)
         return out
 
@@ -343,6 +337,41 @@ class Jobs:
                 stage=values.pop("stage", state), **values))
         db.session.commit()
         return bool(result.rowcount)
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    """How long a running job may go without progress (`stall`), and a worker without a
+    heartbeat (`beat`; `stale` for the job of a worker that never wrote one)."""
+
+    stale: timedelta
+    stall: timedelta
+    beat: timedelta
+
+
+def _why_stuck(worker: str | None, updated_at, seen_at, now, bounds: _Bounds, *,
+               at_start: bool = False) -> str | None:
+    """Why the running job of `worker` (progress last reported at `updated_at`, heartbeat
+    last seen at `seen_at`, None if it has none) must be taken from it, or None while it is
+    healthy. In order: no worker; no progress for `bounds.stall` (a hung thread in a live
+    worker); a heartbeat older than `bounds.beat` (this wins over a pid that exists: a
+    zombie, or another process that reused the pid); a pid of this machine that is not
+    running (or is this very process at its start: it runs nothing yet); for a worker with
+    no heartbeat on another machine, no progress for `bounds.stale`."""
+    if not worker:
+        return "it has no worker"
+    if updated_at < now - bounds.stall:
+        return f"it reported no progress for {bounds.stall.total_seconds():g} s"
+    if seen_at is not None and seen_at < now - bounds.beat:
+        return f"its worker {worker} stopped (no heartbeat for {bounds.beat.total_seconds():g} s)"
+    owner, _, pid = worker.rpartition(":")
+    if owner == socket.gethostname() and pid.isdigit():
+        if (int(pid) == os.getpid() and at_start) or not _pid_alive(int(pid)):
+            return f"its worker {worker} stopped"
+        return None
+    if seen_at is None and updated_at < now - bounds.stale:
+        return f"its worker {worker} stopped (no heartbeat, no progress)"
+    return None
 
 
 def run_training(app, job_id: int) -> str:
@@ -502,13 +531,25 @@ def summarize(report: dict) -> dict:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine is running: it exists and is not a zombie
+    (exited but not yet reaped by its parent, which `kill(pid, 0)` alone takes for alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass  # exists, owned by another user
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether `pid` is a zombie, from /proc (False where there is no /proc to ask)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rpartition(")")[2].split()  # the name in (...) may hold spaces
+    return bool(fields) and fields[0] in ("Z", "X")
 
 
 def live_workers(within: float = BEAT_TIMEOUT) -> list[WorkerBeat]:
@@ -520,7 +561,8 @@ def live_workers(within: float = BEAT_TIMEOUT) -> list[WorkerBeat]:
 
 def collect_garbage(storage: Storage, grace_seconds: float = 3600) -> int:
     """Delete stored images no project uses any more (spared for `grace_seconds` after their
-    last upload, so a concurrent upload never loses a file); returns how many."""
+    last upload, so a concurrent upload never loses a file); returns how many. Walks the
+    database only: fast enough for a request (see `collect_orphan_files` for the disk)."""
     cutoff = utcnow() - timedelta(seconds=grace_seconds)
     orphans = db.session.scalars(
         sa.select(Blob.sha256).where(
@@ -534,15 +576,97 @@ def collect_garbage(storage: Storage, grace_seconds: float = 3600) -> int:
         db.session.commit()
         for sha in chunk:
             storage.delete_image_files(sha)
-    tmp = storage.root / "tmp"
-    if tmp.is_dir():  # temporary folders of crashed runs
-        for path in tmp.iterdir():
-            try:
-                if time.time() - path.stat().st_mtime > 86400:
-                    shutil.rmtree(path, ignore_errors=True)
-            except OSError:
-                pass
     return len(orphans)
+
+
+def collect_orphan_files(storage: Storage, grace_seconds: float = 3600,
+                         batch: int = 500) -> dict[str, int]:
+    """Remove what no database row names and that is older than `grace_seconds` (by mtime):
+    image files (originals, thumbnails, previews) without a `Blob` row, as a killed upload
+    leaves them (it writes files before rows), project and iteration folders without their
+    row, and temporary files and folders of crashed writes (see `Storage.temp_files`).
+    Returns {"images": n, "folders": n, "temporary": n} removed.
+
+    The disk is compared with the database `batch` names at a time, so memory stays bounded.
+    Younger files are spared: an upload writes (or refreshes, when the file exists) its
+    files before the rows that name them, so it is never harmed. Slow on a large disk: run
+    by the worker (`housekeeping`), never in a request."""
+    cutoff = older_than(grace_seconds)
+    removed = {"images": 0, "folders": 0, "temporary": 0}
+    for files in storage.image_file_batches(batch):
+        known = set(db.session.scalars(sa.select(Blob.sha256).where(
+            Blob.sha256.in_({sha for sha, _ in files}))))
+        db.session.commit()  # no read transaction held across the walk
+        removed["images"] += sum(remove_if_older(path, cutoff)
+                                 for sha, path in files if sha not in known)
+    removed["folders"] = _collect_project_folders(storage, cutoff)
+    removed["temporary"] = sum(remove_if_older(path, cutoff) for path in storage.temp_files())
+    return removed
+
+
+def _collect_project_folders(storage: Storage, cutoff: float) -> int:
+    """Remove project folders without a `Project` row (a crash between deleting the row and
+    the folder) and iteration folders without an `Iteration` row (a crash between saving an
+    iteration and recording it), older than `cutoff`; returns how many."""
+    removed = 0
+    for project_id, folder in storage.project_folders():
+        if db.session.get(Project, project_id) is None:
+            removed += remove_if_older(folder, cutoff)
+            continue
+        recorded = set(db.session.scalars(sa.select(Iteration.folder).where(
+            Iteration.project_id == project_id)))
+        removed += sum(remove_if_older(path, cutoff)
+                       for relpath, path in storage.iteration_folders(project_id)
+                       if relpath not in recorded)
+        db.session.commit()
+    db.session.commit()
+    return removed
+
+
+def reserve_path(config) -> Path | None:
+    """The disk reserve's file, next to a SQLite database (None for other databases: their
+    server's disk is not ours to manage)."""
+    url = sa.engine.make_url(config["SQLALCHEMY_DATABASE_URI"])
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database).parent / RESERVE_NAME
+
+
+def give_up_reserve(config) -> bool:
+    """Free the disk reserve so that a deletion can be recorded on a full disk; returns
+    whether there was one. The housekeeping makes it again once there is room."""
+    path = reserve_path(config)
+    return path is not None and release_reserve(path)
+
+
+def is_disk_full(exc: sa.exc.DBAPIError) -> bool:
+    """Whether the database failed for want of disk space (SQLite's SQLITE_FULL,
+    PostgreSQL's disk_full)."""
+    orig = exc.orig
+    return (getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            or getattr(orig, "pgcode", None) == "53100" or "disk is full" in str(orig))
+
+
+def housekeeping(app) -> None:
+    """Free what nothing uses: images no project holds (`collect_garbage`), then files and
+    folders and temporary leftovers without database rows (`collect_orphan_files`), spared for
+    `ORPHAN_GRACE_SECONDS`; then make the disk reserve (`DISK_RESERVE_BYTES`) if it is
+    missing. Run at each worker's start and every 30 minutes."""
+    grace = float(app.config["ORPHAN_GRACE_SECONDS"])
+    storage: Storage = app.extensions["transferlab.storage"]
+    reserve = reserve_path(app.config)
+    with app.app_context():
+        try:
+            images = collect_garbage(storage, grace)
+            orphans = collect_orphan_files(storage, grace)
+            if reserve is not None:
+                make_reserve(reserve, int(app.config["DISK_RESERVE_BYTES"]))
+            if images or any(orphans.values()):
+                log.info("housekeeping: removed %s unused image(s), %s file(s) and %s "
+                         "folder(s) without a database row, %s temporary file(s)", images,
+                         orphans["images"], orphans["folders"], orphans["temporary"])
+        finally:
+            db.session.remove()
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -589,6 +713,13 @@ def _recover(app, jobs: "Jobs", at_start: bool = False) -> None:
             db.session.remove()
 
 
+def _housekeep_once(app) -> None:
+    try:
+        housekeeping(app)
+    except Exception as exc:  # a busy database or an odd file must not kill the worker
+        log.warning("housekeeping failed: %s", exc)
+
+
 def run_worker(app) -> None:
     """Run the Huey consumer for `app` in this process until SIGTERM (graceful: the running
     job may finish within WORKER_SHUTDOWN_SECONDS, else it is queued again) or SIGINT (the
@@ -598,6 +729,8 @@ def run_worker(app) -> None:
                             format="%(asctime)s worker %(levelname)s %(name)s: %(message)s")
     jobs: Jobs = app.extensions["transferlab.jobs"]
     _recover(app, jobs, at_start=True)
+    threading.Thread(target=_housekeep_once, args=(app,), daemon=True,
+                     name="housekeeping").start()  # what a crash left; jobs need not wait
     parent = os.environ.get(PARENT_PID_ENV)
     if parent and parent.isdigit():
         threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True,

@@ -8,7 +8,10 @@
     tmp/                             temporary files and folders, renamed into place
 
 Every write goes to a temporary name in the same file system and is renamed into place, so a
-crash never leaves a half-written file under a real name and readers never see one.
+crash never leaves a half-written file under a real name and readers never see one. What a
+crash does leave (temporary files, image files whose database rows were never written) is
+removed by the worker's housekeeping (web.jobs.collect_orphan_files) once older than a grace
+period: storing an image file that already exists refreshes its mtime for that reason.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -31,6 +36,11 @@ CONTENT_TYPES = {
     "GIF": "image/gif",
     "TIFF": "image/tiff",
 }
+
+
+TEMP_PREFIX = ".tmp-"  # atomic_write's temporary files, next to their final name
+TRASH_PREFIX = ".gc-"  # a file being collected (see remove_if_older)
+IMAGE_KINDS = {"blobs": "", "thumbs": ".jpg", "previews": ".jpg"}  # folder: file suffix
 
 
 def is_sha256(text: str) -> bool:
@@ -84,16 +94,17 @@ class Storage:
         return self._sharded("previews", sha256, ".jpg")
 
     def put_blob(self, sha256: str, data: bytes, durable: bool = True) -> Path:
-        """Store the original bytes once; an existing blob (same hash, same bytes) is kept.
-        `durable=False`: not fsynced one by one; call `sync()` before relying on it."""
+        """Store the original bytes once; an existing blob (same hash, same bytes) is kept,
+        its mtime refreshed (see `refresh`). `durable=False`: not fsynced one by one; call
+        `sync()` before relying on it."""
         path = self.blob_path(sha256)
-        if not path.is_file():
+        if not refresh(path):
             atomic_write(path, data, durable)
         return path
 
     def put_thumbnail(self, sha256: str, jpeg: bytes, durable: bool = True) -> Path:
         path = self.thumb_path(sha256)
-        if not path.is_file():
+        if not refresh(path):
             atomic_write(path, jpeg, durable)
         return path
 
@@ -105,7 +116,7 @@ class Storage:
 
     def put_preview(self, sha256: str, jpeg: bytes) -> Path:
         path = self.preview_path(sha256)
-        if not path.is_file():
+        if not refresh(path):
             atomic_write(path, jpeg)
         return path
 
@@ -149,8 +160,149 @@ class Storage:
         return final
 
     def delete_project(self, project_id: int) -> None:
+        """Remove the project's folder. Writes nothing first (no new folder), so it works
+        on a full disk; what a crash leaves in tmp/ goes with the housekeeping."""
         folder = self.project_dir(project_id)
-        if folder.exists():
-            trash = self.temp_dir()
-            os.replace(folder, trash / "project")  # vanish at once, delete at leisure
-            shutil.rmtree(trash, ignore_errors=True)
+        if not folder.exists():
+            return
+        trash = self.root / "tmp" / f"deleted-project-{int(project_id)}-{uuid.uuid4().hex}"
+        try:
+            os.replace(folder, trash)  # vanish at once, delete at leisure
+        except OSError:  # no tmp/ folder (or no room for a new name in it): delete in place
+            trash = folder
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # -- housekeeping (web.jobs.collect_orphan_files) -------------------------------------
+
+    def image_file_batches(self, size: int = 500) -> Iterator[list[tuple[str, Path]]]:
+        """The image files on disk (originals, thumbnails, previews) as lists of at most
+        `size` (sha256, path), one shard folder at a time, never listed whole: memory stays
+        bounded by `size` whatever the number of files. Other names are not listed."""
+        for kind, suffix in IMAGE_KINDS.items():
+            for shard in _subfolders(self.root / kind):
+                batch: list[tuple[str, Path]] = []
+                for entry in _entries(shard):
+                    sha = entry.name[:len(entry.name) - len(suffix)] if suffix else entry.name
+                    if entry.name.endswith(suffix) and is_sha256(sha) and entry.is_file():
+                        batch.append((sha, Path(entry.path)))
+                        if len(batch) >= size:
+                            yield batch
+                            batch = []
+                if batch:
+                    yield batch
+
+    def project_folders(self) -> Iterator[tuple[int, Path]]:
+        """(project id, folder) of every `projects/<id>` folder on disk."""
+        for entry in _entries(self.root / "projects"):
+            if entry.name.isdigit() and entry.is_dir(follow_symlinks=False):
+                yield int(entry.name), Path(entry.path)
+
+    def iteration_folders(self, project_id: int) -> Iterator[tuple[str, Path]]:
+        """(relative path, folder) of every iteration folder of project `project_id`."""
+        for entry in _entries(self.project_dir(project_id) / "iterations"):
+            if entry.name.isdigit() and entry.is_dir(follow_symlinks=False):
+                yield self.iteration_relpath(project_id, int(entry.name)), Path(entry.path)
+
+    def temp_files(self) -> Iterator[Path]:
+        """Temporary files and folders a crash can leave: atomic_write's and collection's
+        in the image folders, everything under tmp/, the feature cache's `*.tmp`."""
+        for kind in IMAGE_KINDS:
+            for shard in _subfolders(self.root / kind):
+                for entry in _entries(shard):
+                    if entry.name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
+                        yield Path(entry.path)
+        for entry in _entries(self.root / "tmp"):
+            yield Path(entry.path)
+        for folder, _, names in os.walk(self.feature_cache):
+            for name in names:
+                if name.endswith(".tmp"):
+                    yield Path(folder) / name
+
+
+def refresh(path: Path) -> bool:
+    """Whether the file `path` exists, setting its mtime to now if so: the orphan collection
+    spares files younger than its grace period, so a file about to be recorded in the
+    database (an upload reusing a file left by an earlier, killed one) is never removed."""
+    try:
+        os.utime(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError:  # e.g. not its owner: it exists, but cannot be marked fresh
+        return path.is_file()
+
+
+def remove_if_older(path: Path, cutoff: float) -> bool:
+    """Remove the file or folder `path` if its mtime is before `cutoff` (epoch seconds);
+    returns whether it did. Safe against a concurrent `refresh`: the file is first renamed
+    aside and its mtime read again, so a refresh that came before the rename brings it back
+    and one after it finds no file and writes it anew."""
+    try:
+        if path.lstat().st_mtime >= cutoff:
+            return False
+        aside = path.with_name(f"{TRASH_PREFIX}{uuid.uuid4().hex}-{path.name}")
+        os.replace(path, aside)
+        if aside.lstat().st_mtime >= cutoff:
+            os.replace(aside, path)
+            return False
+    except FileNotFoundError:  # gone meanwhile (another worker's collection)
+        return False
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
+    return True
+
+
+def make_reserve(path: Path, size: int) -> bool:
+    """Hold `size` bytes of the disk in the file `path` (allocated, not sparse), unless it is
+    there already; returns whether it is there now (False on a disk with no room for it:
+    nothing is left behind). See `release_reserve`."""
+    if size <= 0:
+        return False
+    try:
+        if path.stat().st_size >= size:
+            return True
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    except OSError:
+        return False
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return True
+    except OSError:
+        path.unlink(missing_ok=True)
+        return False
+    finally:
+        os.close(fd)
+
+
+def release_reserve(path: Path) -> bool:
+    """Give the disk space held by `make_reserve` back (so that a deletion can be recorded on
+    a full disk); returns whether there was a reserve to give up."""
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def older_than(seconds: float) -> float:
+    """The epoch time `seconds` ago (a cutoff for `remove_if_older`)."""
+    return time.time() - seconds
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """The shard folders of `folder` (256 at most), sorted; none if it does not exist."""
+    return sorted(Path(e.path) for e in _entries(folder) if e.is_dir(follow_symlinks=False))
+
+
+def _entries(folder: Path) -> Iterator[os.DirEntry]:
+    """`os.scandir(folder)` as a generator (nothing if `folder` is missing or not a folder)."""
+    try:
+        with os.scandir(folder) as it:
+            yield from it
+    except (FileNotFoundError, NotADirectoryError):
+        return
