@@ -299,7 +299,7 @@ def _user_for_token(header: str) -> User | None:
 
 
 def _session_lifetime() -> timedelta:
-    return timedelta(seconds=current_app.config["PERMANENT_SESSION_LIFETIME"])
+    return current_app.permanent_session_lifetime
 
 
 def _session_row() -> LoginSession | None:
