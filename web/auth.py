@@ -222,17 +222,21 @@ def _token_hash(token: str) -> str:
 
 
 def check_expires_in_days(value) -> int | None:
-    """None (absent, null or an empty form field: the token never expires) or a whole number
-    of days from 1 to MAX_TOKEN_DAYS (an int, or its digits as a string); else AuthError."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    """None (the token never expires) or a whole number of days from 1 to MAX_TOKEN_DAYS;
+    anything else is an AuthError naming the field and the bounds."""
+    if value is None:
         return None
-    days = value
-    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,6}", value.strip()):
-        days = int(value.strip())
-    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_TOKEN_DAYS:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKEN_DAYS:
         raise AuthError(f"'expires_in_days' must be a whole number of days from 1 to "
                         f"{MAX_TOKEN_DAYS} (or left out: never expires), got {value!r}")
-    return days
+    return value
+
+
+def _form_days(raw: str | None):
+    """The account page's days field as `check_expires_in_days` takes it: empty is None,
+    digits an int, anything else left as it is (to be refused with its value)."""
+    raw = (raw or "").strip()
+    return None if not raw else int(raw) if re.fullmatch(r"[0-9]{1,6}", raw) else raw
 
 
 def issue_token(user: User, name: str, expires_in_days=None) -> tuple[ApiToken, str]:
@@ -514,7 +518,7 @@ def account():
 def account_new_token():
     try:
         row, secret = issue_token(current_user(), request.form.get("name", ""),
-                                  request.form.get("expires_in_days"))
+                                  _form_days(request.form.get("expires_in_days")))
     except AuthError as exc:
         flash(str(exc), "error")
         return redirect(url_for("auth.account"))
