@@ -700,6 +700,34 @@ def test_strangers_log_in_and_see_only_their_own_projects(session, browser, live
         context.close()
 
 
+def test_admin_disables_and_enables_an_account_on_the_account_page(session, browser, live):
+    """(After the test above made bob.) Disabled, bob's login is refused with the reason;
+    enabled again, bob logs in."""
+    page = session.page
+    page.goto("/account")
+    row = page.locator(".account-row", has_text="bob")
+    assert row.locator(".account-status").inner_text() == "active"
+    assert page.locator(".account-row", has_text="ann").locator("button").count() == 0  # not oneself
+    row.locator("button", has_text="Disable").click()
+    page.wait_for_selector(".flashes:has-text('disabled')")
+    assert page.locator(".account-row", has_text="bob").locator(".account-status").inner_text() \
+        == "disabled"
+    context = new_context(browser, live)
+    try:
+        other = context.new_page()
+        other.goto("/login")
+        other.fill("#username", "bob")
+        other.fill("#password", PASSWORD)
+        other.click("#login-btn")
+        assert "This account is disabled" in other.inner_text("#login-error")
+        page.locator(".account-row", has_text="bob").locator("button", has_text="Enable").click()
+        page.wait_for_selector(".flashes:has-text('enabled')")
+        sign_in(other, live, "bob")
+    finally:
+        context.close()
+    session.assert_clean()
+
+
 def test_account_page_makes_an_api_token(session, live):
     page = session.page
     page.goto("/account")
