@@ -1,7 +1,9 @@
 """Accounts and access (web/auth.py): strangers get nowhere and lose nothing.
 
-First-run setup, login/logout, session cookie flags, the instance secret key, CSRF on
-cookie-authenticated writes, API tokens (hashed, revocable, no fallback to the cookie),
+First-run setup (only with the setup code), login/logout (sessions kept on the server, so a
+saved cookie dies with them), disabled accounts, session cookie flags, the instance secret
+key, CSRF on cookie-authenticated writes, API tokens (hashed, revocable, expiring, no
+fallback to the cookie),
 every project/job/image route scoped to its owner (another user's id is a 404), the
 command line, and no password or token in the logs. Flask's test client on a temporary
 instance; the CLI runs as the real `python app.py`.

@@ -4,7 +4,8 @@ Contract:
 - Every request except the login/setup pages, static files and the OpenAPI description needs a
   user: from `Authorization: Bearer <token>` (a personal API token) or else from the session
   cookie set by the login page. Without one, /api/ answers 401 JSON; pages redirect to
-  /login, or to /setup while no account exists (the first visit creates the admin account).
+  /login, or to /setup while no account exists (the first visit creates the admin account,
+  given the setup code: see below).
 - A request carrying an Authorization header is authenticated by that header alone (a bad
   token is a 401, never a fallback to the cookie) and needs no CSRF token: browsers cannot
   send it cross-site. Every other state-changing request (POST/PUT/PATCH/DELETE, including
