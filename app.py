@@ -5,10 +5,15 @@
     python app.py worker     run only a worker (the Huey consumer that trains)
     python app.py create-user NAME [--admin] [--password-stdin]
                              add an account (the first visit to the site creates the admin
-                             account too, when none exists)
+                             account too, when none exists, given the setup code that serving
+                             prints in the log)
     python app.py set-password NAME [--password-stdin]
-    python app.py create-token NAME [--name WHAT-FOR]
+                             (ends the account's sessions)
+    python app.py create-token NAME [--name WHAT-FOR] [--expires-in-days N]
                              print a new API token (Authorization: Bearer <token>)
+    python app.py disable-user NAME | enable-user NAME
+                             a disabled account cannot log in; its sessions end and its
+                             tokens are refused until it is enabled again
 
 Set TRANSFERLAB_WORKER=false to serve without starting a worker (run workers yourself, e.g.
 on other machines with REDIS_URL and DATABASE_URL pointing at shared servers and
@@ -117,11 +122,13 @@ def serve(app) -> None:
         log.info("TRANSFERLAB_WORKER is off: run `python app.py worker` to train")
     log.info("Transferlab on http://%s:%s/ (instance folder %s)", host, port, app.instance_path)
     with app.app_context():
-        from web.auth import has_users
+        from web.auth import SETUP_CODE_FILE, has_users, setup_code
 
         if not has_users():
-            log.info("no account yet: the first visit to http://%s:%s/ creates the admin account "
-                     "(or run `python app.py create-user NAME --admin`)", host, port)
+            log.warning("no account yet: the first visit to http://%s:%s/ creates the admin "
+                        "account with this setup code: %s (also in %s/%s; or run `python app.py "
+                        "create-user NAME --admin`)", host, port, setup_code(), app.instance_path,
+                        SETUP_CODE_FILE)
     server.serve_forever()
 
 

@@ -1,13 +1,16 @@
 """Accounts and access (web/auth.py): strangers get nowhere and lose nothing.
 
-First-run setup, login/logout, session cookie flags, the instance secret key, CSRF on
-cookie-authenticated writes, API tokens (hashed, revocable, no fallback to the cookie),
+First-run setup (only with the setup code), login/logout (sessions kept on the server, so a
+saved cookie dies with them), disabled accounts, session cookie flags, the instance secret
+key, CSRF on cookie-authenticated writes, API tokens (hashed, revocable, expiring, no
+fallback to the cookie),
 every project/job/image route scoped to its owner (another user's id is a 404), the
 command line, and no password or token in the logs. Flask's test client on a temporary
 instance; the CLI runs as the real `python app.py`.
 """
 from __future__ import annotations
 
+import html
 import io
 import logging
 import os
@@ -15,12 +18,14 @@ import re
 import stat
 import subprocess
 import sys
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from conftest import REPO, TEST_PASSWORD, api_token, logged_in, make_zip, page_csrf_token
 
 from web import create_app
-from web.db import ApiToken, Iteration, Job, Project, User, db
+from web.db import ApiToken, Iteration, Job, LoginSession, Project, User, db, utcnow
 
 
 @pytest.fixture
@@ -30,6 +35,11 @@ def app(tmp_path):
 
 def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
+
+
+def setup_code(app) -> str:
+    """The setup code, read as the person running the server does (its instance folder)."""
+    return (Path(app.instance_path) / "setup_code").read_text().strip()
 
 
 # -- first run, login, logout ------------------------------------------------------------------
@@ -45,7 +55,8 @@ def test_first_visit_creates_the_admin_account(app):
     assert r.headers["WWW-Authenticate"].startswith("Bearer")
 
     token = page_csrf_token(client.get("/setup").get_data(as_text=True))
-    form = {"username": "ann", "password": "short", "confirm": "short", "csrf_token": token}
+    form = {"username": "ann", "password": "short", "confirm": "short", "csrf_token": token,
+            "setup_code": setup_code(app)}
     r = client.post("/setup", data=form)
     assert r.status_code == 400 and b"at least 8 characters" in r.data
     form.update(password=TEST_PASSWORD, confirm=TEST_PASSWORD + "x")
@@ -74,8 +85,65 @@ def test_setup_adopts_projects_made_before_accounts_existed(app):
     client = app.test_client()
     token = page_csrf_token(client.get("/setup").get_data(as_text=True))
     client.post("/setup", data={"username": "ann", "password": TEST_PASSWORD,
-                                "confirm": TEST_PASSWORD, "csrf_token": token})
+                                "confirm": TEST_PASSWORD, "csrf_token": token,
+                                "setup_code": setup_code(app)})
     assert [p["name"] for p in client.get("/api/v1/projects").json] == ["old"]
+
+
+def _setup_form(client, **fields) -> dict:
+    token = page_csrf_token(client.get("/setup").get_data(as_text=True))
+    return {"username": "ann", "password": TEST_PASSWORD, "confirm": TEST_PASSWORD,
+            "csrf_token": token, **fields}
+
+
+def test_setup_from_another_address_needs_the_setup_code(app):
+    """A stranger who reaches a fresh server first cannot take the admin account."""
+    stranger = app.test_client()
+    stranger.environ_base["REMOTE_ADDR"] = "10.1.2.3"
+    page = stranger.get("/setup").get_data(as_text=True)
+    assert 'name="setup_code"' in page and "the server's log" in page  # the field and its hint
+    path = Path(app.instance_path) / "setup_code"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    code = setup_code(app)
+    assert len(code) >= 16
+    for given in (None, "", "0" * len(code), code[:-1], code + "0", "ü" * len(code)):
+        form = _setup_form(stranger, username="mallory")
+        if given is not None:
+            form["setup_code"] = given
+        r = stranger.post("/setup", data=form)
+        assert r.status_code == 403 and b"Wrong or missing setup code" in r.data, given
+        assert b"nothing was created" in r.data
+    with app.app_context():
+        assert db.session.scalar(db.select(User)) is None
+    assert stranger.get("/api/v1/me").status_code == 401
+    assert setup_code(app) == code  # a wrong guess changes nothing
+
+    r = stranger.post("/setup", data=_setup_form(stranger, setup_code=f"  {code}\n"))
+    assert r.status_code == 302 and stranger.get("/api/v1/me").json["is_admin"] is True
+    assert not path.exists()  # used up: setup is closed
+
+
+def test_setup_needs_the_code_from_loopback_too(app):
+    """Behind a reverse proxy on the same host every visitor comes from 127.0.0.1."""
+    client = app.test_client()
+    assert client.environ_base.get("REMOTE_ADDR", "127.0.0.1") == "127.0.0.1"
+    assert client.post("/setup", data=_setup_form(client)).status_code == 403
+    with app.app_context():
+        assert db.session.scalar(db.select(User)) is None
+
+
+def test_no_setup_code_is_needed_once_the_admin_was_made_on_the_command_line(app):
+    from web.auth import create_user
+
+    client = app.test_client()
+    form = _setup_form(client, username="mallory")  # the code exists now
+    form["setup_code"] = setup_code(app)
+    with app.app_context():
+        create_user("root", TEST_PASSWORD, admin=True)
+    assert not (Path(app.instance_path) / "setup_code").exists()
+    r = client.post("/setup", data=form)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/login")
+    assert logged_in(client, "root", create=False).get("/api/v1/me").json["username"] == "root"
 
 
 def test_login_logout_and_redirects(app):
@@ -132,6 +200,108 @@ def test_admin_adds_accounts_others_cannot(app):
     bob.post("/account/users", data={"username": "eve", "password": TEST_PASSWORD})
     with app.app_context():
         assert sorted(u.username for u in db.session.scalars(db.select(User))) == ["ann", "bob"]
+
+
+def _copy_of_cookie(client):
+    """Another client holding a copy of `client`'s session cookie (and its CSRF header)."""
+    copy = client.application.test_client()
+    copy.set_cookie("transferlab_session", client.get_cookie("transferlab_session").value)
+    copy.environ_base["HTTP_X_CSRFTOKEN"] = client.environ_base["HTTP_X_CSRFTOKEN"]
+    return copy
+
+
+def _session_rows(app, username="ann") -> int:
+    with app.app_context():
+        return db.session.scalar(db.select(db.func.count()).select_from(LoginSession)
+                                 .join(User).where(User.username == username))
+
+
+def test_a_cookie_saved_before_logout_is_refused_after_it(app):
+    client = logged_in(app.test_client())
+    other_browser = logged_in(app.test_client(), create=False)
+    saved = _copy_of_cookie(client)
+    assert saved.get("/api/v1/me").status_code == 200
+    assert client.post("/logout").status_code == 302
+    assert saved.get("/api/v1/me").status_code == 401
+    r = saved.post("/api/v1/tokens", json={"name": "after logout"})
+    assert r.status_code == 401
+    assert saved.get("/account").headers["Location"].startswith("/login")
+    assert other_browser.get("/api/v1/me").status_code == 200  # logging out here only ends this one
+    assert _session_rows(app) == 1
+    with app.app_context():
+        assert db.session.scalar(db.select(ApiToken)) is None
+
+
+def test_a_cookie_saved_before_a_password_change_is_refused_after_it(app):
+    client = logged_in(app.test_client())
+    saved = _copy_of_cookie(client)
+    new = "another good password"
+    client.post("/account/password", data={"current": TEST_PASSWORD, "password": new,
+                                           "confirm": new})
+    assert client.get("/api/v1/me").status_code == 200  # the browser that changed it stays
+    assert saved.get("/api/v1/me").status_code == 401
+    assert saved.post("/api/v1/tokens", json={"name": "stolen"}).status_code == 401
+    assert _session_rows(app) == 1
+
+
+def test_sessions_expire_on_the_server_and_slide_with_use(app):
+    from web import auth
+
+    client = logged_in(app.test_client())
+    with app.app_context():
+        row = db.session.scalar(db.select(LoginSession))
+        lifetime = app.permanent_session_lifetime
+        assert abs(row.expires_at - (utcnow() + lifetime)) < timedelta(minutes=1)
+        # used a while ago: the next request moves the expiry on
+        row.last_seen_at = utcnow() - timedelta(seconds=auth.SESSION_TOUCH_SECONDS + 5)
+        row.expires_at = utcnow() + timedelta(hours=1)
+        db.session.commit()
+    assert client.get("/api/v1/me").status_code == 200
+    with app.app_context():
+        row = db.session.scalar(db.select(LoginSession))
+        assert row.expires_at > utcnow() + lifetime - timedelta(minutes=1)
+        row.expires_at = utcnow() - timedelta(seconds=1)
+        db.session.commit()
+    assert client.get("/api/v1/me").status_code == 401
+    logged_in(app.test_client(), create=False)  # a new login sweeps the expired row away
+    assert _session_rows(app) == 1
+
+
+def test_admin_disables_and_enables_an_account(app):
+    admin = logged_in(app.test_client())
+    admin.post("/account/users", data={"username": "bob", "password": TEST_PASSWORD})
+    bob = logged_in(app.test_client(), "bob", create=False)
+    bob_token = api_token(app, "bob")
+    with app.app_context():
+        bob_id = db.session.scalar(db.select(User.id).where(User.username == "bob"))
+        ann_id = db.session.scalar(db.select(User.id).where(User.username == "ann"))
+    page = admin.get("/account").get_data(as_text=True)
+    assert re.search(rf'data-id="{bob_id}">\s*<td>bob</td>\s*<td class="account-status">active', page)
+    # only an admin may, and not on their own account
+    assert bob.post(f"/account/users/{ann_id}/disable").status_code == 302
+    assert admin.post(f"/account/users/{ann_id}/disable").status_code == 302
+    assert "cannot disable your own" in admin.get("/account").get_data(as_text=True)
+    assert admin.get("/api/v1/me").status_code == 200
+    assert admin.post("/account/users/999999/disable").status_code == 302
+    assert "no account with id 999999" in admin.get("/account").get_data(as_text=True)
+
+    assert admin.post(f"/account/users/{bob_id}/disable").status_code == 302
+    assert "disabled" in admin.get("/account").get_data(as_text=True)
+    assert bob.get("/api/v1/me").status_code == 401
+    assert bob.post("/api/v1/projects", json={"name": "x"}).status_code == 401
+    r = app.test_client().get("/api/v1/me", headers=bearer(bob_token))
+    assert r.status_code == 401 and r.json["error"] == "account disabled"
+    stranger = app.test_client()
+    t = page_csrf_token(stranger.get("/login").get_data(as_text=True))
+    r = stranger.post("/login", data={"username": "bob", "password": TEST_PASSWORD, "csrf_token": t})
+    assert r.status_code == 401 and b"This account is disabled" in r.data
+    assert stranger.get("/api/v1/me").status_code == 401
+    assert _session_rows(app, "bob") == 0
+
+    assert admin.post(f"/account/users/{bob_id}/enable").status_code == 302
+    assert app.test_client().get("/api/v1/me", headers=bearer(bob_token)).status_code == 200
+    assert bob.get("/api/v1/me").status_code == 401  # its old sessions stay ended
+    assert logged_in(app.test_client(), "bob", create=False).get("/api/v1/me").status_code == 200
 
 
 # -- session cookie and secret key ---------------------------------------------------------------
@@ -258,6 +428,67 @@ def test_api_tokens_are_hashed_listed_and_revocable(app, tmp_path):
     assert client.delete(f"/api/v1/tokens/{token_id}").status_code == 404
     assert client.post("/api/v1/tokens", json={"name": ""}).status_code == 400
     assert client.post("/api/v1/tokens", json={"name": "x" * 101}).status_code == 400
+
+
+def test_tokens_can_expire(app):
+    client = logged_in(app.test_client())
+    r = client.post("/api/v1/tokens", json={"name": "for a month", "expires_in_days": 30})
+    assert r.status_code == 201
+    secret, token_id = r.json["token"], r.json["id"]
+    expires = r.json["expires_at"]
+    with app.app_context():
+        row = db.session.get(ApiToken, token_id)
+        assert abs(row.expires_at - (utcnow() + timedelta(days=30))) < timedelta(minutes=1)
+        assert expires == row.expires_at.replace(microsecond=0).isoformat() + "Z"
+    forever = client.post("/api/v1/tokens", json={"name": "forever"}).json
+    assert forever["expires_at"] is None
+    api = app.test_client()
+    assert api.get("/api/v1/me", headers=bearer(secret)).status_code == 200
+    with app.app_context():
+        row = db.session.get(ApiToken, token_id)
+        row.expires_at, row.last_used_at = utcnow() - timedelta(seconds=1), None
+        db.session.commit()
+    r = api.get("/api/v1/me", headers=bearer(secret))
+    assert r.status_code == 401 and r.json["error"] == "token expired"
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert api.get("/api/v1/me", headers=bearer(forever["token"])).status_code == 200
+    listed = {t["id"]: t for t in client.get("/api/v1/tokens").json}
+    assert listed[token_id]["last_used_at"] is None  # a refused use is not a use
+
+
+@pytest.mark.parametrize("days", [0, -1, 3651, 10**12, 1.5, 2.0, "30", "", True, [], {}])
+def test_expires_in_days_must_be_a_bounded_whole_number(app, days):
+    client = logged_in(app.test_client())
+    r = client.post("/api/v1/tokens", json={"name": "x", "expires_in_days": days})
+    assert r.status_code == 400 and "'expires_in_days' must be a whole number of days from 1 to 3650" \
+        in r.json["error"], days
+    assert client.get("/api/v1/tokens").json == []
+
+
+def test_account_page_sets_and_shows_token_expiry_and_last_use(app):
+    client = logged_in(app.test_client())
+    page = client.post("/account/tokens", data={"name": "weekly", "expires_in_days": "7"})
+    assert page.status_code == 200
+    secret = re.search(r'<code id="new-token">([^<]+)</code>', page.get_data(as_text=True)).group(1)
+    app.test_client().get("/api/v1/me", headers=bearer(secret))
+    client.post("/account/tokens", data={"name": "forever", "expires_in_days": ""})
+    with app.app_context():
+        week = db.session.scalar(db.select(ApiToken).where(ApiToken.name == "weekly"))
+        expiry, used = (week.expires_at.strftime("%Y-%m-%d %H:%M"),
+                        week.last_used_at.strftime("%Y-%m-%d %H:%M"))
+    page = client.get("/account").get_data(as_text=True)
+    rows = dict(re.findall(r'<td>(weekly|forever)</td>(.*?)</tr>', page, re.S))
+    assert f'<td class="token-expires">{expiry}</td>' in rows["weekly"]
+    assert f'<td class="token-last-used">{used}</td>' in rows["weekly"]
+    assert '<td class="token-expires">never</td>' in rows["forever"]
+    assert '<td class="token-last-used">never</td>' in rows["forever"]
+    for bad in ("0", "3651", "-2", "1e3", "x"):
+        r = client.post("/account/tokens", data={"name": "bad", "expires_in_days": bad})
+        assert r.status_code == 302
+        shown = html.unescape(client.get("/account").get_data(as_text=True))
+        assert re.search(rf"'expires_in_days' must be a whole number of days from 1 to 3650 "
+                         rf"\(or left out: never expires\), got '?{re.escape(bad)}'?<", shown), bad
+    assert [t["name"] for t in client.get("/api/v1/tokens").json] == ["weekly", "forever"]
 
 
 def test_a_bad_token_never_falls_back_to_the_session_cookie(app):
@@ -514,9 +745,24 @@ def test_command_line_creates_users_and_tokens(tmp_path):
     app = create_app({"INSTANCE_PATH": str(tmp_path / "instance")})
     me = app.test_client().get("/api/v1/me", headers=bearer(token)).json
     assert me["username"] == "root" and me["is_admin"] is True
+    browser = logged_in(app.test_client(), "root", create=False)
     new = "the new password!"
     assert run("set-password", "root", "--password-stdin", stdin=new + "\n").returncode == 0
+    assert browser.get("/api/v1/me").status_code == 401  # a reset ends every session
     assert logged_in(app.test_client(), "root", new, create=False).get("/api/v1/me").status_code == 200
+
+    out = run("disable-user", "root")
+    assert out.returncode == 0 and "account 'root' disabled" in out.stdout, out.stderr
+    assert app.test_client().get("/api/v1/me", headers=bearer(token)).json["error"] == "account disabled"
+    assert run("enable-user", "root").returncode == 0
+    assert app.test_client().get("/api/v1/me", headers=bearer(token)).status_code == 200
+    assert run("disable-user", "nobody").returncode == 1
+    out = run("create-token", "root", "--expires-in-days", "0")
+    assert out.returncode == 1 and "expires_in_days" in out.stderr
+    out = run("create-token", "root", "--expires-in-days", "2")
+    assert out.returncode == 0, out.stderr
+    expiring = app.test_client().get("/api/v1/tokens", headers=bearer(out.stdout.strip())).json[-1]
+    assert expiring["expires_at"] is not None
 
 
 # -- no secrets in logs --------------------------------------------------------------------------
@@ -527,7 +773,8 @@ def test_passwords_and_tokens_never_reach_the_logs(app, caplog):
     client = app.test_client()
     csrf = page_csrf_token(client.get("/setup").get_data(as_text=True))
     client.post("/setup", data={"username": "ann", "password": TEST_PASSWORD,
-                                "confirm": TEST_PASSWORD, "csrf_token": csrf})
+                                "confirm": TEST_PASSWORD, "csrf_token": csrf,
+                                "setup_code": setup_code(app)})
     client.environ_base["HTTP_X_CSRFTOKEN"] = page_csrf_token(client.get("/").get_data(as_text=True))
     secret = client.post("/api/v1/tokens", json={"name": "logged?"}).json["token"]
     other = app.test_client()

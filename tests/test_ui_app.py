@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -179,11 +180,15 @@ def new_context(browser, live, width=1400, height=1000):
 PASSWORD = "correct horse battery staple"
 
 
-def sign_in(page, username="ann", password=PASSWORD):
+def sign_in(page, live, username="ann", password=PASSWORD):
     """Open the site as a user does: the first visit creates the admin account on the setup
-    page; later visits log in on the login page. Ends on the projects page."""
+    page, with the setup code the server printed in its log; later visits log in on the login
+    page. Ends on the projects page."""
     page.goto("/")
     if "/setup" in page.url:
+        logged = re.search(r"setup code: ([0-9a-f]+)", live.log_path.read_text(errors="replace"))
+        assert logged, "the server did not log the setup code"
+        page.fill("#setup-code", logged.group(1))
         page.fill("#username", username)
         page.fill("#password", password)
         page.fill("#confirm", password)
@@ -201,7 +206,7 @@ def sign_in(page, username="ann", password=PASSWORD):
 def session(browser, live):
     context = new_context(browser, live)
     s = Session(context.new_page())
-    sign_in(s.page)  # the first visit: creates the admin account
+    sign_in(s.page, live)  # the first visit: creates the admin account
     yield s
     context.close()
 
@@ -682,7 +687,7 @@ def test_strangers_log_in_and_see_only_their_own_projects(session, browser, live
         other = Session(context.new_page())
         response = other.page.goto(session.project_url)
         assert "/login?next=" in other.page.url and response.status == 200, other.page.url
-        sign_in(other.page, "bob")
+        sign_in(other.page, live, "bob")
         other.page.wait_for_selector("#project-list:not([aria-busy=true])")
         assert other.page.locator(".project-link").count() == 0
         assert other.page.goto(session.project_url).status == 404
@@ -693,6 +698,34 @@ def test_strangers_log_in_and_see_only_their_own_projects(session, browser, live
         other.assert_clean()
     finally:
         context.close()
+
+
+def test_admin_disables_and_enables_an_account_on_the_account_page(session, browser, live):
+    """(After the test above made bob.) Disabled, bob's login is refused with the reason;
+    enabled again, bob logs in."""
+    page = session.page
+    page.goto("/account")
+    row = page.locator(".account-row", has_text="bob")
+    assert row.locator(".account-status").inner_text() == "active"
+    assert page.locator(".account-row", has_text="ann").locator("button").count() == 0  # not oneself
+    row.locator("button", has_text="Disable").click()
+    page.wait_for_selector(".flashes:has-text('disabled')")
+    assert page.locator(".account-row", has_text="bob").locator(".account-status").inner_text() \
+        == "disabled"
+    context = new_context(browser, live)
+    try:
+        other = context.new_page()
+        other.goto("/login")
+        other.fill("#username", "bob")
+        other.fill("#password", PASSWORD)
+        other.click("#login-btn")
+        assert "This account is disabled" in other.inner_text("#login-error")
+        page.locator(".account-row", has_text="bob").locator("button", has_text="Enable").click()
+        page.wait_for_selector(".flashes:has-text('enabled')")
+        sign_in(other, live, "bob")
+    finally:
+        context.close()
+    session.assert_clean()
 
 
 def test_account_page_makes_an_api_token(session, live):
@@ -720,7 +753,7 @@ def test_near_duplicates_across_train_and_test_are_flagged(browser, live, web_ph
     context = new_context(browser, live)
     s = Session(context.new_page())
     page = s.page
-    sign_in(page)
+    sign_in(page, live)
     page.wait_for_selector("#backbone-list input[value=efficientnet_lite0]")
     for name in ("resnet50", "vgg16", "xception"):
         page.uncheck(f"#bb-{name}")
@@ -761,7 +794,7 @@ def test_readme_screenshots(browser, tmp_path_factory, web_photos):
     try:
         s = Session(context.new_page())
         page = s.page
-        sign_in(page)
+        sign_in(page, live)
         page.wait_for_selector("#backbone-list input[value=efficientnet_lite0]")
         for name in ("resnet50", "vgg16", "xception"):
             page.uncheck(f"#bb-{name}")

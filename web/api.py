@@ -777,7 +777,8 @@ def list_tokens():
 def create_token():
     body = _json_body()
     try:
-        row, secret = auth.issue_token(auth.current_user(), body.get("name"))
+        row, secret = auth.issue_token(auth.current_user(), body.get("name"),
+                                       body.get("expires_in_days"))
     except auth.AuthError as exc:
         raise ApiError(400, str(exc)) from None
     response = jsonify({**auth.token_json(row), "token": secret})

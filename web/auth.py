@@ -4,7 +4,8 @@ Contract:
 - Every request except the login/setup pages, static files and the OpenAPI description needs a
   user: from `Authorization: Bearer <token>` (a personal API token) or else from the session
   cookie set by the login page. Without one, /api/ answers 401 JSON; pages redirect to
-  /login, or to /setup while no account exists (the first visit creates the admin account).
+  /login, or to /setup while no account exists (the first visit creates the admin account,
+  given the setup code: see below).
 - A request carrying an Authorization header is authenticated by that header alone (a bad
   token is a 401, never a fallback to the cookie) and needs no CSRF token: browsers cannot
   send it cross-site. Every other state-changing request (POST/PUT/PATCH/DELETE, including
@@ -12,6 +13,21 @@ Contract:
   header `X-CSRFToken`, which the pages' JavaScript reads from `<meta name="csrf-token">`.
 - Passwords are stored as werkzeug (scrypt) hashes; tokens as their sha256 and shown once.
   Neither is ever logged.
+- Sessions are server-side, so they can be ended: the signed cookie carries only a random
+  session id, and a `login_sessions` row (holding its sha256, the user, and an expiry that
+  slides with use up to PERMANENT_SESSION_LIFETIME) must exist for it to count. Logout deletes
+  the browser's row; a password change deletes all of the user's rows (the browser that changed
+  it gets a new one); disabling an account deletes them all. A table rather than a per-user
+  counter, so logging out in one browser leaves the user's other browsers logged in.
+- A disabled account (admins: account page, or `python app.py disable-user`) cannot log in;
+  its sessions end and its API tokens answer 401 "account disabled" (they work again if it is
+  enabled again). An API token may expire (`expires_in_days`): afterwards a 401 "token expired".
+- First-run setup needs the one-time setup code: written to `<instance>/setup_code` (mode 0600)
+  when first needed, printed in the log by `python app.py` at start while no account exists,
+  and deleted once the first account exists. Required from every address, loopback included:
+  behind a reverse proxy on the same host (without TRUSTED_PROXIES) every visitor would look
+  like loopback, and the server can run in a container where nobody is. Creating the admin
+  with `python app.py create-user NAME --admin` needs no code.
 - `current_user()` is the authenticated user; `owned(query)` scopes a Project query to them.
 """
 from __future__ import annotations
@@ -21,9 +37,11 @@ import getpass
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import sys
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
@@ -43,7 +61,8 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from web.db import ApiToken, Project, User, db, iso, utcnow
+from web.config import write_once
+from web.db import ApiToken, LoginSession, Project, User, db, iso, utcnow
 
 bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()
@@ -55,12 +74,19 @@ PUBLIC_ENDPOINTS = {"static", "auth.login", "auth.setup", "api.openapi", "health
 MIN_PASSWORD, MAX_PASSWORD = 8, 1024
 MAX_USERNAME = 80
 TOKEN_TOUCH_SECONDS = 60  # last_used_at is written at most this often per token
+SESSION_TOUCH_SECONDS = 60  # likewise a session's last_seen_at (and its sliding expiry)
+MAX_TOKEN_DAYS = 3650
+SETUP_CODE_FILE = "setup_code"
 # Compared against when the user name is unknown, so a wrong name costs as long as a wrong password.
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
 
 
 class AuthError(ValueError):
     """A user name, password or token name that cannot be accepted (the message says why)."""
+
+
+class TokenRejected(Exception):
+    """A real API token that may not be used now; the message is the 401's reason."""
 
 
 class SessionInterface(SecureCookieSessionInterface):
@@ -85,6 +111,10 @@ def init_app(app) -> None:
     csrf.init_app(app)
     app.before_request(_guard)
     app.register_blueprint(bp)
+
+    @app.errorhandler(TokenRejected)
+    def _token_rejected(exc: TokenRejected):
+        return _unauthorized(str(exc))
 
     @app.context_processor
     def _user():
@@ -146,14 +176,28 @@ def create_user(username: str, password: str, *, admin: bool = False) -> User:
     except sa.exc.IntegrityError:  # created meanwhile by another request
         db.session.rollback()
         raise AuthError(f"the user name {username!r} is taken") from None
+    if first:
+        _setup_code_path().unlink(missing_ok=True)  # setup is closed from now on
     log.info("account %r created%s", username, " (admin)" if admin else "")
     return user
 
 
 def set_password(user: User, password: str) -> None:
-    """Change the password; the user's other browser sessions are logged out by it."""
+    """Change the password and end every session of the user (the page that changed it
+    then starts a new one for its own browser)."""
     user.password_hash = generate_password_hash(check_password(password))
+    db.session.execute(sa.delete(LoginSession).where(LoginSession.user_id == user.id))
     db.session.commit()
+
+
+def set_disabled(user: User, disabled: bool) -> None:
+    """Disable an account (its sessions end now; its tokens are refused while it stays
+    disabled) or enable it again."""
+    user.is_disabled = disabled
+    if disabled:
+        db.session.execute(sa.delete(LoginSession).where(LoginSession.user_id == user.id))
+    db.session.commit()
+    log.info("account %r %s", user.username, "disabled" if disabled else "enabled")
 
 
 def authenticate(username, password) -> User | None:
@@ -178,15 +222,36 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def issue_token(user: User, name: str) -> tuple[ApiToken, str]:
-    """A new API token for `user`: the row and the secret (returned this once, never stored)."""
+def check_expires_in_days(value) -> int | None:
+    """None (the token never expires) or a whole number of days from 1 to MAX_TOKEN_DAYS;
+    anything else is an AuthError naming the field and the bounds."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKEN_DAYS:
+        raise AuthError(f"'expires_in_days' must be a whole number of days from 1 to "
+                        f"{MAX_TOKEN_DAYS} (or left out: never expires), got {value!r}")
+    return value
+
+
+def _form_days(raw: str | None):
+    """The account page's days field as `check_expires_in_days` takes it: empty is None,
+    digits an int, anything else left as it is (to be refused with its value)."""
+    raw = (raw or "").strip()
+    return None if not raw else int(raw) if re.fullmatch(r"[0-9]{1,6}", raw) else raw
+
+
+def issue_token(user: User, name: str, expires_in_days=None) -> tuple[ApiToken, str]:
+    """A new API token for `user`: the row and the secret (returned this once, never stored).
+    It expires after `expires_in_days` (see `check_expires_in_days`), or never."""
     if not isinstance(name, str) or not name.strip():
         raise AuthError("'name' must be a non-empty string (what the token is for)")
     if len(name.strip()) > 100:
         raise AuthError("'name' is longer than 100 characters")
+    days = check_expires_in_days(expires_in_days)
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(user_id=user.id, name=name.strip(), token_hash=_token_hash(secret),
-                   prefix=secret[:10])
+                   prefix=secret[:10],
+                   expires_at=None if days is None else utcnow() + timedelta(days=days))
     db.session.add(row)
     db.session.commit()
     return row, secret
@@ -209,7 +274,8 @@ def revoke_token(user: User, token_id: int) -> bool:
 
 def token_json(row: ApiToken) -> dict:
     return {"id": row.id, "name": row.name, "prefix": row.prefix,
-            "created_at": iso(row.created_at), "last_used_at": iso(row.last_used_at)}
+            "created_at": iso(row.created_at), "last_used_at": iso(row.last_used_at),
+            "expires_at": iso(row.expires_at)}
 
 
 def user_json(user: User) -> dict:
@@ -226,34 +292,65 @@ def _user_for_token(header: str) -> User | None:
     if row is None:
         return None
     now = utcnow()
+    if row.expires_at is not None and row.expires_at <= now:
+        raise TokenRejected("token expired")
+    user = db.session.get(User, row.user_id)
+    if user.is_disabled:
+        raise TokenRejected("account disabled")
     if row.last_used_at is None or (now - row.last_used_at).total_seconds() > TOKEN_TOUCH_SECONDS:
         row.last_used_at = now
         db.session.commit()
-    return db.session.get(User, row.user_id)
+    return user
 
 
-def _session_fingerprint(user: User) -> str:
-    """Changes with the password, so changing it ends every other session."""
-    return hmac.new(current_app.secret_key.encode(), user.password_hash.encode(),
-                    hashlib.sha256).hexdigest()[:32]
+def _session_lifetime() -> timedelta:
+    return current_app.permanent_session_lifetime
+
+
+def _session_row() -> LoginSession | None:
+    """The row of this browser's session id (None without one: logged out, ended, or a
+    cookie from before sessions were kept on the server)."""
+    sid = session.get("sid")
+    if not isinstance(sid, str) or len(sid) > 100:
+        return None
+    return db.session.scalar(sa.select(LoginSession)
+                             .where(LoginSession.sid_hash == _token_hash(sid)))
 
 
 def login_session(user: User) -> None:
-    session.clear()  # nothing from before the login survives it (incl. the old CSRF token)
+    """Log this browser in as `user`: a new session id (whatever it had before ends)."""
+    end_session()  # nothing from before the login survives it (incl. the old CSRF token)
+    now = utcnow()
+    sid = secrets.token_urlsafe(32)
+    db.session.execute(sa.delete(LoginSession).where(LoginSession.expires_at <= now))
+    db.session.add(LoginSession(user_id=user.id, sid_hash=_token_hash(sid), created_at=now,
+                                last_seen_at=now, expires_at=now + _session_lifetime()))
+    db.session.commit()
     session.permanent = True
-    session["user_id"] = user.id
-    session["auth"] = _session_fingerprint(user)
+    session["sid"] = sid
+
+
+def end_session() -> None:
+    """Log this browser out: its session row is deleted, so a copy of the cookie is useless."""
+    row = _session_row()
+    if row is not None:
+        db.session.delete(row)
+        db.session.commit()
+    session.clear()
 
 
 def _user_for_session() -> User | None:
-    user_id = session.get("user_id")
-    if user_id is None:
+    if "sid" not in session:
         return None
-    user = db.session.get(User, user_id) if isinstance(user_id, int) else None
-    if user is None or not hmac.compare_digest(str(session.get("auth", "")),
-                                               _session_fingerprint(user)):
+    row = _session_row()
+    now = utcnow()
+    user = None if row is None or row.expires_at <= now else db.session.get(User, row.user_id)
+    if user is None or user.is_disabled:
         session.clear()
         return None
+    if (now - row.last_seen_at).total_seconds() > SESSION_TOUCH_SECONDS:
+        row.last_seen_at, row.expires_at = now, now + _session_lifetime()
+        db.session.commit()
     return user
 
 
@@ -280,6 +377,23 @@ def owned_project(project_id: int) -> Project | None:
 
 def has_users() -> bool:
     return db.session.scalar(sa.select(User.id).limit(1)) is not None
+
+
+def _setup_code_path() -> Path:
+    return Path(current_app.instance_path) / SETUP_CODE_FILE
+
+
+def setup_code() -> str:
+    """The one-time code the setup page asks for (made the first time; needs an app context)."""
+    return write_once(_setup_code_path(), lambda: secrets.token_hex(10))
+
+
+def setup_code_matches(given) -> bool:
+    """Whether `given` (what the setup form sent, spaces around it ignored) is the code."""
+    if not isinstance(given, str) or not given.strip():
+        return False
+    return hmac.compare_digest(given.strip().encode("utf-8", "surrogatepass"),
+                               setup_code().encode())
 
 
 # -- the gate -------------------------------------------------------------------------------------
@@ -339,9 +453,15 @@ def setup():
     """The first visit: create the admin account (only while no account exists)."""
     if has_users():
         return redirect(url_for("auth.login"))
+    setup_code()  # made now if missing, so the page's hint holds
     error = None
     if request.method == "POST":
         password, confirm = request.form.get("password"), request.form.get("confirm")
+        if not setup_code_matches(request.form.get("setup_code")):
+            log.warning("setup attempt with a wrong setup code from %s", request.remote_addr)
+            return render_template("setup.html", username=request.form.get("username", ""),
+                                   error="Wrong or missing setup code: copy it from the server's "
+                                         "log or its setup_code file (nothing was created)."), 403
         try:
             if password != confirm:
                 raise AuthError("the two passwords differ")
@@ -362,35 +482,48 @@ def login():
     error = None
     if request.method == "POST":
         user = authenticate(request.form.get("username"), request.form.get("password"))
-        if user is not None:
+        if user is not None and user.is_disabled:
+            error = "This account is disabled: ask an admin to enable it."
+            log.info("login to disabled account %r from %s", user.username, request.remote_addr)
+        elif user is not None:
             login_session(user)
             return redirect(_safe_next(request.args.get("next")))
-        error = "Wrong user name or password."
-        log.info("failed login from %s", request.remote_addr)
+        else:
+            error = "Wrong user name or password."
+            log.info("failed login from %s", request.remote_addr)
     return render_template("login.html", error=error, username=request.form.get("username", "")), \
         401 if error else 200
 
 
 @bp.post("/logout")
 def logout():
-    session.clear()
+    end_session()
     return redirect(url_for("auth.login"))
+
+
+def _account_page(**extra):
+    """The account page: the user's tokens, and for an admin every account."""
+    user = current_user()
+    users = (db.session.scalars(sa.select(User).order_by(User.id)).all() if user.is_admin
+             else [])
+    return render_template("account.html", user=user, tokens=user_tokens(user), users=users,
+                           now=utcnow(), max_token_days=MAX_TOKEN_DAYS, **extra)
 
 
 @bp.route("/account", methods=["GET"])
 def account():
-    return render_template("account.html", user=current_user(), tokens=user_tokens(current_user()))
+    return _account_page()
 
 
 @bp.post("/account/tokens")
 def account_new_token():
     try:
-        row, secret = issue_token(current_user(), request.form.get("name", ""))
+        row, secret = issue_token(current_user(), request.form.get("name", ""),
+                                  _form_days(request.form.get("expires_in_days")))
     except AuthError as exc:
         flash(str(exc), "error")
         return redirect(url_for("auth.account"))
-    return render_template("account.html", user=current_user(), tokens=user_tokens(current_user()),
-                           new_token=secret, new_token_name=row.name)
+    return _account_page(new_token=secret, new_token_name=row.name)
 
 
 @bp.post("/account/tokens/<int:token_id>/delete")
@@ -433,9 +566,25 @@ def account_new_user():
     return redirect(url_for("auth.account"))
 
 
-# -- command line (python app.py create-user | set-password | create-token) ---------------------
+@bp.post("/account/users/<int:user_id>/<any(disable, enable):action>")
+def account_disable_user(user_id: int, action: str):
+    """Admins disable an account (its sessions end, its tokens are refused) or enable it."""
+    target = db.session.get(User, user_id) if user_id <= MAX_ID else None
+    if not current_user().is_admin:
+        flash("Only an admin can disable or enable accounts.", "error")
+    elif target is None:
+        flash(f"There is no account with id {user_id}.", "error")
+    elif target.id == current_user().id:
+        flash("You cannot disable your own account.", "error")
+    else:
+        set_disabled(target, action == "disable")
+        flash(f"Account {target.username!r} {action}d.", "info")
+    return redirect(url_for("auth.account"))
 
-CLI_COMMANDS = ("create-user", "set-password", "create-token")
+
+# -- command line (python app.py create-user | set-password | create-token | disable-user | ...) --
+
+CLI_COMMANDS = ("create-user", "set-password", "create-token", "disable-user", "enable-user")
 
 
 def cli(app, argv: list[str]) -> int:
@@ -451,6 +600,11 @@ def cli(app, argv: list[str]) -> int:
     p = sub.add_parser("create-token", help="print a new API token for an account")
     p.add_argument("username")
     p.add_argument("--name", default="command line", help="what the token is for")
+    p.add_argument("--expires-in-days", type=int, default=None,
+                   help=f"the token stops working after this many days (1-{MAX_TOKEN_DAYS})")
+    for command, what in (("disable-user", "disable an account (ends its sessions, refuses "
+                                           "its tokens)"), ("enable-user", "enable it again")):
+        sub.add_parser(command, help=what).add_argument("username")
     args = parser.parse_args(argv)
 
     def read_password() -> str:
@@ -473,8 +627,11 @@ def cli(app, argv: list[str]) -> int:
             if args.command == "set-password":
                 set_password(user, read_password())
                 print(f"password of {user.username!r} changed")
+            elif args.command in ("disable-user", "enable-user"):
+                set_disabled(user, args.command == "disable-user")
+                print(f"account {user.username!r} {args.command.split('-')[0]}d")
             else:
-                _, secret = issue_token(user, args.name)
+                _, secret = issue_token(user, args.name, args.expires_in_days)
                 print(secret)
             return 0
         except AuthError as exc:

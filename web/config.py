@@ -118,16 +118,25 @@ def finalize(app) -> None:
 
 def instance_secret_key(instance: Path) -> str:
     """The key in `<instance>/secret_key`, generated (secrets.token_hex, mode 0600) the first
-    time. The web process and its workers may start together: the file is written under a
-    temporary name and linked into place, so every process reads the same complete key."""
-    path = instance / SECRET_KEY_FILE
-    if not path.exists():
-        import secrets
+    time (see `write_once`)."""
+    import secrets
 
-        tmp = instance / f".{SECRET_KEY_FILE}.{os.getpid()}"
+    path = instance / SECRET_KEY_FILE
+    key = write_once(path, lambda: secrets.token_hex(32))
+    if len(key) < 32:
+        raise RuntimeError(f"{path} holds no usable key: delete it to have a new one generated")
+    return key
+
+
+def write_once(path: Path, make) -> str:
+    """The text in `path`, written first (mode 0600) from `make()` when the file is missing.
+    The web process and its workers may start together: the file is written under a
+    temporary name and linked into place, so every process reads the same complete text."""
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, secrets.token_hex(32).encode())
+            os.write(fd, make().encode())
         finally:
             os.close(fd)
         try:
@@ -136,10 +145,7 @@ def instance_secret_key(instance: Path) -> str:
             pass
         finally:
             tmp.unlink()
-    key = path.read_text().strip()
-    if len(key) < 32:
-        raise RuntimeError(f"{path} holds no usable key: delete it to have a new one generated")
-    return key
+    return path.read_text().strip()
 
 
 def _truthy(value) -> bool:

@@ -77,7 +77,23 @@ class User(db.Model):
     username: Mapped[str] = mapped_column(sa.String(80), unique=True)
     password_hash: Mapped[str] = mapped_column(sa.String(300))
     is_admin: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    # An admin disabled it: no login, and its sessions and tokens are refused (web.auth).
+    is_disabled: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
+
+
+class LoginSession(db.Model):
+    """A browser login. The session cookie carries a random id; only its sha256 is stored,
+    so deleting the row (logout, password change, disabled account) ends the session."""
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    sid_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(sa.DateTime, index=True)
 
 
 class ApiToken(db.Model):
@@ -93,6 +109,7 @@ class ApiToken(db.Model):
     prefix: Mapped[str] = mapped_column(sa.String(16))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(sa.DateTime, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime, nullable=True)  # None: never
 
 
 class Project(db.Model):
