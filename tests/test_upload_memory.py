@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, bearer_session, make_zip
 from PIL import Image
+from test_datasets import declare_member_size
 from test_web_server import _free_port, _start_app
 
 MIB = 1024 * 1024
@@ -47,20 +47,7 @@ def lying_zip(path: Path, good: dict[str, bytes]) -> None:
             chunk = bytes(MIB)
             for _ in range(INFLATED // MIB):
                 out.write(chunk)
-    data = bytearray(path.read_bytes())
-    crc = zlib.crc32(bytes(DECLARED))
-    with zipfile.ZipFile(path) as archive:
-        local = archive.getinfo(BOMB_MEMBER).header_offset
-    struct.pack_into("<II", data, local + 14, crc, struct.unpack_from("<I", data, local + 18)[0])
-    struct.pack_into("<I", data, local + 22, DECLARED)
-    position = struct.unpack_from("<I", data, len(data) - 22 + 16)[0]  # central directory
-    while data[position:position + 4] == b"PK\x01\x02":
-        name_len, extra_len, comment_len = struct.unpack_from("<HHH", data, position + 28)
-        if data[position + 46:position + 46 + name_len] == BOMB_MEMBER.encode():
-            struct.pack_into("<I", data, position + 16, crc)
-            struct.pack_into("<I", data, position + 24, DECLARED)
-        position += 46 + name_len + extra_len + comment_len
-    path.write_bytes(bytes(data))
+    declare_member_size(path, BOMB_MEMBER, DECLARED, zlib.crc32(bytes(DECLARED)))
 
 
 def png(size, mode="RGB", color=(10, 120, 200)) -> bytes:
