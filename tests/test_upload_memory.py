@@ -28,7 +28,7 @@ from test_datasets import declare_member_size
 from test_web_server import _free_port, _start_app
 
 MIB = 1024 * 1024
-BOUND = 200 * MIB  # the most any one of these uploads may add to a process's peak RSS
+BOUND = 200 * 10**6  # bytes: the most these uploads may add to a process's peak RSS
 BOMB_MEMBER = "cats/bomb.png"
 DECLARED = 100
 INFLATED = 2047 * MIB  # zipfile refuses to write a 2 GiB member without zip64 records
