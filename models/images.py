@@ -136,11 +136,12 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     factor = _reduction_factor(img.size)  # what draft left to do
     if factor > 1:
         stored = _reduced_rgb(img, factor)
-        rgb = _apply_orientation(stored, _orientation(img))
+        orientation = _orientation(img)  # the reduced copy carries no EXIF
     else:
-        stored = img
-        rgb = _to_rgb(_apply_orientation(img))
-    turned = rgb.size != stored.size  # orientation only ever swaps the sides
+        stored, orientation = img, None
+    stored_size = stored.size
+    rgb = _to_rgb(_apply_orientation(stored, orientation))
+    turned = rgb.size != stored_size  # orientation only ever swaps the sides
     rgb.info[ORIGINAL_SIZE] = full_size[::-1] if turned else full_size
     return rgb
 
