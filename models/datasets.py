@@ -17,7 +17,10 @@ inside is ignored and every image at any depth gets ``label``.
 Nothing is extracted to disk. Zip members are read into memory one at a time, and only the
 bytes of accepted samples are kept; or none at all when streaming (``on_sample``: each accepted
 sample is handed over with its decoded image as soon as it is read, and memory does not grow
-with the zip). Problems with individual files never abort a read:
+with the zip). A member is never inflated past the size its header declares (one byte past it
+shows a lie, and rejects the member), so memory is bounded by ``ZipLimits.max_member_size``
+whatever the compressed data holds; only stored and deflated members are read. Problems with
+individual files never abort a read:
 each skipped file becomes a :class:`Rejection` with a short reason, and exact copies of an
 already accepted image become :class:`Duplicate` reports. Only a container that cannot be
 read at all (not a zip, over the zip limits) raises :class:`DatasetError`.
@@ -28,6 +31,7 @@ appears twice the first one visited is kept.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import stat
@@ -68,6 +72,7 @@ _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
 _ZIP_FLAG_ENCRYPTED = 0x1
 _ZIP_FLAG_UTF8 = 0x800
+_BOUNDED_COMPRESSION = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
 
 
 class DatasetError(ValueError):
@@ -785,6 +790,10 @@ def _member_problem(info: zipfile.ZipInfo, filename: str, limits: ZipLimits) -> 
         return "symlink"
     if info.flag_bits & _ZIP_FLAG_ENCRYPTED:
         return "encrypted file"
+    if info.compress_type not in _BOUNDED_COMPRESSION:
+        # zipfile inflates bzip2 and LZMA without an output limit: a few KiB can become GiB.
+        method = zipfile.compressor_names.get(info.compress_type, str(info.compress_type))
+        return f"unsupported zip compression method: {method} (use deflate or store)"
     if _has_suffix(filename, _ARCHIVE_EXTENSIONS):
         return "nested archive"
     if info.file_size > limits.max_member_size:
@@ -801,7 +810,7 @@ def _member_problem(info: zipfile.ZipInfo, filename: str, limits: ZipLimits) -> 
 def _member_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], bytes]:
     def read() -> bytes:
         try:
-            return archive.read(info)
+            return _read_member(archive, info)
         except NotImplementedError:
             raise _ReadFailed("unsupported zip compression method") from None
         except RuntimeError:
@@ -810,6 +819,31 @@ def _member_reader(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[
             raise _ReadFailed("corrupt zip member") from None
 
     return read
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """The member's bytes, inflating at most one byte more than its header declares.
+
+    The header's size cannot be trusted: ``ZipFile.read`` inflates up to 1 GiB per step
+    before cutting the data to the declared size, so a member declaring 100 bytes can cost
+    gigabytes. Here zipfile is asked for ``file_size + 1`` bytes of a copy of ``info`` that
+    declares one byte more (``ZipExtFile.read(n)`` never inflates much beyond ``n``), so the
+    extra byte proves the lie. The declared size was already checked against the limits.
+    Raises :class:`_ReadFailed` for a size mismatch, ``zipfile.BadZipFile`` for a bad CRC.
+    """
+    declared = info.file_size
+    probe = copy.copy(info)
+    probe.file_size = declared + 1
+    del probe.CRC  # zipfile would check it against the wrong length; checked below instead
+    with archive.open(probe) as member:
+        data = member.read(declared + 1)
+    if len(data) > declared:
+        raise _ReadFailed(f"declares {declared} bytes but holds more")
+    if len(data) < declared:
+        raise _ReadFailed(f"declares {declared} bytes but holds only {len(data)}")
+    if zlib.crc32(data) != info.CRC:
+        raise zipfile.BadZipFile(f"bad CRC-32 for {info.filename!r}")
+    return data
 
 
 def _user_label(label: str | None) -> str | None:

@@ -18,12 +18,15 @@ import re
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "ACCEPTED_FORMATS",
     "IMAGE_EXTENSIONS",
+    "DECODE_FULL_PIXELS",
     "MAX_PIXELS",
+    "ORIGINAL_SIZE",
+    "REDUCED_MIN_SIDE",
     "ImageRejected",
     "decode_image",
     "resize_for_model",
@@ -33,6 +36,20 @@ __all__ = [
 
 MAX_PIXELS = 40_000_000
 """Default limit on width * height of an image, checked before any pixel is decoded."""
+
+DECODE_FULL_PIXELS = 4096 * 3072
+"""Images with up to this many pixels (12 Mpixel phone photos, say) are decoded at full size;
+larger ones are reduced (see :func:`decode_image`)."""
+
+REDUCED_MIN_SIDE = 2048
+"""A reduced image keeps at least this many pixels on its longer side: twice the largest size
+the pipeline derives from a decoded image (1024 px previews; thumbnails, near-duplicate hashes
+and backbone inputs are all smaller), so every one of them is still a downscale."""
+
+ORIGINAL_SIZE = "original_size"
+"""Key of ``Image.info`` holding the (width, height) of the full image, as displayed."""
+
+_STRIP_ROWS = 16  # rows of the reduced image converted at a time: about a MiB of full pixels
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 """Pillow format names tried when opening; JPEG files with multi-picture data open as MPO."""
@@ -88,6 +105,13 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     grayscale, CMYK, 16-bit and 32-bit modes are converted to 8-bit RGB; transparent pixels
     are composited onto white.
 
+    Images over ``DECODE_FULL_PIXELS`` are returned reduced by the largest integer factor
+    that keeps their longer side at least ``REDUCED_MIN_SIDE``, so that decoding one costs
+    about its own pixels once rather than several converted copies of them: JPEGs are
+    decoded reduced (``Image.draft``), other formats are reduced a strip at a time right
+    after decoding. Smaller images are decoded exactly as they are stored.
+    ``image.info[ORIGINAL_SIZE]`` is always the full (width, height) after orientation.
+
     Raises :class:`ImageRejected` with one of these reasons (the web layer may show them):
     ``"empty file"``, ``"not an image"``, ``"unsupported image format: <NAME>"``,
     ``"truncated or corrupt image"``, ``"image too large: <W>x<H> pixels (limit <N>)"``
@@ -99,13 +123,27 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise ImageRejected("empty file")
     img = _open(data, max_pixels)
     _check_size(img.size, max_pixels)
+    full_size = img.size
+    factor = _reduction_factor(full_size)
+    if factor > 1:
+        img.draft(None, (full_size[0] // factor, full_size[1] // factor))  # JPEG only
     try:
         img.load()
     except Image.DecompressionBombError:
         raise ImageRejected(_too_large_reason(img.size, max_pixels)) from None
     except Exception:
         raise ImageRejected("truncated or corrupt image") from None
-    return _to_rgb(_apply_orientation(img))
+    factor = _reduction_factor(img.size)  # what draft left to do
+    if factor > 1:
+        stored = _reduced_rgb(img, factor)
+        orientation = _orientation(img)  # the reduced copy carries no EXIF
+    else:
+        stored, orientation = img, None
+    stored_size = stored.size
+    rgb = _to_rgb(_apply_orientation(stored, orientation))
+    turned = rgb.size != stored_size  # orientation only ever swaps the sides
+    rgb.info[ORIGINAL_SIZE] = full_size[::-1] if turned else full_size
+    return rgb
 
 
 def resize_for_model(img: Image.Image, size: int) -> np.ndarray:
@@ -183,12 +221,53 @@ def _too_large_reason(size: tuple[int, int], max_pixels: int) -> str:
     return f"image too large: {size[0]}x{size[1]} pixels (limit {max_pixels})"
 
 
-def _apply_orientation(img: Image.Image) -> Image.Image:
-    """Apply EXIF orientation; a malformed EXIF block leaves the image as stored."""
+def _reduction_factor(size: tuple[int, int]) -> int:
+    """1 for an image decoded at full size, else the factor that reduces it (see decode_image)."""
+    if size[0] * size[1] <= DECODE_FULL_PIXELS:
+        return 1
+    return max(1, max(size) // REDUCED_MIN_SIDE)
+
+
+def _reduced_size(size: tuple[int, int], factor: int) -> tuple[int, int]:
+    return (-(-size[0] // factor), -(-size[1] // factor))
+
+
+def _reduced_rgb(img: Image.Image, factor: int) -> Image.Image:
+    """``img`` reduced by ``factor`` (box averages) and converted to RGB, without a full-size copy.
+
+    Converting first and then reducing would hold several full-size copies (RGBA compositing,
+    16-bit scaling, and ``Image.reduce`` itself premultiplies alpha into a copy), so strips of
+    whole reduction blocks are converted and reduced one at a time.
+    """
+    if img.mode in ("I", "F"):  # scaled by the whole image's value range: reduce it first
+        return _to_rgb(img.reduce(factor))
+    width, height = img.size
+    out = Image.new("RGB", _reduced_size(img.size, factor))
+    step = factor * _STRIP_ROWS
+    for top in range(0, height, step):
+        strip = _to_rgb(img.crop((0, top, width, min(top + step, height))))
+        out.paste(strip.reduce(factor), (0, top // factor))
+    return out
+
+
+def _orientation(img: Image.Image) -> int | None:
+    """The EXIF (or XMP) orientation of ``img``; None when absent or unreadable."""
     try:
-        return ImageOps.exif_transpose(img)
+        return img.getexif().get(ExifTags.Base.Orientation)
     except Exception:
-        return img
+        return None
+
+
+def _apply_orientation(img: Image.Image, orientation: int | None = None) -> Image.Image:
+    """Apply EXIF orientation (``orientation`` when given: ``img`` was made from the decoded
+    image and carries none); a malformed EXIF block leaves the image as stored."""
+    try:
+        if orientation is not None:
+            img.getexif()[ExifTags.Base.Orientation] = orientation
+        ImageOps.exif_transpose(img, in_place=True)  # not a copy of a possibly large image
+    except Exception:
+        pass
+    return img
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -202,13 +281,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         if mode in ("LA", "La", "PA", "RGBa", "RGBA") or (
             mode in ("1", "L", "P", "RGB") and "transparency" in img.info
         ):
-            return _flatten_on_white(img.convert("RGBA"))
+            return _flatten_on_white(img)
         return img.convert("RGB")
     except (ValueError, OSError):
         raise ImageRejected(f"unsupported color mode: {mode}") from None
 
 
-def _flatten_on_white(rgba: Image.Image) -> Image.Image:
+def _flatten_on_white(img: Image.Image) -> Image.Image:
+    rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # convert() would copy an RGBA
     background = Image.new("RGBA", rgba.size, _WHITE + (255,))
     return Image.alpha_composite(background, rgba).convert("RGB")
 

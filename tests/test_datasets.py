@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import os
 import stat
+import struct
+import tracemalloc
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -52,6 +55,24 @@ def mark_encrypted(path: Path, member: str) -> None:
         name_length = int.from_bytes(data[header + 28 : header + 30], "little")
         if data[header + 46 : header + 46 + name_length] == member.encode():
             data[header + 8] |= 0x1
+        header = data.find(b"PK\x01\x02", header + 4)
+    path.write_bytes(bytes(data))
+
+
+def declare_member_size(path: Path, member: str, size: int, crc: int) -> None:
+    """Make ``member``'s local and central headers declare ``size`` bytes with CRC ``crc``,
+    whatever its data holds (what a hand-crafted bomb does)."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        local = archive.getinfo(member).header_offset
+    struct.pack_into("<I", data, local + 14, crc)
+    struct.pack_into("<I", data, local + 22, size)
+    header = data.find(b"PK\x01\x02")
+    while header != -1:
+        name_length = int.from_bytes(data[header + 28 : header + 30], "little")
+        if data[header + 46 : header + 46 + name_length] == member.encode():
+            struct.pack_into("<I", data, header + 16, crc)
+            struct.pack_into("<I", data, header + 24, size)
         header = data.find(b"PK\x01\x02", header + 4)
     path.write_bytes(bytes(data))
 
@@ -435,6 +456,55 @@ def test_zip_limits(tmp_path):
     assert ratio.startswith("suspicious compression ratio")
     big = reasons(read_dataset(path, limits=ZipLimits(max_member_size=2**20)))
     assert big["set.zip:dogs/zeros.png"] == f"file too large: {3 * 2**20} bytes (limit {2**20})"
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED])
+def test_member_holding_more_than_it_declares_is_rejected_without_inflating_it(tmp_path, method):
+    """64 MiB of zeros behind a header that says 100 bytes: refused after reading 101."""
+    path = tmp_path / "liar.zip"
+    with zipfile.ZipFile(path, "w", method) as archive:
+        archive.writestr("cats/a.png", image_bytes())
+        archive.writestr("cats/liar.png", bytes(64 * 2**20))
+        archive.writestr("dogs/b.png", image_bytes())
+    declare_member_size(path, "cats/liar.png", 100, zlib.crc32(bytes(100)))
+    tracemalloc.start()
+    try:
+        ds = read_dataset(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert ds.counts == {"cats": 1, "dogs": 1}
+    assert reasons(ds) == {"liar.zip:cats/liar.png": "declares 100 bytes but holds more"}
+    assert peak < 4 * 2**20, f"reading the zip traced {peak} bytes"
+
+
+def test_member_holding_less_than_it_declares_or_with_a_bad_crc_is_rejected(tmp_path):
+    path = make_zip(tmp_path / "short.zip", {"cats/a.png": image_bytes(),
+                                              "cats/short.png": bytes(100),
+                                              "cats/crc.png": image_bytes()})
+    declare_member_size(path, "cats/short.png", 200, zlib.crc32(bytes(200)))
+    with zipfile.ZipFile(path) as archive:
+        size = archive.getinfo("cats/crc.png").file_size
+    declare_member_size(path, "cats/crc.png", size, 12345)
+    ds = read_dataset(path)
+    assert ds.counts == {"cats": 1}
+    assert reasons(ds) == {"short.zip:cats/short.png": "declares 200 bytes but holds only 100",
+                           "short.zip:cats/crc.png": "corrupt zip member"}
+
+
+def test_bzip2_and_lzma_members_are_rejected_unread(tmp_path):
+    """zipfile inflates these without an output limit, so they are never opened."""
+    path = tmp_path / "methods.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("cats/a.png", image_bytes(), zipfile.ZIP_DEFLATED)
+        archive.writestr("cats/b.png", image_bytes(), zipfile.ZIP_BZIP2)
+        archive.writestr("cats/c.png", image_bytes(), zipfile.ZIP_LZMA)
+    ds = read_dataset(path)
+    assert ds.counts == {"cats": 1}
+    assert reasons(ds) == {
+        "methods.zip:cats/b.png": "unsupported zip compression method: bzip2 (use deflate or store)",
+        "methods.zip:cats/c.png": "unsupported zip compression method: lzma (use deflate or store)",
+    }
 
 
 def test_oversized_image_in_a_zip_is_a_member_level_rejection(tmp_path):

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
+from models import images
 from models.images import (
     MAX_PIXELS,
+    ORIGINAL_SIZE,
     ImageRejected,
     decode_image,
     resize_for_model,
@@ -142,6 +144,77 @@ def test_half_transparent_black_on_white_is_mid_grey():
 @pytest.mark.parametrize("mode, color, expected", [("L", 80, (80,) * 3), ("1", 1, WHITE)])
 def test_grayscale_and_bilevel_become_rgb(mode, color, expected):
     assert decode_image(encode(Image.new(mode, (8, 8), color), "PNG")).getpixel((3, 3)) == expected
+
+
+# --- large images: decoded reduced --------------------------------------------------------
+
+
+@pytest.fixture
+def small_limits(monkeypatch):
+    """Thresholds scaled down so that a 400x300 image counts as large (reduced to >= 64 px)."""
+    monkeypatch.setattr(images, "DECODE_FULL_PIXELS", 10_000)
+    monkeypatch.setattr(images, "REDUCED_MIN_SIDE", 64)
+
+
+def gradient(mode: str, size=(400, 300)) -> Image.Image:
+    """A smooth picture: red rising left to right, green top to bottom, alpha varying."""
+    x = np.linspace(0, 255, size[0])[None, :].repeat(size[1], 0)
+    y = np.linspace(0, 255, size[1])[:, None].repeat(size[0], 1)
+    rgba = np.stack([x, y, np.full_like(x, 90), 255 - x / 2], axis=-1).astype(np.uint8)
+    return Image.fromarray(rgba, "RGBA").convert(mode)
+
+
+def test_images_up_to_the_limit_decode_at_full_size_as_before(small_limits):
+    data = encode(gradient("RGBA", (100, 100)), "PNG")  # exactly DECODE_FULL_PIXELS
+    img = decode_image(data)
+    assert img.size == img.info[ORIGINAL_SIZE] == (100, 100)
+    reference = Image.alpha_composite(Image.new("RGBA", (100, 100), WHITE + (255,)),
+                                      Image.open(io.BytesIO(data))).convert("RGB")
+    assert np.array_equal(np.asarray(img), np.asarray(reference))
+
+
+def test_large_jpeg_is_decoded_reduced_with_its_full_size_recorded(small_limits):
+    img = decode_image(encode(gradient("RGB"), "JPEG", quality=95))
+    assert img.size == (100, 75)  # libjpeg's 1/4 scale: the most that keeps 66x50 (1/6)
+    assert img.info[ORIGINAL_SIZE] == (400, 300)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_orientation_of_a_reduced_image_is_applied(small_limits, fmt):
+    stored = Image.new("RGB", (400, 200), RED)
+    stored.paste(BLUE, (200, 0, 400, 200))  # left half red, right half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the stored left edge ends up on top
+    img = decode_image(encode(stored, fmt, exif=exif.tobytes()))
+    assert img.info[ORIGINAL_SIZE] == (200, 400)
+    assert img.width < img.height < 400
+    assert_close(img.getpixel((img.width // 2, 5)), RED, tol=30)
+    assert_close(img.getpixel((img.width // 2, img.height - 5)), BLUE, tol=30)
+
+
+@pytest.mark.parametrize("mode, fmt", [("RGBA", "PNG"), ("LA", "PNG"), ("P", "PNG"),
+                                       ("RGB", "PNG"), ("L", "TIFF"), ("CMYK", "TIFF"),
+                                       ("I;16", "PNG"), ("I", "TIFF"), ("F", "TIFF")])
+def test_reduced_image_looks_like_the_full_one_at_model_size(small_limits, monkeypatch, mode,
+                                                             fmt):
+    """What a backbone sees (a 64 px input) hardly changes when a large image is reduced."""
+    if mode in ("I;16", "I", "F"):  # high-depth grey: values up to 25500
+        dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+        source = Image.fromarray(np.asarray(gradient("L")).astype(dtype) * 100)
+    else:
+        source = gradient("RGBA").convert(mode)
+    assert source.mode == mode
+    data = encode(source, fmt)
+    reduced = decode_image(data)
+    assert reduced.mode == "RGB" and reduced.size == (67, 50)  # 400x300 / 6, rounded up
+    assert reduced.info[ORIGINAL_SIZE] == (400, 300)
+    monkeypatch.setattr(images, "DECODE_FULL_PIXELS", MAX_PIXELS)
+    full = decode_image(data)
+    assert full.size == (400, 300)
+    difference = np.abs(resize_for_model(reduced, 64).astype(int)
+                        - resize_for_model(full, 64).astype(int))
+    assert difference.mean() < 1 and difference.max() <= 8, (difference.mean(),
+                                                                difference.max())
 
 
 # --- rejections -----------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from models.datasets import (
     read_image_file,
     read_zip,
 )
-from models.images import MAX_PIXELS, thumbnail_jpeg
+from models.images import MAX_PIXELS, ORIGINAL_SIZE, thumbnail_jpeg
 from web.db import Blob, ProjectImage, Upload, db, utcnow
 from web.prediction import offload
 from web.storage import CONTENT_TYPES, Storage
@@ -79,9 +79,10 @@ class FileStore:
         except OSError as exc:
             self.rejected.append(Rejection(sample.source, f"{NOT_STORED} ({exc.strerror or exc})"))
             return
+        width, height = image.info.get(ORIGINAL_SIZE, image.size)  # a large one is reduced
         self.stored.append(Stored(sample.without_data(), len(sample.data),
                                   CONTENT_TYPES.get(fmt, "application/octet-stream"),
-                                  image.width, image.height))
+                                  width, height))
 
 
 def upload_name(filename: str | None, index: int) -> str:
