@@ -32,7 +32,6 @@ from flask import (
     current_app,
     flash,
     g,
-    jsonify,
     redirect,
     render_template,
     request,
@@ -44,6 +43,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from web.db import ApiToken, Project, User, db, iso, utcnow
+from web.problems import problem
 
 bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()
@@ -94,9 +94,7 @@ def init_app(app) -> None:
     def _csrf_error(exc: CSRFError):
         """JSON under /api/; the login and setup forms come back with a fresh token."""
         if request.path.startswith("/api/"):
-            response = jsonify({"error": exc.description})
-            response.status_code = 400
-            return response
+            return problem(400, exc.description, kind="csrf")
         if request.endpoint in ("auth.login", "auth.setup"):
             template = "login.html" if request.endpoint == "auth.login" else "setup.html"
             return render_template(template, error="The form had expired: please try again.",
@@ -309,8 +307,7 @@ def _guard():
 
 
 def _unauthorized(message: str):
-    response = jsonify({"error": message})
-    response.status_code = 401
+    response = problem(401, message)
     response.headers["WWW-Authenticate"] = 'Bearer realm="transferlab"'
     return response
 
