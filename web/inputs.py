@@ -6,7 +6,7 @@ Contract:
   not JSON, not an object, nested deeper than MAX_JSON_DEPTH (however deep: even 100,000
   `[` answer 400, never a RecursionError), or holds a string or key that UTF-8 cannot
   encode (a lone surrogate such as `\\ud800`, which the database could not store). A body
-  over `max_bytes` is werkzeug's 413.
+  over `max_bytes` is werkzeug's 413, however the request is authenticated.
 - `init_app(app)` replaces the `int` URL converter with `BoundedInt`: a path id larger than
   MAX_ID (no row can have it; SQLite would overflow on it) answers 400 naming the id,
   on every route, rather than an OverflowError deep in a query. Call it before any
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter
 
 MAX_JSON_DEPTH = 32  # the API's bodies are flat objects; far below Python's recursion limit
@@ -32,7 +32,13 @@ def read_json_object(request, max_bytes: int) -> dict:
     request.max_content_length = max_bytes  # werkzeug answers 413 beyond it
     if not request.is_json:
         raise BadInput("send a JSON object (Content-Type: application/json)")
+    # Checked here too: the CSRF check may have opened the body's stream before this limit
+    # was set, and werkzeug applies it only to a stream opened after.
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise RequestEntityTooLarge()
     data = request.get_data(cache=True)
+    if len(data) > max_bytes:
+        raise RequestEntityTooLarge()
     if not data.strip():
         raise BadInput("send a JSON object (Content-Type: application/json): the body is empty")
     try:
