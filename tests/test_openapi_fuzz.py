@@ -56,7 +56,8 @@ def fuzz_app(web_photos):
     z = make_zip({f"{label}/{i}.jpg": web_photos[label][i] for label in ("cat", "coffee") for i in range(2)})
     client.post(f"/api/v1/projects/{pid}/images", data={"file": (io.BytesIO(z), "d.zip")}, headers=auth)
     client.post(f"/api/v1/projects/{pid}/train", headers=auth)
-    return {"app": APP, "auth": auth}
+    sha256 = client.get(f"/api/v1/projects/{pid}/images", headers=auth).json[0]["sha256"]
+    return {"app": APP, "auth": auth, "sha256": sha256}
 
 
 @schema.parametrize()
@@ -75,3 +76,47 @@ def test_fuzz_summary():
         pytest.skip("run with the fuzz cases (the whole file)")
     assert not [code for code in SEEN if code >= 500], SEEN
     assert SEEN[200] + SEEN[201] + SEEN[202] > 0, "the seeded project was never reached"
+
+
+# -- shapes random generation rarely reaches, sent to every operation they apply to ------------
+
+HUGE_ID = 2**70  # beyond SQLite's 64-bit integers
+HOSTILE_BODIES = {
+    "lone-surrogate": b'{"name": "\\ud800", "label": "\\udfff"}',
+    "surrogate-key": b'{"\\ud800": 1}',
+    "deep-nesting": b"[" * 100_000,
+    "deep-nesting-in-a-field": b'{"name": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+}
+OPERATIONS = [result.ok() for result in schema.get_all_operations()]
+JSON_OPERATIONS = [op for op in OPERATIONS if any(b.media_type == "application/json" for b in op.body)]
+ID_OPERATIONS = [op for op in OPERATIONS
+                 if {p.name for p in op.path_parameters} & {"project_id", "job_id", "token_id"}]
+
+
+def _path_values(operation, fuzz_app, **override):
+    """Path parameters that reach the route's own checks: the seeded project and its image."""
+    values = {"project_id": 1, "job_id": 1, "token_id": 1, "sha256": fuzz_app["sha256"], **override}
+    return {p.name: values[p.name] for p in operation.path_parameters}
+
+
+@pytest.mark.parametrize("shape", sorted(HOSTILE_BODIES))
+@pytest.mark.parametrize("operation", JSON_OPERATIONS, ids=lambda op: op.label)
+def test_hostile_json_bodies_are_documented_400s(operation, shape, fuzz_app):
+    case = operation.Case(path_parameters=_path_values(operation, fuzz_app),
+                          body=HOSTILE_BODIES[shape], media_type="application/json")
+    response = case.call_and_validate(headers=fuzz_app["auth"], checks=CHECKS)
+    SEEN[response.status_code] += 1
+    assert response.status_code == 400, response.text
+    assert ("lone surrogate" if "surrogate" in shape else "nested too deeply") in response.json()["error"]
+
+
+@pytest.mark.parametrize("operation", ID_OPERATIONS, ids=lambda op: op.label)
+def test_path_ids_beyond_64_bits_are_documented_400s(operation, fuzz_app):
+    for name in {p.name for p in operation.path_parameters} & {"project_id", "job_id", "token_id"}:
+        body = {} if any(b.media_type == "application/json" for b in operation.body) else None
+        kwargs = {"body": body, "media_type": "application/json"} if body is not None else {}
+        case = operation.Case(path_parameters=_path_values(operation, fuzz_app, **{name: HUGE_ID}),
+                              **kwargs)
+        response = case.call_and_validate(headers=fuzz_app["auth"], checks=CHECKS)
+        SEEN[response.status_code] += 1
+        assert response.status_code == 400 and "too large" in response.json()["error"], response.text
