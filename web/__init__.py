@@ -1,8 +1,8 @@
 """Transferlab's web app: the application factory.
 
-`create_app()` wires configuration (`web.config`), bounded URL ids (`web.inputs`), the database (`web.db`),
-accounts, sessions and CSRF (`web.auth`), security headers and the Origin check
-(`web.security`), file storage
+`create_app()` wires configuration (`web.config`), bounded URL ids (`web.inputs`), the
+database (`web.db`), accounts, sessions and CSRF (`web.auth`), security headers and the Origin
+check (`web.security`), file storage
 (`web.storage`), the job queue (`web.jobs`), prediction (`web.prediction`), the JSON API
 (`web.api`) and the HTML pages (`web.pages`). Creating the app never imports TensorFlow.
 """

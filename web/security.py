@@ -29,8 +29,9 @@ from werkzeug.exceptions import Forbidden
 from web.problems import problem
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
-PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-               "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
+               "img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+               "form-action 'self'; frame-ancestors 'none'")
 OTHER_POLICY = "default-src 'none'; frame-ancestors 'none'"
 HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
            "Referrer-Policy": "same-origin"}
