@@ -19,9 +19,9 @@ from models.registry import BACKBONES, DEFAULT_BACKBONES, OFFLINE_BACKBONE, avai
 from web import auth
 from web.db import Iteration, Job, Project, ProjectImage, Upload, db, iso, utcnow
 from web.ingest import NOT_STORED, UploadError, check_label, check_split, ingest, upload_name
+from web.inputs import BadInput, read_json_object
 from web.jobs import (JobConflict, Jobs, NotEnoughData, QueueUnavailable, class_counts,
                       collect_garbage, live_workers)
-from web.inputs import BadInput, read_json_object
 from web.near_duplicates import group_images, image_hashes, project_images
 from web.prediction import (BackboneUnavailable, PredictionService, imagenet_backbones,
                             imagenet_candidates, offload, offload_tf)

@@ -43,7 +43,6 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from web.db import ApiToken, Project, User, db, iso, utcnow
-from web.problems import problem
 
 bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()
@@ -94,6 +93,8 @@ def init_app(app) -> None:
     def _csrf_error(exc: CSRFError):
         """JSON under /api/; the login and setup forms come back with a fresh token."""
         if request.path.startswith("/api/"):
+            from web.problems import problem
+
             return problem(400, exc.description, kind="csrf")
         if request.endpoint in ("auth.login", "auth.setup"):
             template = "login.html" if request.endpoint == "auth.login" else "setup.html"
@@ -307,6 +308,8 @@ def _guard():
 
 
 def _unauthorized(message: str):
+    from web.problems import problem  # here, not at the top: keeps merges with auth's imports clean
+
     response = problem(401, message)
     response.headers["WWW-Authenticate"] = 'Bearer realm="transferlab"'
     return response
