@@ -5,8 +5,8 @@ Contract:
   `Referrer-Policy: same-origin`. HTML pages carry PAGE_POLICY as their
   Content-Security-Policy: scripts, styles, fonts and requests only from this site (the
   pages load their own ES modules; no inline script, style attribute or handler), images
-  also from blob:/data: (upload previews), no plugins, no <base>, forms post only here,
-  and no site may frame them. Other responses without a policy of their own get
+  also from blob: (previews of dropped images), no plugins, no <base>, forms post only
+  here, and no site may frame them. Other responses without a policy of their own get
   OTHER_POLICY (nothing may load or frame them); the image routes keep their sandbox.
 - A cookie-authenticated write (`g.auth_via == "session"`, set by `web.auth._guard`, and
   a method other than GET/HEAD/OPTIONS/TRACE) is refused with 403 when its `Origin` header
@@ -30,7 +30,7 @@ from web.problems import problem
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
-               "img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+               "img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
                "form-action 'self'; frame-ancestors 'none'")
 OTHER_POLICY = "default-src 'none'; frame-ancestors 'none'"
 HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
