@@ -577,14 +577,14 @@ def test_another_users_ids_are_404_and_change_nothing(app, two_users):
         assert db.session.get(Job, job).cancel_requested is False
 
 
-def test_ids_beyond_64_bits_are_404_not_a_database_error(app, two_users):
+def test_ids_beyond_64_bits_are_400_not_a_database_error(app, two_users):
     c, ann, pid = two_users["client"], two_users["ann"], two_users["pid"]
     huge = "9" * 30
     for url in [f"/api/v1/projects/{huge}", f"/api/v1/jobs/{huge}", f"/api/v1/projects/{huge}/images"]:
-        assert c.get(url, headers=ann).status_code == 404, url
-    assert c.delete(f"/api/v1/tokens/{huge}", headers=ann).status_code == 404
+        assert c.get(url, headers=ann).status_code == 400, url
+    assert c.delete(f"/api/v1/tokens/{huge}", headers=ann).status_code == 400
     page = logged_in(app.test_client(), create=False)
-    assert page.get(f"/projects/{huge}").status_code == 404
+    assert page.get(f"/projects/{huge}").status_code == 400
     for query in [f"offset={huge}", f"iteration={huge}"]:
         url = f"/api/v1/projects/{pid}/{'images' if 'offset' in query else 'results'}?{query}"
         assert c.get(url, headers=ann).status_code == 400, url

@@ -75,3 +75,58 @@ def test_fuzz_summary():
         pytest.skip("run with the fuzz cases (the whole file)")
     assert not [code for code in SEEN if code >= 500], SEEN
     assert SEEN[200] + SEEN[201] + SEEN[202] > 0, "the seeded project was never reached"
+
+
+# -- shapes random generation rarely reaches, sent to every operation they apply to ------------
+
+HUGE_ID = 2**70  # beyond SQLite's 64-bit integers
+HOSTILE_BODIES = {
+    "lone-surrogate": b'{"name": "\\ud800", "label": "\\udfff"}',
+    "surrogate-key": b'{"\\ud800": 1}',
+    "deep-nesting": b"[" * 100_000,
+    "deep-nesting-in-a-field": b'{"name": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+}
+OPERATIONS = [result.ok() for result in schema.get_all_operations()]
+JSON_OPERATIONS = [op for op in OPERATIONS if any(b.media_type == "application/json" for b in op.body)]
+ID_OPERATIONS = [op for op in OPERATIONS
+                 if {p.name for p in op.path_parameters} & {"project_id", "job_id", "token_id"}]
+
+
+@pytest.fixture(scope="module")
+def target(fuzz_app, web_photos):
+    """A project of its own with one image (the fuzzing above may have deleted project 1),
+    so the hostile cases below reach each route's body and id checks."""
+    client, auth = APP.test_client(), fuzz_app["auth"]
+    pid = client.post("/api/v1/projects", json={"name": "target"}, headers=auth).json["id"]
+    r = client.post(f"/api/v1/projects/{pid}/images", headers=auth, data={
+        "file": (io.BytesIO(web_photos["cat"][0]), "c.jpg"), "label": "cat"})
+    return {**fuzz_app, "project_id": pid, "sha256": r.json["images"][0]["sha256"]}
+
+
+def _path_values(operation, target, **override):
+    """Path parameters that reach the route's own checks: the target project and its image."""
+    values = {"job_id": 1, "token_id": 1, **target, **override}
+    return {p.name: values[p.name] for p in operation.path_parameters}
+
+
+@pytest.mark.parametrize("shape", sorted(HOSTILE_BODIES))
+@pytest.mark.parametrize("operation", JSON_OPERATIONS, ids=lambda op: op.label)
+def test_hostile_json_bodies_are_documented_400s(operation, shape, target):
+    case = operation.Case(path_parameters=_path_values(operation, target),
+                          body=HOSTILE_BODIES[shape], media_type="application/json")
+    response = case.call_and_validate(headers=target["auth"], checks=CHECKS)
+    SEEN[response.status_code] += 1
+    assert response.status_code == 400, response.text
+    assert ("lone surrogate" if "surrogate" in shape else "nested too deeply") in response.json()["error"]
+
+
+@pytest.mark.parametrize("operation", ID_OPERATIONS, ids=lambda op: op.label)
+def test_path_ids_beyond_64_bits_are_documented_400s(operation, target):
+    for name in {p.name for p in operation.path_parameters} & {"project_id", "job_id", "token_id"}:
+        body = {} if any(b.media_type == "application/json" for b in operation.body) else None
+        kwargs = {"body": body, "media_type": "application/json"} if body is not None else {}
+        case = operation.Case(path_parameters=_path_values(operation, target, **{name: HUGE_ID}),
+                              **kwargs)
+        response = case.call_and_validate(headers=target["auth"], checks=CHECKS)
+        SEEN[response.status_code] += 1
+        assert response.status_code == 400 and "too large" in response.json()["error"], response.text

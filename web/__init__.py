@@ -1,7 +1,8 @@
 """Transferlab's web app: the application factory.
 
-`create_app()` wires configuration (`web.config`), the database (`web.db`), accounts, sessions
-and CSRF (`web.auth`), file storage
+`create_app()` wires configuration (`web.config`), bounded URL ids (`web.inputs`), the
+database (`web.db`), accounts, sessions and CSRF (`web.auth`), security headers and the Origin
+check (`web.security`), file storage
 (`web.storage`), the job queue (`web.jobs`), prediction (`web.prediction`), the JSON API
 (`web.api`) and the HTML pages (`web.pages`). Creating the app never imports TensorFlow.
 """
@@ -31,14 +32,17 @@ def create_app(test_config: dict | None = None) -> Flask:
     config.load(app, test_config)
 
     from web import db as database
+    from web import inputs
     from web.jobs import Jobs
     from web.prediction import PredictionService
     from web.storage import Storage
 
+    inputs.init_app(app)  # before any blueprint: rules bind their converters when added
     database.init_app(app)
-    from web import auth
+    from web import auth, security
 
     auth.init_app(app)
+    security.init_app(app)  # after auth: its Origin check reads what auth's gate found
     app.extensions["transferlab.storage"] = Storage(app.config["STORAGE_DIR"],
                                                     app.config["FEATURE_CACHE_DIR"])
     app.extensions["transferlab.prediction"] = PredictionService(

@@ -1,8 +1,9 @@
 """The JSON API under /api/v1 (documented in docs/API.md). The pages use nothing else.
 
-Errors are `{"error": "..."}` with a 4xx status: 400 bad input (naming the file and the
-reason), 401 no or bad credentials, 404 unknown ids (and other users' ids: every project
-query is scoped to the caller, see `web.auth.owned`), 409 conflicts, 413 too large. Nothing
+Errors are RFC 9457 problem details plus `{"error": "..."}` (`web.problems`): 400 bad input
+(naming the file and the reason), 401 no or bad credentials, 403 refused, 404 unknown ids (and
+other users' ids: every project query is scoped to the caller, see `web.auth.owned`), 409
+conflicts, 413 too large, 503 queue/database/backbone unavailable, 507 no room. Nothing
 here imports TensorFlow except the two predict routes, and those run it off the gevent loop.
 """
 from __future__ import annotations
@@ -19,11 +20,13 @@ from models.registry import BACKBONES, DEFAULT_BACKBONES, OFFLINE_BACKBONE, avai
 from web import auth
 from web.db import Iteration, Job, Project, ProjectImage, Upload, db, iso, utcnow
 from web.ingest import NOT_STORED, UploadError, check_label, check_split, ingest, upload_name
+from web.inputs import BadInput, read_json_object
 from web.jobs import (JobConflict, Jobs, NotEnoughData, QueueUnavailable, class_counts,
                       collect_garbage, give_up_reserve, is_disk_full, live_workers)
 from web.near_duplicates import group_images, image_hashes, project_images
 from web.prediction import (BackboneUnavailable, PredictionService, imagenet_backbones,
                             imagenet_candidates, offload, offload_tf)
+from web.problems import problem
 from web.storage import Storage, is_sha256
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -42,9 +45,9 @@ class ApiError(Exception):
 
 
 def error_response(status: int, message: str, **extra):
-    response = jsonify({"error": message, **extra})
-    response.status_code = status
-    return response
+    """Every JSON error of the API: `web.problems.problem` (`error`, `type`, `title`,
+    `status`, `detail`, and `extra`'s fields)."""
+    return problem(status, message, **extra)
 
 
 @bp.errorhandler(ApiError)
@@ -87,13 +90,12 @@ def get_project(project_id: int) -> Project:
 
 
 def _json_body() -> dict:
-    request.max_content_length = current_app.config["MAX_JSON_BYTES"]  # 413 beyond it
-    body = request.get_json(silent=True)
-    if body is None:
-        raise ApiError(400, "send a JSON object (Content-Type: application/json)")
-    if not isinstance(body, dict):
-        raise ApiError(400, "the JSON body must be an object")
-    return body
+    """The request's JSON object (`web.inputs.read_json_object`): 400 naming the reason,
+    413 over MAX_JSON_BYTES. Every JSON route reads its body through this."""
+    try:
+        return read_json_object(request, current_app.config["MAX_JSON_BYTES"])
+    except BadInput as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 def _check_name(value) -> str:
@@ -265,17 +267,22 @@ def list_backbones():
 
 @bp.get("/status")
 def status():
+    """Whether the queue has a live worker; admins also see the queue's counts and the
+    workers (other users' jobs and the deployment's hosts are not everyone's business)."""
+    workers = live_workers()
+    out = {"queue": "redis" if current_app.config.get("REDIS_URL") else "sqlite",
+           "worker_alive": bool(workers), "full": bool(auth.current_user().is_admin)}
+    if not out["full"]:
+        return jsonify(out)
     jobs = _jobs()
     try:
         pending = jobs.huey.pending_count()
     except Exception as exc:  # the queue is down: say so rather than fail
         pending = None
         log.warning("queue unavailable: %s", exc)
-    workers = live_workers()
     return jsonify({
-        "queue": "redis" if current_app.config.get("REDIS_URL") else "sqlite",
+        **out,
         "pending": pending,
-        "worker_alive": bool(workers),
         "workers": [{"id": w.id, "started_at": iso(w.started_at), "seen_at": iso(w.seen_at)}
                     for w in workers],
         "running": db.session.scalar(sa.select(sa.func.count()).select_from(Job)

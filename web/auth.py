@@ -50,7 +50,6 @@ from flask import (
     current_app,
     flash,
     g,
-    jsonify,
     redirect,
     render_template,
     request,
@@ -124,9 +123,9 @@ def init_app(app) -> None:
     def _csrf_error(exc: CSRFError):
         """JSON under /api/; the login and setup forms come back with a fresh token."""
         if request.path.startswith("/api/"):
-            response = jsonify({"error": exc.description})
-            response.status_code = 400
-            return response
+            from web.problems import problem
+
+            return problem(400, exc.description, kind="csrf")
         if request.endpoint in ("auth.login", "auth.setup"):
             template = "login.html" if request.endpoint == "auth.login" else "setup.html"
             return render_template(template, error="The form had expired: please try again.",
@@ -423,8 +422,9 @@ def _guard():
 
 
 def _unauthorized(message: str):
-    response = jsonify({"error": message})
-    response.status_code = 401
+    from web.problems import problem  # here, not at the top: keeps merges with auth's imports clean
+
+    response = problem(401, message)
     response.headers["WWW-Authenticate"] = 'Bearer realm="transferlab"'
     return response
 
