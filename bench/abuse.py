@@ -11,8 +11,9 @@ temporary instance folder, with accounts made in-process first, then:
   100000000` and then one byte per second; meanwhile a prober asks `/healthz` and another
   user's `GET /api/v1/projects` every 0.25 s and times them.
 * wrong-logins: `--threads` threads post wrong passwords to the login form as fast as answers
-  come, while the prober times `/healthz`. `--no-limits` raises the rate limits so far that
-  every guess is checked (what remains is the cost of hashing passwords).
+  come, while the prober times `/healthz`.
+  `--no-limits` turns the rate limits off, so every guess is checked (what remains is the
+  cost of hashing passwords).
 
 Prints one JSON object: the probes' latency (median/max, ms), their errors by status, and what
 the attackers got back. `tests/test_abuse.py` runs the same code, shorter.
@@ -115,6 +116,7 @@ class Prober(threading.Thread):
     """Times GETs of `urls` ({kind: (url, session)}) every `interval` s until stopped."""
 
     def __init__(self, urls: dict, interval: float = 0.25, timeout: float = 35.0):
+        """`timeout`: a probe waiting longer counts as an error (its time as its latency)."""
         super().__init__(daemon=True)
         self.urls, self.interval, self.timeout = urls, interval, timeout
         self.latency = {kind: [] for kind in urls}
@@ -147,7 +149,7 @@ def _status_of(data: bytes) -> str | None:
 
 
 def slow_bodies(base: str, targets: list[tuple[str, int]], connections: int, seconds: float,
-                probe_urls: dict) -> dict:
+                probe_urls: dict, probe_timeout: float = 35.0) -> dict:
     """`connections` slow uploads (round-robin over `targets`: (token, project id)), one body
     byte per second each, for `seconds`, while `probe_urls` are timed. Returns the probes'
     figures and, for the attackers, the status each connection got back (or "open"/"closed")."""
@@ -165,7 +167,7 @@ def slow_bodies(base: str, targets: list[tuple[str, int]], connections: int, sec
                    f"Content-Length: 100000000\r\n\r\n").encode() + part)
         s.setblocking(False)
         socks.append(s)
-    prober = Prober(probe_urls)
+    prober = Prober(probe_urls, timeout=probe_timeout)
     prober.start()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -203,9 +205,9 @@ def _csrf(html: str) -> str:
     return found.group(1)
 
 
-def wrong_logins(base: str, threads: int, seconds: float, username: str = VICTIM) -> dict:
-    """`threads` threads post wrong passwords for `username` to /login for `seconds` while
-    /healthz is timed. Returns the probe figures and the attackers' statuses."""
+def _guess_logins(base: str, threads: int, seconds: float, username: str, out) -> None:
+    """`threads` threads guessing passwords until `seconds` have passed; puts a Counter of the
+    statuses they got on the queue `out`."""
     statuses: Counter = Counter()
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
@@ -225,16 +227,33 @@ def wrong_logins(base: str, threads: int, seconds: float, username: str = VICTIM
                 statuses[str(status)] += 1
             i += 1
 
-    prober = Prober({"healthz": (f"{base}/healthz", requests.Session())})
     workers = [threading.Thread(target=guess, args=(n,), daemon=True) for n in range(threads)]
-    prober.start()
     for w in workers:
         w.start()
     for w in workers:
         w.join(seconds + 60)
+    out.put(dict(statuses))
+
+
+def wrong_logins(base: str, threads: int, seconds: float, username: str = VICTIM) -> dict:
+    """`threads` threads post wrong passwords for `username` to /login for `seconds` while
+    /healthz is timed. The guessers run in a child process, so their threads do not slow the
+    prober's own clock. Returns the probe figures and the attackers' statuses."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    attack = context.Process(target=_guess_logins, args=(base, threads, seconds, username, out),
+                             daemon=True)
+    prober = Prober({"healthz": (f"{base}/healthz", requests.Session())})
+    attack.start()
+    time.sleep(1.0)  # the guessers have their login pages and CSRF tokens
+    prober.start()
+    statuses = out.get(timeout=seconds + 120)
     probes = prober.stop()
+    attack.join(30)
     return {"threads": threads, "seconds": seconds, "probes": probes,
-            "attempts": sum(statuses.values()), "attackers_got": dict(statuses)}
+            "attempts": sum(statuses.values()), "attackers_got": statuses}
 
 
 def projects_for(base: str, tokens: dict[str, str], names) -> list[tuple[str, int]]:
@@ -259,8 +278,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="transferlab-abuse-") as tmp:
         instance = Path(tmp) / "instance"
         tokens = make_accounts(instance, (VICTIM, *ATTACKERS))
-        env = {"TRANSFERLAB_LOGIN_LIMIT": "100000/minute",
-               "TRANSFERLAB_LOGIN_USER_LIMIT": "100000/minute"} if args.no_limits else {}
+        env = {"TRANSFERLAB_RATELIMIT_ENABLED": "false"} if args.no_limits else {}
         proc, base = start_app(instance, Path(tmp) / "server.log", **env)
         try:
             if args.attack == "slow-bodies":

@@ -23,6 +23,7 @@ import hmac
 import logging
 import secrets
 import sys
+import threading
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -44,6 +45,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from web.db import ApiToken, Project, User, db, iso, utcnow
+from web.prediction import offload
 
 bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()
@@ -135,7 +137,7 @@ def create_user(username: str, password: str, *, admin: bool = False) -> User:
     if db.session.scalar(sa.select(User.id).where(User.username == username)) is not None:
         raise AuthError(f"the user name {username!r} is taken")
     first = db.session.scalar(sa.select(User.id).limit(1)) is None
-    user = User(username=username, password_hash=generate_password_hash(password), is_admin=admin)
+    user = User(username=username, password_hash=_hash_password(password), is_admin=admin)
     db.session.add(user)
     try:
         db.session.flush()
@@ -150,9 +152,23 @@ def create_user(username: str, password: str, *, admin: bool = False) -> User:
     return user
 
 
+# scrypt takes ~0.1 s of CPU and 16 MiB: hashes run off the gevent loop (or every login would
+# stall all requests), two at a time (more would only crowd the loop's thread off the cores).
+_HASHING = threading.BoundedSemaphore(2)
+
+
+def _hashed(func, *args):
+    with _HASHING:
+        return offload(func, *args)
+
+
+def _hash_password(password: str) -> str:
+    return _hashed(generate_password_hash, password)
+
+
 def set_password(user: User, password: str) -> None:
     """Change the password; the user's other browser sessions are logged out by it."""
-    user.password_hash = generate_password_hash(check_password(password))
+    user.password_hash = _hash_password(check_password(password))
     db.session.commit()
 
 
@@ -161,7 +177,7 @@ def authenticate(username, password) -> User | None:
     if not isinstance(username, str) or not isinstance(password, str) or len(password) > MAX_PASSWORD:
         return None
     user = db.session.scalar(sa.select(User).where(User.username == username.strip()))
-    ok = check_password_hash(user.password_hash if user else _DUMMY_HASH, password)
+    ok = _hashed(check_password_hash, user.password_hash if user else _DUMMY_HASH, password)
     return user if user is not None and ok else None
 
 
@@ -297,6 +313,7 @@ def _guard():
             return _unauthorized("invalid API token")
     else:
         g.user, g.auth_via = _user_for_session(), "session"
+    _end_read_transaction()
     if g.user is None and request.endpoint not in PUBLIC_ENDPOINTS:
         if request.path.startswith("/api/"):
             return _unauthorized("log in, or send 'Authorization: Bearer <token>'")
@@ -306,6 +323,19 @@ def _guard():
     if g.auth_via == "session" and request.method not in SAFE_METHODS:
         csrf.protect()
     return None
+
+
+def _end_read_transaction() -> None:
+    """Give the pooled database connection back before anything reads the request body (the
+    CSRF check, forms, uploads): a body may trickle in for minutes, and 15 slow ones would
+    otherwise hold the whole pool. Objects stay loaded and attached (not expired), so code
+    that later changes `g.user` still saves it."""
+    session = db.session()
+    keep, session.expire_on_commit = session.expire_on_commit, False
+    try:
+        session.commit()
+    finally:
+        session.expire_on_commit = keep
 
 
 def _unauthorized(message: str):
