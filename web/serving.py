@@ -140,6 +140,11 @@ def handler_class(config) -> type[WSGIHandler]:
             raw.content_length = raw.position
             raw.chunked_input = False
 
+        def start_response(self, status, headers, exc_info=None):
+            if self.close_connection and not any(k.lower() == "connection" for k, _ in headers):
+                headers = [*headers, ("Connection", "close")]  # gevent says so for HTTP/1.0 only
+            return super().start_response(status, headers, exc_info)
+
         def run_application(self):
             raw = self.wsgi_input
             body = DeadlineInput(raw, self.content_length, min_rate, grace, self._abandon_body)
