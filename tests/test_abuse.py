@@ -369,6 +369,18 @@ def test_redis_shares_the_counts_between_two_app_instances(tmp_path):
         server.stop()
 
 
+def test_with_redis_down_the_limits_count_in_memory(tmp_path):
+    """REDIS_URL set but nothing listening: logins still work, and are still limited."""
+    app = _app(tmp_path, LOGIN_LIMIT="2/minute", REDIS_URL="redis://127.0.0.1:1/0")
+    api_token(app, "ann")
+    codes = [_login(app.test_client(), "ann", f"wrong-{i}").status_code for i in range(3)]
+    assert codes == [401, 401, 429]
+    assert _login(app.test_client(), "bob", "wrong", "10.0.0.5").status_code == 401
+    assert _login(app.test_client(), "ann", TEST_PASSWORD, "10.0.0.5").status_code == 429
+    api_token(app, "bob")
+    assert _login(app.test_client(), "bob", TEST_PASSWORD, "10.0.0.6").status_code == 302
+
+
 # -- password guessing against a real server ----------------------------------------------------
 
 

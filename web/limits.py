@@ -10,7 +10,8 @@ Contract:
     UPLOAD_LIMIT    POST /api/v1/projects/<id>/images, per account and address
     PREDICT_LIMIT   POST /api/v1/projects/<id>/predict and /api/v1/imagenet/predict, likewise
   Counters live in RATELIMIT_STORAGE_URI: REDIS_URL when that is set (every web process
-  shares them), else this process's memory. RATELIMIT_ENABLED=false turns them off.
+  shares them), else this process's memory; while Redis is unreachable, this process's memory
+  (logged). RATELIMIT_ENABLED=false turns them off.
 - An account may run at most UPLOADS_PER_USER uploads at once in one web process; one more
   is refused before its body is read.
 - Beyond a limit the answer is 429 with `Retry-After` (seconds): JSON `{"error", "retry_after"}`
@@ -113,7 +114,10 @@ def _failed_login(response) -> bool:
 def init_app(app) -> None:
     limiter = Limiter(get_remote_address, app=app, storage_uri=app.config["RATELIMIT_STORAGE_URI"],
                       key_prefix=app.config.get("HUEY_NAME") or "transferlab",
-                      strategy="moving-window")
+                      strategy="moving-window",
+                      # Redis down: count in this process's memory until it is back (logged),
+                      # rather than refuse every login and upload
+                      in_memory_fallback_enabled=True, swallow_errors=True)
     app.extensions["transferlab.limiter"] = limiter
     slots = UploadSlots(app.config["UPLOADS_PER_USER"])
     app.extensions["transferlab.upload_slots"] = slots
