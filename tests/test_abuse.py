@@ -249,6 +249,29 @@ def test_the_guard_returns_its_connection_and_keeps_the_user_savable(tmp_path):
         assert db.session.scalar(db.select(User).where(User.username == "bob")).is_admin
 
 
+def test_no_database_connection_is_held_while_a_password_is_hashed(tmp_path, monkeypatch):
+    """Hashing waits its turn (two at a time) and takes ~0.1 s: 20 guesses holding a pooled
+    connection each meanwhile would exhaust the pool again."""
+    from web import auth
+    from web.db import db
+
+    app = _app(tmp_path)
+    seen = []
+
+    def spying(real):
+        def hashing(*args):
+            seen.append(db.engine.pool.checkedout())
+            return real(*args)
+        return hashing
+
+    monkeypatch.setattr(auth, "check_password_hash", spying(auth.check_password_hash))
+    monkeypatch.setattr(auth, "generate_password_hash", spying(auth.generate_password_hash))
+    api_token(app, "ann")  # create_user hashes
+    assert _login(app.test_client(), "ann", "wrong password").status_code == 401
+    assert _login(app.test_client(), "ann", TEST_PASSWORD).status_code == 302
+    assert seen == [0, 0, 0]
+
+
 # -- rate limits ----------------------------------------------------------------------------------
 
 

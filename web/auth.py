@@ -132,12 +132,14 @@ def create_user(username: str, password: str, *, admin: bool = False) -> User:
     """A new account (AuthError when the name is taken or the password too short).
 
     The first account of a deployment (from the setup page or the command line) adopts the
-    projects made before accounts existed."""
+    projects made before accounts existed. Ends the session's read transaction first."""
     username, password = check_username(username), check_password(password)
+    _end_read_transaction()  # no pooled connection held while the hash waits and runs
+    password_hash = _hash_password(password)
     if db.session.scalar(sa.select(User.id).where(User.username == username)) is not None:
         raise AuthError(f"the user name {username!r} is taken")
     first = db.session.scalar(sa.select(User.id).limit(1)) is None
-    user = User(username=username, password_hash=_hash_password(password), is_admin=admin)
+    user = User(username=username, password_hash=password_hash, is_admin=admin)
     db.session.add(user)
     try:
         db.session.flush()
@@ -173,11 +175,14 @@ def set_password(user: User, password: str) -> None:
 
 
 def authenticate(username, password) -> User | None:
-    """The user with this name and password, else None (same work either way)."""
+    """The user with this name and password, else None (same work either way). Ends the
+    session's read transaction: no pooled connection is held while the hash waits and runs."""
     if not isinstance(username, str) or not isinstance(password, str) or len(password) > MAX_PASSWORD:
         return None
     user = db.session.scalar(sa.select(User).where(User.username == username.strip()))
-    ok = _hashed(check_password_hash, user.password_hash if user else _DUMMY_HASH, password)
+    stored = user.password_hash if user else _DUMMY_HASH
+    _end_read_transaction()
+    ok = _hashed(check_password_hash, stored, password)
     return user if user is not None and ok else None
 
 
