@@ -416,12 +416,13 @@ def test_20_threads_of_wrong_logins_leave_healthz_fast(server):
     # failed logins counted per address: 10 a minute, plus those in flight when it was hit
     assert 10 <= result["attackers_got"]["401"] <= 10 + 20
     probe = result["probes"]["healthz"]
-    assert probe["n"] >= 10 and not probe["errors"] and probe["median_ms"] < 500, probe
+    assert probe["n"] >= 10 and not probe["errors"] and probe["median_ms"] < 250, probe
 
 
 def test_password_hashing_runs_off_the_event_loop(tmp_path):
-    """With the rate limits off, every guess is hashed: the server still answers /healthz
-    while 20 threads guess (hashing runs in gevent's thread pool, two at a time)."""
+    """With the rate limits off, every guess is hashed: /healthz stays fast while 20 threads
+    guess (hashing runs in gevent's thread pool, two at a time, with no pooled connection held
+    meanwhile; on the loop it made the median 1.6 s)."""
     make_accounts(tmp_path / "instance", (VICTIM,))
     proc, base = start_app(tmp_path / "instance", tmp_path / "server.log",
                            TRANSFERLAB_RATELIMIT_ENABLED="false")
@@ -432,4 +433,4 @@ def test_password_hashing_runs_off_the_event_loop(tmp_path):
     print(json.dumps(result))
     assert set(result["attackers_got"]) == {"401"} and result["attempts"] >= 20
     probe = result["probes"]["healthz"]
-    assert probe["n"] >= 10 and not probe["errors"] and probe["median_ms"] < 1000, probe
+    assert probe["n"] >= 10 and not probe["errors"] and probe["median_ms"] < 250, probe

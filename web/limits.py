@@ -143,7 +143,7 @@ def _retry_after(exc) -> int:
         return exc.retry_after
     limiter = current_app.extensions["transferlab.limiter"]
     breached = [lim for lim in limiter.current_limits if lim.breached] or limiter.current_limits
-    reset_at = max((lim.reset_at for lim in breached), default=time.time() + 1)
+    reset_at = max((lim.window[0] for lim in breached), default=time.time() + 1)
     return max(1, math.ceil(reset_at - time.time()))
 
 
