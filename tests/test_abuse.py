@@ -17,8 +17,17 @@ import requests
 from conftest import TEST_PASSWORD, api_token, logged_in, page_csrf_token
 from servers import RedisServer
 
-from bench.abuse import (ATTACKERS, VICTIM, bearer, make_accounts, projects_for, slow_bodies,
-                         start_app, stop_app, wrong_logins)
+from bench.abuse import (
+    ATTACKERS,
+    VICTIM,
+    bearer,
+    make_accounts,
+    projects_for,
+    slow_bodies,
+    start_app,
+    stop_app,
+    wrong_logins,
+)
 from web import create_app
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -123,7 +132,7 @@ def _read_answer(sock: socket.socket, timeout: float = 10.0) -> bytes:
 
 def _complete(data: bytes) -> bool:
     head, _, body = data.partition(b"\r\n\r\n")
-    found = re.search(rb"Content-Length: (\d+)", head, re.I)
+    found = re.search(rb"Content-Length: (\d+)", head, re.IGNORECASE)
     return bool(found) and len(body) >= int(found.group(1))
 
 
