@@ -106,6 +106,22 @@ def test_an_upload_beyond_the_cap_is_429_with_retry_after_before_its_body(server
     assert b"too many uploads at once" in body and b"UPLOADS_PER_USER" in body
 
 
+def test_a_refused_upload_awaiting_100_continue_is_answered_and_closed(server):
+    """The client holds its body back until `100 Continue`; refused at once (a bad token), it
+    gets the 401 and the connection closes: no late `100 Continue`, no wait for the body."""
+    host, port = server["base"].removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(_upload_head(1, "tl_not-a-token", 5_000_000).replace(
+        b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))
+    began = time.monotonic()
+    answer = _read_answer(s, timeout=8)
+    s.settimeout(3)
+    closed = s.recv(1) == b""
+    s.close()
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:300]
+    assert b"100 Continue" not in answer and closed and time.monotonic() - began < 3, answer
+
+
 def _upload_head(pid: int, token: str, length: int, boundary: str = "b0undary") -> bytes:
     return (f"POST /api/v1/projects/{pid}/images HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             f"Authorization: Bearer {token}\r\n"

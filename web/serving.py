@@ -12,7 +12,8 @@ Contract (`handler_class(config)` gives `gevent.pywsgi.WSGIServer` its handler):
   runs: no route can hold a database connection while a small JSON or form body trickles in.
   Larger bodies (uploads) stream to the app, which reads them with no connection held.
 - A body the app left unread (an upload refused with 401/404/429) is read and dropped under
-  the same deadline, else the connection is closed; gevent's own drain has no deadline.
+  the same deadline, else the connection is closed; gevent's own drain has no deadline. A
+  client that awaits `100 Continue` before sending its body gets the answer and a close.
 """
 from __future__ import annotations
 
@@ -159,7 +160,9 @@ def handler_class(config) -> type[WSGIHandler]:
             try:
                 super().run_application()
             finally:
-                if self.close_connection:
+                # raw.socket is still set when the client awaits "100 Continue" for its body:
+                # after the answer it must not get one, nor should we wait for that body
+                if self.close_connection or raw.socket is not None:
                     self._abandon_body()
                 else:
                     body.drain()  # on a timeout, the body is abandoned and the connection closes
