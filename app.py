@@ -106,7 +106,11 @@ def serve(app) -> None:
     warm_platform_cache()  # before any TensorFlow import in gevent's thread pool (see there)
     host, port = app.config["HOST"], int(app.config["PORT"])
     supervisor = WorkerSupervisor(app) if app.config["WORKER"] else None
-    server = WSGIServer((host, port), app, log=None, error_log=logging.getLogger("gevent"))
+    from web.serving import handler_class
+
+    # handler_class: idle connections and too-slow request bodies are cut off (web/serving.py)
+    server = WSGIServer((host, port), app, log=None, error_log=logging.getLogger("gevent"),
+                        handler_class=handler_class(app.config))
 
     def shutdown():
         log.info("shutting down")

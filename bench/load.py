@@ -81,6 +81,8 @@ def start_server(instance: Path, log_path: Path, timeout: float = 120.0) -> tupl
     env = {**os.environ, "TRANSFERLAB_INSTANCE_PATH": str(instance), "TRANSFERLAB_PORT": str(port),
            "TRANSFERLAB_HOST": "127.0.0.1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
            "TRANSFERLAB_WORKER_POLL_SECONDS": "0.2",
+           # one account stands in for 40 users here: no per-account caps or rate limits
+           "TRANSFERLAB_UPLOADS_PER_USER": "1000", "TRANSFERLAB_RATELIMIT_ENABLED": "false",
            "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
            "NO_PROXY": "127.0.0.1,localhost"}
     with open(log_path, "wb") as log:

@@ -41,7 +41,9 @@ SEEN: collections.Counter = collections.Counter()  # status code -> answers, for
 # schemas do not work with this pytest), so the app lives in a temporary folder made here.
 _INSTANCE = tempfile.mkdtemp(prefix="transferlab-fuzz-")
 atexit.register(shutil.rmtree, _INSTANCE, ignore_errors=True)
-APP = create_app({"INSTANCE_PATH": _INSTANCE, "TESTING": True})
+APP = create_app({"INSTANCE_PATH": _INSTANCE, "TESTING": True,  # limits far above the examples
+                  "TOKEN_LIMIT": "100000/hour", "UPLOAD_LIMIT": "100000/hour",
+                  "PREDICT_LIMIT": "100000/hour"})
 schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.yaml", APP)
 
 

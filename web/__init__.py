@@ -58,6 +58,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         from web import pages
 
         app.register_blueprint(pages.bp)
+    from web import limits
+
+    limits.init_app(app)  # last: it limits the endpoints registered above
     return app
 
 

@@ -397,6 +397,8 @@ def delete_project(project_id: int):
 @bp.post("/projects/<int:project_id>/images")
 def upload_images(project_id: int):
     project = get_project(project_id)
+    project_id = project.id
+    _release_connection()  # before the body streams in: that may take minutes
     files = [f for f in request.files.getlist("file") if f and (f.filename or f.content_length)]
     if not files:
         raise ApiError(400, "no file: send images or zips as multipart/form-data field 'file'")
@@ -405,8 +407,7 @@ def upload_images(project_id: int):
         split = check_split(request.form.get("split"))
     except UploadError as exc:
         raise ApiError(400, str(exc)) from None
-    _release_connection()
-    report = ingest(project.id, files, label=label, split=split, storage=_storage(),
+    report = ingest(project_id, files, label=label, split=split, storage=_storage(),
                     thumb_size=current_app.config["THUMBNAIL_SIZE"])
     for image in report["images"]:
         image["thumbnail"] = thumbnail_url(image["sha256"])
@@ -416,10 +417,10 @@ def upload_images(project_id: int):
         db.session.commit()
     except sa.exc.OperationalError:  # cosmetic; the upload's own outcome is in the report
         db.session.rollback()
-    report["classes"] = class_counts(project.id, "train")
-    report["test_classes"] = class_counts(project.id, "test")
+    report["classes"] = class_counts(project_id, "train")
+    report["test_classes"] = class_counts(project_id, "test")
     new = {image["sha256"] for image in report["images"]}
-    report["near_duplicates"] = [g for g in _near_duplicates(project.id)
+    report["near_duplicates"] = [g for g in _near_duplicates(project_id)
                                  if new & {i["sha256"] for i in g["images"]}]
     if report["accepted"] == 0 and not report["duplicates"] and report["rejected"]:
         first = sorted(report["rejected"], key=lambda r: not r["reason"].startswith(NOT_STORED))

@@ -40,6 +40,7 @@ import logging
 import re
 import secrets
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -62,6 +63,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from web.config import write_once
 from web.db import ApiToken, LoginSession, Project, User, db, iso, utcnow
+from web.prediction import offload
 
 bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()
@@ -159,12 +161,14 @@ def create_user(username: str, password: str, *, admin: bool = False) -> User:
     """A new account (AuthError when the name is taken or the password too short).
 
     The first account of a deployment (from the setup page or the command line) adopts the
-    projects made before accounts existed."""
+    projects made before accounts existed. Ends the session's read transaction first."""
     username, password = check_username(username), check_password(password)
+    _end_read_transaction()  # no pooled connection held while the hash waits and runs
+    password_hash = _hash_password(password)
     if db.session.scalar(sa.select(User.id).where(User.username == username)) is not None:
         raise AuthError(f"the user name {username!r} is taken")
     first = db.session.scalar(sa.select(User.id).limit(1)) is None
-    user = User(username=username, password_hash=generate_password_hash(password), is_admin=admin)
+    user = User(username=username, password_hash=password_hash, is_admin=admin)
     db.session.add(user)
     try:
         db.session.flush()
@@ -181,10 +185,24 @@ def create_user(username: str, password: str, *, admin: bool = False) -> User:
     return user
 
 
+# scrypt takes ~0.1 s of CPU and 16 MiB: hashes run off the gevent loop (or every login would
+# stall all requests), two at a time (more would only crowd the loop's thread off the cores).
+_HASHING = threading.BoundedSemaphore(2)
+
+
+def _hashed(func, *args):
+    with _HASHING:
+        return offload(func, *args)
+
+
+def _hash_password(password: str) -> str:
+    return _hashed(generate_password_hash, password)
+
+
 def set_password(user: User, password: str) -> None:
     """Change the password and end every session of the user (the page that changed it
     then starts a new one for its own browser)."""
-    user.password_hash = generate_password_hash(check_password(password))
+    user.password_hash = _hash_password(check_password(password))
     db.session.execute(sa.delete(LoginSession).where(LoginSession.user_id == user.id))
     db.session.commit()
 
@@ -200,11 +218,14 @@ def set_disabled(user: User, disabled: bool) -> None:
 
 
 def authenticate(username, password) -> User | None:
-    """The user with this name and password, else None (same work either way)."""
+    """The user with this name and password, else None (same work either way). Ends the
+    session's read transaction: no pooled connection is held while the hash waits and runs."""
     if not isinstance(username, str) or not isinstance(password, str) or len(password) > MAX_PASSWORD:
         return None
     user = db.session.scalar(sa.select(User).where(User.username == username.strip()))
-    ok = check_password_hash(user.password_hash if user else _DUMMY_HASH, password)
+    stored = user.password_hash if user else _DUMMY_HASH
+    _end_read_transaction()
+    ok = _hashed(check_password_hash, stored, password)
     return user if user is not None and ok else None
 
 
@@ -297,8 +318,7 @@ def _user_for_token(header: str) -> User | None:
     if user.is_disabled:
         raise TokenRejected("account disabled")
     if row.last_used_at is None or (now - row.last_used_at).total_seconds() > TOKEN_TOUCH_SECONDS:
-        row.last_used_at = now
-        db.session.commit()
+        row.last_used_at = now  # committed by _guard's _end_read_transaction
     return user
 
 
@@ -348,8 +368,7 @@ def _user_for_session() -> User | None:
         session.clear()
         return None
     if (now - row.last_seen_at).total_seconds() > SESSION_TOUCH_SECONDS:
-        row.last_seen_at, row.expires_at = now, now + _session_lifetime()
-        db.session.commit()
+        row.last_seen_at, row.expires_at = now, now + _session_lifetime()  # committed by _guard
     return user
 
 
@@ -410,6 +429,7 @@ def _guard():
             return _unauthorized("invalid API token")
     else:
         g.user, g.auth_via = _user_for_session(), "session"
+    _end_read_transaction()
     if g.user is None and request.endpoint not in PUBLIC_ENDPOINTS:
         if request.path.startswith("/api/"):
             return _unauthorized("log in, or send 'Authorization: Bearer <token>'")
@@ -419,6 +439,19 @@ def _guard():
     if g.auth_via == "session" and request.method not in SAFE_METHODS:
         csrf.protect()
     return None
+
+
+def _end_read_transaction() -> None:
+    """Give the pooled database connection back before anything reads the request body (the
+    CSRF check, forms, uploads): a body may trickle in for minutes, and 15 slow ones would
+    otherwise hold the whole pool. Objects stay loaded and attached (not expired), so code
+    that later changes `g.user` still saves it."""
+    session = db.session()
+    keep, session.expire_on_commit = session.expire_on_commit, False
+    try:
+        session.commit()
+    finally:
+        session.expire_on_commit = keep
 
 
 def _unauthorized(message: str):

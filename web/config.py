@@ -58,6 +58,22 @@ DEFAULTS: dict = {
     "MAX_JSON_BYTES": 1024 * 1024,  # largest JSON request body -> 413
     "WTF_CSRF_CHECK_DEFAULT": False,  # web/auth.py decides which requests need the token
     "WTF_CSRF_TIME_LIMIT": None,  # valid as long as the session: a page left open still works
+    # Slow clients (web/serving.py; `python app.py` only): what a connection may take
+    "SOCKET_TIMEOUT": 60,  # seconds a connection may send nothing before it is closed
+    "BODY_MIN_RATE": 16 * 1024,  # bytes/s a request body must average after the grace -> 408
+    "BODY_GRACE_SECONDS": 10,  # seconds before BODY_MIN_RATE applies
+    "BODY_BUFFER_BYTES": 1024 * 1024,  # bodies up to this are read whole before the app runs
+    # Abuse limits (web/limits.py): Flask-Limiter rate strings ("10/minute", "100/hour;5/second")
+    # each applied per account and per client address; beyond one -> 429 with Retry-After
+    "RATELIMIT_ENABLED": True,
+    "RATELIMIT_STORAGE_URI": None,  # counters: REDIS_URL when set (shared by web processes), else memory://
+    "LOGIN_LIMIT": "10/minute",  # failed logins per address and per user name
+    "SETUP_LIMIT": "10/minute",  # posts of the first-visit setup form per address
+    "PASSWORD_LIMIT": "10/minute",  # password changes (right or wrong) per account and address
+    "TOKEN_LIMIT": "30/hour",  # new API tokens per account and address
+    "UPLOAD_LIMIT": "600/minute",  # image uploads per account and address
+    "PREDICT_LIMIT": "1200/minute",  # predictions (trained and ImageNet) per account and address
+    "UPLOADS_PER_USER": 4,  # uploads one account may have running at once per web process
 }
 
 SECRET_KEY_FILE = "secret_key"
@@ -108,8 +124,13 @@ def finalize(app) -> None:
         if cfg.get(key) is not None:
             cfg[key] = int(cfg[key])
     cfg["WORKER"] = _truthy(cfg["WORKER"])
-    for key in ("TRUSTED_PROXIES", "MAX_JSON_BYTES", "PERMANENT_SESSION_LIFETIME"):
+    for key in ("TRUSTED_PROXIES", "MAX_JSON_BYTES", "PERMANENT_SESSION_LIFETIME",
+                "UPLOADS_PER_USER", "BODY_BUFFER_BYTES"):
         cfg[key] = int(cfg[key])
+    for key in ("SOCKET_TIMEOUT", "BODY_MIN_RATE", "BODY_GRACE_SECONDS"):
+        cfg[key] = float(cfg[key])
+    cfg["RATELIMIT_ENABLED"] = _truthy(cfg["RATELIMIT_ENABLED"])
+    cfg["RATELIMIT_STORAGE_URI"] = cfg["RATELIMIT_STORAGE_URI"] or cfg["REDIS_URL"] or "memory://"
     if cfg["SESSION_COOKIE_SECURE"] is not None:
         cfg["SESSION_COOKIE_SECURE"] = _truthy(cfg["SESSION_COOKIE_SECURE"])
     if not cfg.get("SECRET_KEY"):
