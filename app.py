@@ -101,7 +101,7 @@ def serve(app) -> None:
     import gevent
     from gevent.pywsgi import WSGIServer
 
-    from web.prediction import warm_platform_cache
+    from web.concurrency import warm_platform_cache
 
     warm_platform_cache()  # before any TensorFlow import in gevent's thread pool (see there)
     host, port = app.config["HOST"], int(app.config["PORT"])

@@ -252,10 +252,11 @@ def _prepare(instance: Path, dataset: Path, per_class: int, view_policies: str) 
     comma-separated list for `train`. Returns what the benchmark reports about it."""
     from models.features import FeatureCache
     from models.registry import DEFAULT_BACKBONES
+    from models.result import summarize
     from models.training import train
     from web import create_app
     from web.db import Iteration, ProjectImage, db
-    from web.jobs import StoredSample, summarize
+    from web.jobs import StoredSample
 
     app = create_app({"INSTANCE_PATH": str(instance)})
     client = app.test_client()
@@ -303,7 +304,8 @@ def _serve(random_backbones: bool) -> None:
     """`python app.py`'s web process (gevent, no worker), plus bench-only routes."""
     import app as app_module
     from web import create_app
-    from web.prediction import PredictionService, offload_tf
+    from web.concurrency import offload_tf
+    from web.prediction import PredictionService
 
     flask_app = create_app()
     if random_backbones:

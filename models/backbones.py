@@ -75,16 +75,6 @@ class HeadInput(keras.layers.Layer):
         return {**super().get_config(), "transform": self.transform, "blocks": list(self.blocks)}
 
 
-def preprocess_numpy(pixels: np.ndarray, mode: str) -> np.ndarray:
-    """NumPy twin of `Preprocess`, for tests and for checking against keras.applications."""
-    x = pixels.astype(np.float32)
-    if mode == "caffe":
-        return x[..., ::-1] - np.array(_CAFFE_MEAN_BGR, np.float32)
-    if mode == "tf":
-        return x / 127.5 - 1.0
-    return (x - 127.0) / 128.0
-
-
 def _keras_application(spec: BackboneSpec):
     apps = keras.applications
     return {"resnet50": apps.ResNet50, "vgg16": apps.VGG16, "xception": apps.Xception}[spec.name]
@@ -106,7 +96,10 @@ def _base_model(spec: BackboneSpec, weights_path: Path | None, include_top: bool
     )
 
 
-def _with_preprocessing(spec: BackboneSpec, base, name: str):
+def with_preprocessing(spec: BackboneSpec, base, name: str):
+    """A frozen Keras model named `name`: (S, S, 3) pixels in [0, 255] -> `base` applied to
+    them after `spec`'s preprocessing (a `Preprocess` layer, so the saved file needs no code
+    of ours beyond `import models.backbones`)."""
     inputs = keras.Input((spec.input_size, spec.input_size, 3), name="pixels")
     outputs = base(Preprocess(spec.preprocess)(inputs))
     model = keras.Model(inputs, outputs, name=name)
@@ -121,7 +114,7 @@ class FeatureModel:
     def __init__(self, name: str, spec: BackboneSpec, features_model):
         self.name, self.spec, self.features_model = name, spec, features_model
         self._lock = threading.Lock()
-        self._tf_forward = _compiled(features_model)
+        self._tf_forward = compiled_call(features_model)
         self._forward = None  # the fastest runtime's, once asked for
 
     @property
@@ -157,7 +150,7 @@ class Backbone(FeatureModel):
         self.weights = weights
         self.weights_dir = weights_dir
         path = resolve(spec.features_weights, weights_dir) if weights == "imagenet" else None
-        super().__init__(name, spec, _with_preprocessing(
+        super().__init__(name, spec, with_preprocessing(
             spec, _base_model(spec, path, include_top=False), f"{name}_features"))
         self._classifier = None
 
@@ -170,7 +163,7 @@ class Backbone(FeatureModel):
                 top = self.spec.classifier_weights or self.spec.features_weights
                 path = resolve(top, self.weights_dir)
                 base = _base_model(self.spec, path, include_top=True)
-                self._classifier = _with_preprocessing(self.spec, base, f"{self.name}_imagenet")
+                self._classifier = with_preprocessing(self.spec, base, f"{self.name}_imagenet")
             return self._classifier
 
     def imagenet_probabilities(self, pixels: np.ndarray) -> np.ndarray:
@@ -178,7 +171,7 @@ class Backbone(FeatureModel):
         return _run(self.classifier(), pixels, 32)
 
 
-def _compiled(model):
+def compiled_call(model):
     """The model's inference call as one TensorFlow graph for any batch size, traced once.
 
     `predict_on_batch` traces again for each new batch shape (seconds per backbone: re-

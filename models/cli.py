@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from models.registry import BACKBONES, DEFAULT_BACKBONES, availability
+from models.result import REPORT_FILE
 
 DEFAULT_CACHE = Path(os.environ.get("TRANSFERLAB_CACHE", Path.home() / ".cache" / "transferlab"))
 
@@ -87,7 +88,7 @@ def cmd_train(args) -> int:
     result.report["rejected"] = [vars(r) for r in data.rejected]
     out = result.save(args.out)
     print(_summary(result.report), file=sys.stderr)
-    print(f"saved to {out} (report: {out / 'report.json'})", file=sys.stderr)
+    print(f"saved to {out} (report: {out / REPORT_FILE})", file=sys.stderr)
     if args.json:
         json.dump(result.report, sys.stdout, indent=1)
         print()
@@ -118,7 +119,7 @@ def cmd_imagenet(args) -> int:
 
 def cmd_export(args) -> int:
     from models.predictor import export_classifier, result_backbone
-    from models.training import load_result
+    from models.result import load_result
 
     result = load_result(args.result)
     if args.backbone not in result.heads:

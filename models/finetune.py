@@ -109,7 +109,7 @@ class TunableNetwork:
     def __init__(self, backbone):
         import keras
 
-        from models.backbones import _compiled
+        from models.backbones import compiled_call
         from models.efficientnet_lite import block_specs, build_efficientnet_lite, stage_end_blocks
 
         self.spec = backbone.spec
@@ -124,7 +124,7 @@ class TunableNetwork:
         if taps[-1] != last:
             raise AssertionError("the last block must be the last tapped stage")
         frozen = [self.base.get_layer(f"block{i}_pool").output for i in taps[:-1]]
-        self._bottom = _compiled(keras.Model(self.base.input, [split, *frozen]))
+        self._bottom = compiled_call(keras.Model(self.base.input, [split, *frozen]))
         # Shares its layers with self.base: training it trains the copy.
         self.top = keras.Model(split, [self.base.get_layer("avg_pool").output,
                                        self.base.get_layer(f"block{last}_pool").output])
@@ -132,7 +132,7 @@ class TunableNetwork:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False  # inference mode, statistics untouched
         self.pretrained = [w.numpy() for w in self.top.trainable_weights]
-        self._top = _compiled(self.top)
+        self._top = compiled_call(self.top)
 
     @property
     def input_size(self) -> int:
@@ -163,9 +163,9 @@ class TunableNetwork:
 
     def features_model(self):
         """The tuned copy as pixels [0, 255] -> features, like `Backbone.features_model`."""
-        from models.backbones import _with_preprocessing
+        from models.backbones import with_preprocessing
 
-        return _with_preprocessing(self.spec, self.base, f"{self.spec.name}_tuned_features")
+        return with_preprocessing(self.spec, self.base, f"{self.spec.name}_tuned_features")
 
 
 class SplitFeatures:

@@ -569,18 +569,6 @@ def _search_all(searches: list[_Search], labels: np.ndarray, n_classes: int,
     return results
 
 
-def choose_params(features: np.ndarray, labels: np.ndarray, n_classes: int,
-                  groups: np.ndarray | None = None, seed: int = 0, kind: str = "linear") -> dict:
-    """Pick {"l2", "steps"} for a head of `kind` by k-fold CV log-loss on these images
-    (defaults if CV impossible). The result also carries "cv_log_loss", the winning mean
-    validation log-loss.
-    """
-    with _one_blas_thread():
-        folds = make_folds(labels, groups, seed=seed)
-        return _search_all([_Search(features, np.ones(len(labels), bool), folds)], labels,
-                           n_classes, kind)[0]
-
-
 def _fit_kind(fits: list[tuple[np.ndarray, np.ndarray, dict]], labels: np.ndarray,
               classes: list[str], kind: str) -> list[Head]:
     """One head of `kind` per (features, training rows, params), all descended together."""
@@ -620,7 +608,8 @@ def _fit_all(fits: list[tuple[np.ndarray, np.ndarray, dict]], labels: np.ndarray
 
 
 def fit_head(features: np.ndarray, labels: np.ndarray, classes: list[str], params: dict) -> Head:
-    """Train one head on all rows with the given {"l2", "steps"} and optional "head" kind."""
+    """Train one head on all rows with the given {"l2", "steps"} and optional "head" kind
+    ("linear" when absent): no search, the fit `train_head` ends with, on chosen params."""
     with _one_blas_thread():
         return _fit_all([(features, np.ones(len(labels), bool), params)], labels, classes)[0]
 
@@ -674,8 +663,8 @@ def train_and_cross_validate(
     Returns (head, held-out logits (n, C) or None without `val_masks`, the params each outer
     fold's head chose: its "views", "head" kind, "l2", "steps"). For each outer fold,
     everything is chosen by an inner CV on the outer training rows only (inner folds as `_repeated_folds` draws them on those rows), so held-out
-    rows never influence the model that scores them: the same choices, made exactly as
-    `train_head` and `cross_val_logits` make them, with every descent batched together.
+    rows never influence the model that scores them: each fold's choices are exactly those
+    `train_head` makes on its training rows, with every descent batched together.
     The choice is in two rounds: the linear head's input, L2 and length; then the hidden
     head's L2 and length on that input, the hidden head winning only by HIDDEN_MARGIN
     (without `try_hidden`, every head is linear).
@@ -744,24 +733,6 @@ def train_head(features: np.ndarray | Candidates, labels: np.ndarray, classes: l
     best CV log-loss, and records its name in `params["views"]`, its kind in `params["head"]`.
     """
     return train_and_cross_validate(features, labels, classes, None, groups, seed, try_hidden)[0]
-
-
-def cross_val_logits(features: np.ndarray | Candidates, labels: np.ndarray, classes: list[str],
-                     val_masks: list[np.ndarray], groups: np.ndarray | None = None,
-                     seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """Nested CV: held-out logits (n, C) for every row, and the input each fold chose.
-
-    For each outer fold, everything `train_head` chooses is chosen by an inner CV on the outer
-    training rows only, so the held-out rows never influence the model that scores them.
-    """
-    _, logits, chosen = train_and_cross_validate(features, labels, classes, val_masks, groups,
-                                                 seed)
-    return logits, [p["views"] for p in chosen]
-
-
-def cross_val_predict(features, labels, classes, val_masks, groups=None, seed=0) -> np.ndarray:
-    """Nested-CV held-out probabilities (n, C); see `cross_val_logits`."""
-    return softmax(cross_val_logits(features, labels, classes, val_masks, groups, seed)[0])
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.ensemble import majority_vote, mean_probability, weighted_probability
 from models.features import VIEWS, parse_head_input, transform as transform_features
 from models.images import resize_for_model
-from models.training import ENSEMBLE_NAMES, TrainResult, load_result
+from models.result import ENSEMBLE_NAMES, TrainResult, combine_ensemble, load_result
 
 
 def _top_k(probs: np.ndarray, labels: Sequence[str], k: int) -> list[dict]:
@@ -35,14 +34,9 @@ def _answers(per_backbone: dict[str, np.ndarray], labels: Sequence[str], k: int,
     best guess under "best_guess".
     """
     names = list(per_backbone)
-    parts = [per_backbone[n] for n in names]
     key = (ensemble or {}).get("key", "vote")
-    predicted, score, votes = majority_vote(parts)
-    if key != "vote":
-        weights = [ensemble["weights"][n] for n in names] if key == "weighted" else None
-        probs = weighted_probability(parts, weights) if weights else mean_probability(parts)
-        predicted = probs.argmax(axis=1)
-        score = probs[np.arange(len(predicted)), predicted]
+    combined = combine_ensemble(key, per_backbone, (ensemble or {}).get("weights"))
+    predicted, score, votes = combined.predicted, combined.score, combined.votes
     method = ENSEMBLE_NAMES[key]
     answers = []
     for i in range(len(predicted)):

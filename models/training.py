@@ -5,30 +5,24 @@ Flask, and builds a backbone only when the cache is missing some of its features
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
 from models.datasets import Sample
 from models.duplicates import near_duplicate_groups
-from models.ensemble import (cross_fit_weighted, fit_weights, majority_vote, mean_probability,
-                             weighted_probability)
+from models.ensemble import cross_fit_weighted, fit_weights
 from models.features import (VIEW_POLICIES, FeatureCache, Item, head_input, head_inputs,
                              transforms_for, view_policies_for)
 from models.finetune import fine_tune as fine_tune_backbone
 from models.heads import (Head, apply_temperature, cross_fit_temperature, fit_temperature,
-                          head_from_keras, make_folds, softmax, train_and_cross_validate)
+                          make_folds, softmax, train_and_cross_validate)
 from models.metrics import classification_report, expected_calibration_error, fold_accuracies
 from models.registry import get_spec
-
-REPORT_FILE = "report.json"
-HEADS_DIR = "heads"
-TUNED_SUFFIX = ".tuned.keras"
+from models.result import ENSEMBLE_NAMES, TrainResult, backbone_titles, combine_ensemble
 
 
 class TrainingError(ValueError):
@@ -46,49 +40,6 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
-
-
-@dataclass
-class TrainResult:
-    """What `train` produced: a head per backbone and the JSON-able report."""
-
-    classes: list[str]
-    heads: dict[str, Head]
-    report: dict = field(default_factory=dict)
-    # Fine-tuning (models.finetune): {backbone: pixels -> features Keras model} where it was kept.
-    tuned: dict = field(default_factory=dict)
-
-    def save(self, folder: str | Path) -> Path:
-        """Write `report.json`, `heads/<backbone>.keras` and, for a fine-tuned backbone,
-        `heads/<backbone>.tuned.keras` into `folder`."""
-        folder = Path(folder)
-        (folder / HEADS_DIR).mkdir(parents=True, exist_ok=True)
-        for name, head in self.heads.items():
-            head.to_keras().save(folder / HEADS_DIR / f"{name}.keras")
-        for name, model in self.tuned.items():
-            model.save(folder / HEADS_DIR / f"{name}{TUNED_SUFFIX}")
-        (folder / REPORT_FILE).write_text(json.dumps(self.report, indent=1))
-        return folder
-
-
-def load_result(folder: str | Path) -> TrainResult:
-    """Read back what `TrainResult.save` wrote (Keras files of our own making only)."""
-    folder = Path(folder)
-    report = json.loads((folder / REPORT_FILE).read_text())
-    heads = {name: head_from_keras(folder / HEADS_DIR / f"{name}.keras", report["classes"],
-                                   entry["hyperparameters"])
-             for name, entry in report["backbones"].items()}
-    # Fine-tuned backbones (their Preprocess layer is registered by the import).
-    tuned = {}
-    for name in heads:
-        path = folder / HEADS_DIR / f"{name}{TUNED_SUFFIX}"
-        if path.exists():
-            import keras
-
-            import models.backbones  # noqa: F401
-
-            tuned[name] = keras.saving.load_model(path, safe_mode=True)
-    return TrainResult(report["classes"], heads, report, tuned)
 
 
 def _items(samples: Sequence[Sample]) -> list[Item]:
@@ -301,14 +252,11 @@ def train(
         "backbones": entries,
         "ensemble": dict(ensembles[chosen_key], key=chosen_key, why=why),
         "ensembles": ensembles,
+        "backbone_titles": backbone_titles(backbones),
     }
     if progress:
         progress(Progress("done", 1, 1, 1.0))
     return TrainResult(classes, heads, report, tuned)
-
-
-ENSEMBLE_NAMES = {"vote": "majority vote", "mean": "mean probability",
-                  "weighted": "CV-weighted mean probability"}
 
 
 def _ensembles(all_probs, backbones, y, samples, classes, val_masks) -> dict:
@@ -316,23 +264,18 @@ def _ensembles(all_probs, backbones, y, samples, classes, val_masks) -> dict:
     weights = None
     if val_masks:
         weights = fit_weights([all_probs[n]["cv"] for n in backbones], y["train"])
+    by_name = None if weights is None else dict(zip(backbones, weights))
     out = {}
-    for key in ("vote", "mean", "weighted"):
+    for key in ENSEMBLE_NAMES:
         combined = {}
         for split in ("cv", "train", "test"):
-            parts = [all_probs[n][split] for n in backbones]
-            if any(p is None for p in parts) or (key == "weighted" and weights is None):
+            parts = {n: all_probs[n][split] for n in backbones}
+            if any(p is None for p in parts.values()) or (key == "weighted" and weights is None):
                 combined[split] = None
-            elif key == "mean":
-                combined[split] = mean_probability(parts)
-            elif key == "weighted":
-                combined[split] = (cross_fit_weighted(parts, y["train"], val_masks)
-                                   if split == "cv" else weighted_probability(parts, weights))
+            elif key == "weighted" and split == "cv":  # held out: weights from other folds
+                combined[split] = cross_fit_weighted(list(parts.values()), y["train"], val_masks)
             else:
-                _, _, votes = majority_vote(parts)
-                # Vote shares as scores; the tiny mean-probability term breaks ties exactly
-                # as majority_vote does, so argmax gives the voted class.
-                combined[split] = votes / len(parts) + 1e-6 * mean_probability(parts)
+                combined[split] = combine_ensemble(key, parts, by_name).probs
         out[key] = _entry(combined, y, samples, classes, val_masks)
         out[key]["method"] = ENSEMBLE_NAMES[key]
         if key == "weighted" and weights is not None:

@@ -1,4 +1,4 @@
-"""Resolve a backbone's weights file, in the order DESIGN.md fixes, never substituting another.
+"""Resolve a backbone's weights file, in this order, never substituting another:
 
 1. a configured weights folder holding the file under Keras's own file name;
 2. Keras's cache, `$KERAS_HOME/models` (default `~/.keras/models`);

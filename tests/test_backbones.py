@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.backbones import Backbone, preprocess_numpy
+from models.backbones import Backbone, Preprocess
 from models.registry import BACKBONES
 
 
@@ -38,18 +38,10 @@ def test_preprocessing_matches_keras_applications(name, module):
 
     pixels = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
     expected = getattr(keras.applications, module).preprocess_input(pixels.copy())
-    np.testing.assert_allclose(preprocess_numpy(pixels, BACKBONES[name].preprocess), expected,
-                               rtol=1e-5, atol=1e-4)
-
-
-def test_preprocess_layer_equals_numpy_twin():
-    from models.backbones import Preprocess
-
-    pixels = np.random.default_rng(2).uniform(0, 255, (1, 4, 4, 3)).astype(np.float32)
-    for mode in ("caffe", "tf", "lite"):
-        got = np.asarray(Preprocess(mode)(pixels))
-        np.testing.assert_allclose(got, preprocess_numpy(pixels, mode), rtol=1e-6, atol=1e-4)
+    got = np.asarray(Preprocess(BACKBONES[name].preprocess)(pixels))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_lite_preprocessing_is_x_minus_127_over_128():
-    assert preprocess_numpy(np.array([127.0, 255.0, 0.0]), "lite").tolist() == [0.0, 1.0, -127 / 128]
+    got = np.asarray(Preprocess("lite")(np.array([[[[127.0, 255.0, 0.0]]]], np.float32)))
+    np.testing.assert_allclose(got.ravel(), [0.0, 1.0, -127 / 128], rtol=1e-6)

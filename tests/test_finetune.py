@@ -9,7 +9,8 @@ from models.features import FeatureCache, Item, transform
 from models.heads import LinearHead
 from models.images import resize_for_model
 from models.predictor import Predictor, export_classifier, result_backbone
-from models.training import load_result, train
+from models.result import load_result
+from models.training import train
 
 LITE0 = "efficientnet_lite0"
 

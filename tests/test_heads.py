@@ -1,9 +1,8 @@
 import numpy as np
 
 from models.heads import (HIDDEN_MARGIN, L2_GRID, STEP_GRID, HiddenHead, LinearHead,
-                          _pick_kind, _survivors, apply_temperature, choose_params,
-                          cross_val_predict, fit_head, head_from_keras, make_folds, softmax,
-                          train_head)
+                          _pick_kind, _survivors, apply_temperature, fit_head, head_from_keras,
+                          make_folds, softmax, train_and_cross_validate, train_head)
 
 
 def _blobs(n_per=12, d=300, classes=3, spread=1.0, seed=0):
@@ -46,9 +45,14 @@ def test_head_learns_separable_classes_and_generalises():
     assert (head.predict_proba(x[1::2]).argmax(axis=1) == y[1::2]).mean() >= 0.9
 
 
-def test_choose_params_picks_from_the_grids_and_reports_cv_loss():
+def _linear_params(x, y, n_classes, groups=None):
+    """What CV chooses for a linear head on these rows (`train_head` without a hidden try)."""
+    return train_head(x, y, [str(c) for c in range(n_classes)], groups, try_hidden=False).params
+
+
+def test_the_search_picks_from_the_grids_and_reports_cv_loss():
     x, y = _blobs(n_per=10, spread=2.0)
-    params = choose_params(x, y, 3)
+    params = _linear_params(x, y, 3)
     assert params["l2"] in L2_GRID and params["steps"] in STEP_GRID
     assert 0 < params["cv_log_loss"] < np.log(3) + 1
 
@@ -58,7 +62,7 @@ def test_noise_labels_get_strong_regularisation_or_short_training():
     x = rng.normal(size=(40, 300)).astype(np.float32)
     y = rng.integers(0, 2, 40)
     y[:2] = [0, 1]
-    params = choose_params(x, y, 2)
+    params = _linear_params(x, y, 2)
     # With nothing to learn, CV must not pick the longest, least regularised run.
     assert not (params["l2"] == min(L2_GRID) and params["steps"] == max(STEP_GRID))
     assert params["cv_log_loss"] < np.log(2) + 0.05
@@ -67,7 +71,7 @@ def test_noise_labels_get_strong_regularisation_or_short_training():
 def test_nested_cv_predicts_every_row_from_a_model_that_never_saw_it():
     x, y = _blobs(n_per=10, spread=1.0)
     masks = make_folds(y)
-    probs = cross_val_predict(x, y, ["a", "b", "c"], masks)
+    probs = softmax(train_and_cross_validate(x, y, ["a", "b", "c"], masks)[1])
     assert probs.shape == (30, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
     assert (probs.argmax(axis=1) == y).mean() >= 0.9
@@ -85,8 +89,6 @@ def test_keras_export_matches_numpy_head():
 def test_batched_search_makes_the_choices_of_one_search_at_a_time():
     """One batched descent (candidates x outer folds x inner folds) = the plain definition:
     per outer fold, `train_head` on its training rows alone, scoring its held-out rows."""
-    from models.heads import train_and_cross_validate
-
     x, y = _blobs(n_per=9, d=40, spread=2.5)
     candidates = {"raw": x, "sqrt": np.sqrt(np.abs(x))}
     groups = np.arange(len(y)) // 2  # pairs of rows stay together
@@ -102,9 +104,10 @@ def test_batched_search_makes_the_choices_of_one_search_at_a_time():
         _assert_same_choice(inner.params, fold_params)
         views = fold_params["views"]
         np.testing.assert_allclose(logits[val], inner.logits(candidates[views][val]), atol=1e-6)
-    # Each search stops on its own: a separate choose_params gives the same answer.
-    assert choose_params(candidates[head.params["views"]], y, 3, groups)["steps"] == \
-        head.params["steps"]
+    # Each search stops on its own: searching the chosen input alone gives the same answer.
+    views = head.params["views"]
+    alone = train_head({views: candidates[views]}, y, ["a", "b", "c"], groups).params
+    assert _choice(alone) == _choice(head.params)
 
 
 def _xor(n_per=16, d=12, seed=0):
@@ -122,7 +125,7 @@ def test_hidden_head_is_chosen_where_no_line_separates_the_classes():
     x, y = _xor(seed=0)
     head = train_head(x, y, ["a", "b"])
     assert head.params["head"] == "hidden" and isinstance(head, HiddenHead)
-    linear = fit_head(x, y, ["a", "b"], choose_params(x, y, 2))
+    linear = fit_head(x, y, ["a", "b"], _linear_params(x, y, 2))
     test_x, test_y = _xor(seed=1)
     hidden_acc = (head.predict_proba(test_x).argmax(axis=1) == test_y).mean()
     linear_acc = (linear.predict_proba(test_x).argmax(axis=1) == test_y).mean()
@@ -183,15 +186,16 @@ def test_pruning_keeps_the_choice_on_a_small_case(monkeypatch):
 
     x, y = _blobs(n_per=10, d=80, spread=2.5, seed=4)
     hx, hy = _xor(n_per=8, seed=4)
-    pruned = [choose_params(x, y, 3), choose_params(hx, hy, 2, kind="hidden")]
+    pruned = [_linear_params(x, y, 3), train_head(hx, hy, ["a", "b"]).params]
+    assert pruned[1]["head"] == "hidden"  # the hidden search was exercised
     narrowed = []
     monkeypatch.setattr(heads._Descent, "select",
                         lambda self, slots, real=heads._Descent.select: (
                             narrowed.append(slots.shape[1]), real(self, slots))[1])
-    assert _choice(choose_params(x, y, 3)) == _choice(pruned[0])
+    assert _choice(_linear_params(x, y, 3)) == _choice(pruned[0])
     assert min(narrowed) < len(L2_GRID)  # it does prune
     monkeypatch.setattr(heads, "PRUNE_GAP", np.inf)
-    unpruned = [choose_params(x, y, 3), choose_params(hx, hy, 2, kind="hidden")]
+    unpruned = [_linear_params(x, y, 3), train_head(hx, hy, ["a", "b"]).params]
     assert [_choice(p) for p in unpruned] == [_choice(p) for p in pruned]
     # float32 products batched in other shapes round differently: losses agree, not bits
     np.testing.assert_allclose([p["cv_log_loss"] for p in unpruned],
@@ -204,8 +208,6 @@ def _choice(params):
 
 def test_batched_hidden_choices_equal_one_search_at_a_time():
     """The hidden round batched over outer folds = `train_head` on each fold's rows alone."""
-    from models.heads import train_and_cross_validate
-
     x, y = _xor(n_per=10, seed=5)
     candidates = {"raw": x, "sqrt": np.sqrt(np.abs(x))}
     masks = make_folds(y)

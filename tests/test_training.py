@@ -11,7 +11,8 @@ from models.backbones import load_backbone
 from models.datasets import read_dataset
 from models.features import FeatureCache
 from models.predictor import Predictor, export_classifier
-from models.training import TrainingError, load_result, train
+from models.result import load_result
+from models.training import TrainingError, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,7 +108,7 @@ def test_exported_model_carries_the_test_time_views(trained, tmp_path, transform
     import keras
 
     from models.heads import LinearHead
-    from models.training import TrainResult
+    from models.result import TrainResult
 
     result, _, data, _, _ = trained
     spec = lite("efficientnet_lite0").spec
@@ -259,7 +260,7 @@ def test_exported_hidden_head_matches_the_numpy_head(trained, tmp_path):
     import keras
 
     from models.backbones import HeadInput
-    from models.training import TrainResult
+    from models.result import TrainResult
 
     result, _, data, _, _ = trained
     spec = lite("efficientnet_lite0").spec

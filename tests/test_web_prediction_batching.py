@@ -18,7 +18,7 @@ from models.backbones import load_backbone
 from models.datasets import read_dataset
 from models.features import FeatureCache
 from models.training import train
-from web import prediction
+from web import concurrency
 from web.prediction import PredictionService
 
 BACKBONE = "efficientnet_lite0"
@@ -67,7 +67,7 @@ def test_concurrent_requests_are_merged_and_answered_as_alone(trained_folder, im
         answers[i] = service.classify(1, trained_folder, images[i], k, t)
 
     # Hold the TensorFlow turn (as a running batch would) while 8 clients queue up.
-    with prediction._direct_lock:
+    with concurrency._direct_lock:
         threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
         for thread in threads:
             thread.start()

@@ -17,7 +17,9 @@ from flask import Blueprint, current_app, jsonify, request, send_file, url_for
 from werkzeug.exceptions import HTTPException
 
 from models.registry import BACKBONES, DEFAULT_BACKBONES, OFFLINE_BACKBONE, availability
+from models.result import prediction_rows, read_report
 from web import auth
+from web.concurrency import offload, offload_tf
 from web.db import Iteration, Job, Project, ProjectImage, Upload, db, iso, utcnow
 from web.ingest import NOT_STORED, UploadError, check_label, check_split, ingest, upload_name
 from web.inputs import BadInput, read_json_object
@@ -25,7 +27,7 @@ from web.jobs import (JobConflict, Jobs, NotEnoughData, QueueUnavailable, class_
                       collect_garbage, give_up_reserve, is_disk_full, live_workers)
 from web.near_duplicates import group_images, image_hashes, project_images
 from web.prediction import (BackboneUnavailable, PredictionService, imagenet_backbones,
-                            imagenet_candidates, offload, offload_tf)
+                            imagenet_candidates)
 from web.problems import problem
 from web.storage import Storage, is_sha256
 
@@ -662,29 +664,17 @@ def _iteration(project_id: int) -> Iteration:
     return it
 
 
-REPORT_FILE = "report.json"  # models.training.REPORT_FILE, without importing scikit-learn
-
-
-def _read_report(folder) -> dict:
-    import json
-
-    return json.loads((folder / REPORT_FILE).read_text())
-
-
 @bp.get("/projects/<int:project_id>/results")
 def results(project_id: int):
     get_project(project_id)
     it = _iteration(project_id)
     try:
-        report = _read_report(_storage().resolve(it.folder))
+        report = read_report(_storage().resolve(it.folder))
     except (OSError, ValueError) as exc:
         raise ApiError(404, f"iteration {it.number} has no readable report: {exc}") from None
     pattern = thumbnail_url("0" * 64).replace("0" * 64, "{sha256}")
-    for entry in [*report.get("backbones", {}).values(), *report.get("ensembles", {}).values(),
-                  report.get("ensemble") or {}]:
-        for preds in (entry.get("predictions") or {}).values():
-            for p in preds:
-                p.setdefault("thumbnail", pattern.replace("{sha256}", p["sha256"]))
+    for p in prediction_rows(report):
+        p.setdefault("thumbnail", pattern.replace("{sha256}", p["sha256"]))
     report.update({
         "iteration": it.number, "iteration_id": it.id, "project_id": project_id,
         "job_id": it.job_id, "created_at": iso(it.created_at),

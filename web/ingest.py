@@ -32,8 +32,8 @@ from models.datasets import (
     read_zip,
 )
 from models.images import MAX_PIXELS, ORIGINAL_SIZE, thumbnail_jpeg
+from web.concurrency import offload
 from web.db import Blob, ProjectImage, Upload, db, utcnow
-from web.prediction import offload
 from web.storage import CONTENT_TYPES, Storage
 
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from models.result import summarize, views_extracted
 from web.db import Blob, Iteration, Job, Project, ProjectImage, WorkerBeat, db, utcnow
 from web.storage import (Storage, make_reserve, older_than, release_reserve,
                          remove_if_older)
@@ -433,7 +434,6 @@ def run_training(app, job_id: int) -> str:
                        fine_tune=fine_tune)
         on_progress(_Start("saving", 1.0))  # last chance to cancel
         report = result.report
-        report["backbone_titles"] = {n: _title(n) for n in backbones}
         tmp = storage.temp_dir()
         result.save(tmp)
         number = (db.session.scalar(sa.select(sa.func.max(Iteration.number))
@@ -441,7 +441,7 @@ def run_training(app, job_id: int) -> str:
         relpath = storage.iteration_relpath(project.id, number)
         storage.commit_dir(tmp, relpath)
         tmp = None
-        total = (report["n_train"] + report["n_test"]) * _views_extracted(report, backbones)
+        total = (report["n_train"] + report["n_test"]) * views_extracted(report, backbones)
         iteration = Iteration(
             project_id=project.id, number=number, job_id=job_id, folder=relpath,
             classes=report["classes"], backbones=backbones, n_train=report["n_train"],
@@ -491,13 +491,6 @@ class _Start:
     total: int = 0
 
 
-def _title(name: str) -> str:
-    from models.registry import BACKBONES
-
-    spec = BACKBONES.get(name)
-    return spec.title if spec else name
-
-
 def _error_message(exc: Exception) -> str:
     from models.training import TrainingError
     from models.weights import WeightsNotFound
@@ -505,26 +498,6 @@ def _error_message(exc: Exception) -> str:
     if isinstance(exc, (TrainingError, WeightsNotFound)):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
-
-
-SUMMARY_KEYS = ("cv_accuracy", "cv_accuracy_std", "test_accuracy", "train_accuracy",
-                "train_seconds")
-
-
-def _views_extracted(report: dict, backbones: list[str]) -> int:
-    """Views extracted per image, summed over the backbones (each has its own candidates)."""
-    all_policies = report.get("view_policies") or {"none": ["orig"]}
-    by_backbone = report.get("view_policies_by_backbone") or {b: list(all_policies) for b in backbones}
-    return sum(len({v for p in by_backbone.get(b, ["none"]) for v in all_policies.get(p, ["orig"])})
-               for b in backbones)
-
-
-def summarize(report: dict) -> dict:
-    """Headline numbers per backbone and for the ensemble (for iteration lists)."""
-    out = {name: {k: entry.get(k) for k in SUMMARY_KEYS}
-           for name, entry in report.get("backbones", {}).items()}
-    out["ensemble"] = {k: report.get("ensemble", {}).get(k) for k in SUMMARY_KEYS}
-    return out
 
 
 # -- worker process ------------------------------------------------------------------------

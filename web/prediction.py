@@ -2,9 +2,9 @@
 
 TensorFlow is imported only when the first prediction arrives, never at import or to render a
 page. A trained iteration is loaded once per process (an LRU keyed by iteration id) and the
-backbones once per process (the engine's `load_backbone` cache), never per request. Under
-gevent the TensorFlow work runs in a native thread of gevent's (`offload_tf`), so the server
-keeps answering other requests while an image is classified.
+backbones once per process (the engine's `load_backbone` cache), never per request. The
+TensorFlow work runs through `web.concurrency.offload_tf`, so under gevent the server keeps
+answering other requests while an image is classified.
 
 Concurrent requests for trained iterations are micro-batched (`PredictionService.classify`):
 each request queues its image, then asks the TensorFlow thread to serve the queue; whichever
@@ -20,65 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.registry import BACKBONES, DEFAULT_BACKBONES, OFFLINE_BACKBONE, availability
-
-
-def _gevent_patched() -> bool:
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return False
-    return monkey.is_module_patched("threading")
-
-
-_warmed = False
-
-
-def warm_platform_cache() -> None:
-    """Fill `platform`'s caches from the main thread. Importing TensorFlow asks for
-    `platform.uname().processor`, which runs `uname -p` in a subprocess; started from a thread
-    of gevent's pool, that subprocess never reports back and the import hangs. `python app.py`
-    calls this before serving; `offload` calls it again (a no-op) for other servers."""
-    global _warmed
-    if not _warmed:
-        import platform
-
-        platform.uname().processor  # noqa: B018  (cached on the shared uname result)
-        _warmed = True
-
-
-def offload(func: Callable, *args, **kwargs):
-    """Run blocking CPU work off the gevent loop (in its native thread pool) when serving
-    under gevent; call it directly otherwise (test client, worker, CLI)."""
-    if _gevent_patched():
-        import gevent
-
-        warm_platform_cache()
-        return gevent.get_hub().threadpool.apply(func, args, kwargs)
-    return func(*args, **kwargs)
-
-
-_tf_pool = None
-
-
-def offload_tf(func: Callable, *args, **kwargs):
-    """Like `offload`, for TensorFlow work: always the same single native thread.
-
-    Under gevent's monkey-patching, TensorFlow's Python-level locks are gevent locks, and two
-    native threads contending for one of them deadlock. One thread for all TensorFlow calls
-    means no contention (and TensorFlow uses every core within a call anyway)."""
-    if _gevent_patched():
-        global _tf_pool
-        from gevent.threadpool import ThreadPool
-
-        warm_platform_cache()
-        if _tf_pool is None:
-            _tf_pool = ThreadPool(1)
-        return _tf_pool.apply(func, args, kwargs)
-    with _direct_lock:  # threaded servers: one TensorFlow call at a time here too
-        return func(*args, **kwargs)
-
-
-_direct_lock = threading.RLock()
+from web.concurrency import offload_tf
 
 
 class BackboneUnavailable(RuntimeError):
