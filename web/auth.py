@@ -63,7 +63,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from web.config import write_once
 from web.db import ApiToken, LoginSession, Project, User, db, iso, utcnow
-from web.prediction import offload
+from web.concurrency import offload
 
 bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()
