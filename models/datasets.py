@@ -49,6 +49,8 @@ from .images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageRejected, decode_image, s
 
 __all__ = [
     "MAX_LABEL_LENGTH",
+    "NEEDS_A_CLASS",
+    "ZIP_SIGNATURES",
     "Dataset",
     "DatasetError",
     "Duplicate",
@@ -56,10 +58,14 @@ __all__ = [
     "Sample",
     "SampleSink",
     "ZipLimits",
+    "looks_like_zip",
     "normalize_label",
     "read_dataset",
     "read_image_file",
+    "read_stream",
     "read_zip",
+    "stream_name",
+    "user_label",
 ]
 
 MAX_LABEL_LENGTH = 100
@@ -68,7 +74,7 @@ _SYSTEM_FILE_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 _ARCHIVE_EXTENSIONS = frozenset(
     {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".zst", ".7z", ".rar"}
 )
-_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
+ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
 _ZIP_FLAG_ENCRYPTED = 0x1
 _ZIP_FLAG_UTF8 = 0x800
@@ -212,6 +218,34 @@ def normalize_label(raw: str) -> str:
     return label
 
 
+def user_label(label: str | None, *, blank_is_none: bool = False) -> str | None:
+    """Normalise a caller-supplied class name (see :func:`normalize_label`).
+
+    ``None`` (and, with ``blank_is_none``, an empty or all-whitespace string) means "no
+    label" and gives ``None``; an invalid label raises ``ValueError("invalid label <repr>:
+    <why>")``.
+    """
+    if label is None or (blank_is_none and not label.strip()):
+        return None
+    try:
+        return normalize_label(label)
+    except ValueError as exc:
+        raise ValueError(f"invalid label {label!r}: {exc}") from None
+
+
+def stream_name(filename: str | None, index: int) -> str:
+    """A file's name as sources report it: the client's name without any folder part
+    ('/' or '\\'), stripped; ``"upload-<index + 1>"`` when nothing is left. Never a path."""
+    name = PurePosixPath((filename or "").replace("\\", "/")).name.strip()
+    return name or f"upload-{index + 1}"
+
+
+def looks_like_zip(name: str, head: bytes) -> bool:
+    """Whether a file is read as a zip: ``name`` ends in ``.zip`` (any case), or ``head``
+    (its first bytes, at least 4 for a fair answer) starts with a zip signature."""
+    return name.lower().endswith(".zip") or head[:4] in ZIP_SIGNATURES
+
+
 def read_dataset(
     path: str | os.PathLike[str],
     *,
@@ -227,7 +261,7 @@ def read_dataset(
     :class:`DatasetError`; a missing path raises ``FileNotFoundError``.
     """
     path = Path(path)
-    forced = _user_label(label)
+    forced = user_label(label)
     if path.is_dir():
         return _read_folder(path, forced_label=forced, max_pixels=max_pixels, limits=limits)
     if not path.exists():
@@ -243,6 +277,47 @@ def read_dataset(
         return Dataset(rejected=[Rejection(path.name, _too_big_reason(size, limits))])
     return read_image_file(path.read_bytes(), name=path.name, label=forced,
                            max_pixels=max_pixels)
+
+
+NEEDS_A_CLASS = "an image needs a class: send it with a label, or inside a zip"
+
+
+def read_stream(
+    stream: BinaryIO,
+    *,
+    name: str,
+    label: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+    limits: ZipLimits = ZipLimits(),
+    on_sample: SampleSink | None = None,
+) -> Dataset:
+    """Read one file handed over as a seekable binary stream (an upload): a zip in any
+    layout :func:`read_zip` reads, or a single image.
+
+    It is a zip when :func:`looks_like_zip` says so from ``name`` and its first bytes.
+    Anything else is one image named ``name``: over ``limits.max_member_size`` it is
+    rejected "file too large: ...", without ``label`` rejected :data:`NEEDS_A_CLASS`.
+    A zip that cannot be read at all (:class:`DatasetError`) becomes a rejection too, so
+    every problem with the content is in the returned dataset; only an invalid ``label``
+    raises (``ValueError``). ``on_sample`` streams accepted samples as in :func:`read_zip`.
+    """
+    head = stream.read(4)
+    stream.seek(0)
+    try:
+        if looks_like_zip(name, head):
+            return read_zip(stream, name=name, label=label, max_pixels=max_pixels, limits=limits,
+                            on_sample=on_sample)
+        stream.seek(0, os.SEEK_END)
+        size = stream.tell()
+        stream.seek(0)
+        if size > limits.max_member_size:
+            return Dataset(rejected=[Rejection(name, _too_big_reason(size, limits))])
+        if label is None:
+            return Dataset(rejected=[Rejection(name, NEEDS_A_CLASS)])
+        return read_image_file(stream.read(), name=name, label=label, max_pixels=max_pixels,
+                               on_sample=on_sample)
+    except DatasetError as exc:
+        return Dataset(rejected=[Rejection(exc.source, exc.reason)])
 
 
 SampleSink = Callable[[Sample, Image.Image], None]
@@ -271,7 +346,7 @@ def read_zip(
     and duplicates are reported exactly as without it. An exception from ``on_sample``
     ends the read (what it already received stays received).
     """
-    forced = _user_label(label)
+    forced = user_label(label)
     collector = _Collector(max_pixels, on_sample)
     _read_zip_into(collector, fileobj_or_path, name=name, forced_label=forced, limits=limits)
     return collector.dataset()
@@ -285,7 +360,7 @@ def read_image_file(
 
     ``on_sample`` as in :func:`read_zip`. Raises ``ValueError`` for an invalid ``label``.
     """
-    forced = _user_label(label)
+    forced = user_label(label)
     if forced is None:
         raise ValueError(f"{name}: a single image needs a label")
     collector = _Collector(max_pixels, on_sample)
@@ -637,10 +712,11 @@ def _printable(text: str) -> str:
 
 
 def _is_zip_file(path: Path) -> bool:
-    if path.suffix.lower() == ".zip":
+    # The suffix, not the whole name: a file named just ".zip" is a hidden file, not a zip.
+    if looks_like_zip(path.suffix, b""):
         return True
     with path.open("rb") as fileobj:
-        return fileobj.read(4) in _ZIP_MAGICS
+        return looks_like_zip("", fileobj.read(4))
 
 
 # --- zips ---------------------------------------------------------------------------------
@@ -844,13 +920,3 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     if zlib.crc32(data) != info.CRC:
         raise zipfile.BadZipFile(f"bad CRC-32 for {info.filename!r}")
     return data
-
-
-def _user_label(label: str | None) -> str | None:
-    """Normalise a caller-supplied label; an invalid one is the caller's error."""
-    if label is None:
-        return None
-    try:
-        return normalize_label(label)
-    except ValueError as exc:
-        raise ValueError(f"invalid label {label!r}: {exc}") from None
