@@ -87,24 +87,26 @@ def test_near_duplicate_groups_stay_in_one_fold():
 
 
 def test_the_inner_choice_averages_several_draws_of_folds():
-    from models.heads import _repeated_folds, inner_repeats
+    from models.heads import inner_repeats
+    from models.heads.search import repeated_folds
 
     labels = np.repeat([0, 1, 2], 8)
     groups = np.arange(24)
     groups[[0, 1]] = 99  # a near-duplicate pair
-    folds = _repeated_folds(labels, groups, seed=3)
+    folds = repeated_folds(labels, groups, seed=3)
     repeats = inner_repeats(24)
     assert repeats == 3 and len(folds) == repeats * 5
     assert (np.sum(folds, axis=0) == repeats).all()  # every row validated once per draw
     draws = [folds[i * 5:(i + 1) * 5] for i in range(repeats)]
     assert len({tuple(np.argmax(draw, axis=0)) for draw in draws}) == repeats  # all differ
     assert all(sum(f[[0, 1]].any() for f in draw) == 1 for draw in draws)
-    assert _repeated_folds(np.array([0, 0, 1]), None, seed=0) is None  # CV impossible
+    assert repeated_folds(np.array([0, 0, 1]), None, seed=0) is None  # CV impossible
 
 
 def test_fewer_draws_of_inner_folds_as_rows_grow():
     """Repeats cost time in proportion and matter less with more rows: 3, 2, then 1."""
-    from models.heads import _repeated_folds, inner_repeats
+    from models.heads import inner_repeats
+    from models.heads.search import repeated_folds
 
     assert [inner_repeats(n) for n in (10, 79, 80, 133, 134, 500)] == [3, 3, 2, 2, 1, 1]
-    assert len(_repeated_folds(np.repeat(np.arange(10), 19), None, seed=0)) == 5  # 190 rows
+    assert len(repeated_folds(np.repeat(np.arange(10), 19), None, seed=0)) == 5  # 190 rows

@@ -1,8 +1,9 @@
 import numpy as np
 
 from models.heads import (HIDDEN_MARGIN, L2_GRID, STEP_GRID, HiddenHead, LinearHead,
-                          _pick_kind, _survivors, apply_temperature, fit_head, head_from_keras,
-                          make_folds, softmax, train_and_cross_validate, train_head)
+                          apply_temperature, fit_head, head_from_keras, make_folds, softmax,
+                          train_and_cross_validate, train_head)
+from models.heads.search import pick_kind, survivors
 
 
 def _blobs(n_per=12, d=300, classes=3, spread=1.0, seed=0):
@@ -13,7 +14,7 @@ def _blobs(n_per=12, d=300, classes=3, spread=1.0, seed=0):
 
 
 def _reference_descent(x, y, n_classes, l2, steps):
-    """The same Nesterov descent as heads.py, done naively in the full feature space."""
+    """The same Nesterov descent as models.heads, done naively in the full feature space."""
     mean = x.mean(axis=0)
     scale = np.sqrt(((x - mean) ** 2).sum(axis=1).mean())
     z = (x - mean) / scale
@@ -145,9 +146,9 @@ def test_hidden_wins_only_by_the_margin():
     linear = {"l2": 0.01, "steps": 80, "cv_log_loss": 0.50}
     near = {"l2": 0.1, "steps": 40, "cv_log_loss": 0.50 - HIDDEN_MARGIN / 2}
     far = {"l2": 0.1, "steps": 40, "cv_log_loss": 0.50 - 2 * HIDDEN_MARGIN}
-    assert _pick_kind(linear, near)["head"] == "linear"
-    assert _pick_kind(linear, far) == dict(far, head="hidden")
-    assert _pick_kind(linear, None)["head"] == "linear"  # CV impossible: never tried
+    assert pick_kind(linear, near)["head"] == "linear"
+    assert pick_kind(linear, far) == dict(far, head="hidden")
+    assert pick_kind(linear, None)["head"] == "linear"  # CV impossible: never tried
 
 
 def test_hidden_head_training_is_reproducible_and_fits():
@@ -176,25 +177,26 @@ def test_hidden_head_round_trips_through_keras_and_temperature(tmp_path):
 
 def test_pruning_rule_keeps_strengths_near_the_best():
     loss = {0: 0.30, 1: 0.40, 2: 0.41, 3: 0.45}
-    assert _survivors(loss, best=0.30) == [0, 1]  # 0.41 is 0.11 behind: dropped
-    assert _survivors(loss, best=0.15) == []  # every one fell far behind an earlier best
+    assert survivors(loss, best=0.30) == [0, 1]  # 0.41 is 0.11 behind: dropped
+    assert survivors(loss, best=0.15) == []  # every one fell far behind an earlier best
 
 
 def test_pruning_keeps_the_choice_on_a_small_case(monkeypatch):
     """Successive halving only saves time here: without it, the same choices."""
-    import models.heads as heads
+    from models.heads import search
+    from models.heads.descent import Descent
 
     x, y = _blobs(n_per=10, d=80, spread=2.5, seed=4)
     hx, hy = _xor(n_per=8, seed=4)
     pruned = [_linear_params(x, y, 3), train_head(hx, hy, ["a", "b"]).params]
     assert pruned[1]["head"] == "hidden"  # the hidden search was exercised
     narrowed = []
-    monkeypatch.setattr(heads._Descent, "select",
-                        lambda self, slots, real=heads._Descent.select: (
+    monkeypatch.setattr(Descent, "select",
+                        lambda self, slots, real=Descent.select: (
                             narrowed.append(slots.shape[1]), real(self, slots))[1])
     assert _choice(_linear_params(x, y, 3)) == _choice(pruned[0])
     assert min(narrowed) < len(L2_GRID)  # it does prune
-    monkeypatch.setattr(heads, "PRUNE_GAP", np.inf)
+    monkeypatch.setattr(search, "PRUNE_GAP", np.inf)
     unpruned = [_linear_params(x, y, 3), train_head(hx, hy, ["a", "b"]).params]
     assert [_choice(p) for p in unpruned] == [_choice(p) for p in pruned]
     # float32 products batched in other shapes round differently: losses agree, not bits
@@ -222,13 +224,13 @@ def test_batched_hidden_choices_equal_one_search_at_a_time():
 
 
 def test_softmax_without_max_shift_matches_and_stays_finite():
-    from models.heads import _softmax_few
+    from models.heads.descent import softmax_few
 
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 5, (3, 7, 4))
-    np.testing.assert_allclose(_softmax_few(logits), softmax(logits), rtol=1e-12)
+    np.testing.assert_allclose(softmax_few(logits), softmax(logits), rtol=1e-12)
     huge = np.array([[500.0, -500.0, 0.0], [-900.0, -950.0, -990.0]], np.float32)
-    probs = _softmax_few(huge)
+    probs = softmax_few(huge)
     assert np.isfinite(probs).all() and np.allclose(probs.sum(axis=1), 1)
     assert probs[0].argmax() == 0  # (the second row, all clipped, is uniform: no NaN)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import BinaryIO
 
 import sqlalchemy as sa
@@ -22,21 +21,19 @@ from PIL import Image
 
 from models.datasets import (
     Dataset,
-    DatasetError,
     Rejection,
     Sample,
     SampleSink,
     ZipLimits,
-    normalize_label,
-    read_image_file,
-    read_zip,
+    read_stream,
+    stream_name,
+    user_label,
 )
 from models.images import MAX_PIXELS, ORIGINAL_SIZE, thumbnail_jpeg
 from web.concurrency import offload
 from web.db import Blob, ProjectImage, Upload, db, utcnow
 from web.storage import CONTENT_TYPES, Storage
 
-ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 LIMITS = ZipLimits()
 NOT_STORED = "not stored: the server could not write it"  # a server fault, not bad input
 
@@ -86,18 +83,17 @@ class FileStore:
 
 
 def upload_name(filename: str | None, index: int) -> str:
-    """The client's file name without any folder part (shown to the user, never a path)."""
-    name = PurePosixPath((filename or "").replace("\\", "/")).name.strip()
-    return name or f"upload-{index + 1}"
+    """The client's file name without any folder part (`models.datasets.stream_name`)."""
+    return stream_name(filename, index)
 
 
 def check_label(label: str | None) -> str | None:
-    if label is None or not label.strip():
-        return None
+    """The request's label normalised, None when absent or blank; an invalid one is the
+    request's error (`UploadError`, with `models.datasets.user_label`'s message)."""
     try:
-        return normalize_label(label)
+        return user_label(label, blank_is_none=True)
     except ValueError as exc:
-        raise UploadError(f"invalid label {label!r}: {exc}") from None
+        raise UploadError(str(exc)) from None
 
 
 def check_split(split: str | None) -> str:
@@ -109,27 +105,11 @@ def check_split(split: str | None) -> str:
 
 def read_upload(stream: BinaryIO, name: str, label: str | None,
                 max_pixels: int = MAX_PIXELS, on_sample: SampleSink | None = None) -> Dataset:
-    """One uploaded file as a dataset: a zip (any layout the engine reads) or one image;
-    `on_sample` streams the accepted ones (see `models.datasets.read_zip`)."""
-    head = stream.read(4)
-    stream.seek(0)
-    try:
-        if name.lower().endswith(".zip") or head in ZIP_MAGICS:
-            return read_zip(stream, name=name, label=label, max_pixels=max_pixels, limits=LIMITS,
-                            on_sample=on_sample)
-        stream.seek(0, io.SEEK_END)
-        size = stream.tell()
-        stream.seek(0)
-        if size > LIMITS.max_member_size:
-            return Dataset(rejected=[Rejection(
-                name, f"file too large: {size} bytes (limit {LIMITS.max_member_size})")])
-        if label is None:
-            return Dataset(rejected=[Rejection(
-                name, "an image needs a class: send it with a label, or inside a zip")])
-        return read_image_file(stream.read(), name=name, label=label, max_pixels=max_pixels,
-                               on_sample=on_sample)
-    except DatasetError as exc:
-        return Dataset(rejected=[Rejection(exc.source, exc.reason)])
+    """One uploaded file as a dataset, under the server's `LIMITS`: the engine's
+    `models.datasets.read_stream` (a zip in any layout, or one image; every problem a
+    rejection), `on_sample` streaming the accepted ones."""
+    return read_stream(stream, name=name, label=label, max_pixels=max_pixels, limits=LIMITS,
+                       on_sample=on_sample)
 
 
 def _insert_ignore(table, values: dict):
