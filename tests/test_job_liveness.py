@@ -19,7 +19,7 @@ import pytest
 
 from web import create_app
 from web.db import Job, Project, WorkerBeat, db, utcnow
-from web.jobs import BEAT_TIMEOUT, _pid_alive
+from web.jobs import BEAT_TIMEOUT, pid_alive
 
 STALL = 60  # JOB_STALL_SECONDS in these tests
 
@@ -91,7 +91,7 @@ STALE_BEAT = BEAT_TIMEOUT + 5
 
 
 def test_a_zombie_worker_pid_counts_as_dead(app, zombie):
-    assert not _pid_alive(zombie)  # kill(pid, 0) alone succeeds on a zombie
+    assert not pid_alive(zombie)  # kill(pid, 0) alone succeeds on a zombie
     with app.app_context():
         no_beat = _running_job(zombie, beat_age=None)
         assert _recover(app) == {"requeued": [no_beat], "failed": []}
@@ -102,7 +102,7 @@ def test_a_zombie_worker_pid_counts_as_dead(app, zombie):
 
 
 def test_a_stale_heartbeat_wins_over_a_zombie_or_a_reused_pid(app, zombie, sleeper):
-    assert _pid_alive(sleeper)
+    assert pid_alive(sleeper)
     with app.app_context():
         on_zombie = _running_job(zombie, beat_age=STALE_BEAT)
         on_sleep = _running_job(sleeper, beat_age=STALE_BEAT)
