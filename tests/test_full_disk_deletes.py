@@ -19,7 +19,7 @@ import pytest
 from conftest import logged_in, make_zip
 
 from web import create_app
-from web.jobs import RESERVE_NAME, housekeeping
+from web.jobs import RESERVE_NAME, run_housekeeping
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -60,7 +60,7 @@ def _project(disk: Path, reserve: int):
     folder = app.extensions["transferlab.storage"].project_dir(pid) / "iterations" / "1"
     folder.mkdir(parents=True)
     (folder / "report.json").write_text("{}")
-    housekeeping(app)
+    run_housekeeping(app)
     return app, client, pid, [image["sha256"] for image in r.json["images"]], folder
 
 
@@ -100,7 +100,7 @@ def test_deleting_an_image_and_a_project_on_a_full_disk_works(disk):
     _integrity(disk)
 
     filler.unlink()  # room again: the housekeeping makes the reserve again
-    housekeeping(app)
+    run_housekeeping(app)
     assert reserve.stat().st_size == RESERVE
 
 

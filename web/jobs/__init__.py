@@ -34,12 +34,9 @@ Modules, each the one home of its concept (importers may use the names below fro
 * `worker`: the worker process: consumer, heartbeat, liveness, recovery of stuck jobs.
 * `housekeeping`: garbage collection, the orphan-file sweep, the disk reserve.
 
-`web.jobs.housekeeping` as an attribute is the function (as importers have always used it),
-which hides the module of that name: import from the module with
-`from web.jobs.housekeeping import ...`.
 """
 from web.jobs.housekeeping import (RESERVE_NAME, collect_garbage, collect_orphan_files,
-                                   give_up_reserve, housekeeping, is_disk_full,
+                                   give_up_reserve, is_disk_full, run_housekeeping,
                                    reserve_path)
 from web.jobs.queue import (GC_TASK, TRAIN_TASK, Jobs, NotEnoughData, QueueUnavailable,
                             class_counts, make_huey)

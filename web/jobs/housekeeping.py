@@ -4,7 +4,7 @@ Owns the garbage collection of stored images no project holds (`collect_garbage`
 the database only, so a request may run it), the sweep of files and folders no database row
 names (`collect_orphan_files`, slow: the worker runs it, never a request), and the disk
 reserve next to a SQLite database that lets a deletion be recorded on a full disk
-(`reserve_path`, `give_up_reserve`, `is_disk_full`). `housekeeping(app)` runs them all; the
+(`reserve_path`, `give_up_reserve`, `is_disk_full`). `run_housekeeping(app)` runs them all; the
 worker calls it at its start and every 30 minutes. The collectors need an app context;
 `housekeeping` makes its own.
 """
@@ -113,7 +113,7 @@ def is_disk_full(exc: sa.exc.DBAPIError) -> bool:
             or getattr(orig, "pgcode", None) == "53100" or "disk is full" in str(orig))
 
 
-def housekeeping(app) -> None:
+def run_housekeeping(app) -> None:
     """Free what nothing uses: images no project holds (`collect_garbage`), then files and
     folders and temporary leftovers without database rows (`collect_orphan_files`), spared for
     `ORPHAN_GRACE_SECONDS`; then make the disk reserve (`DISK_RESERVE_BYTES`) if it is

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from web.db import Job, Project, ProjectImage, db
 from web.jobs import state
-from web.jobs.housekeeping import housekeeping
+from web.jobs.housekeeping import run_housekeeping
 from web.jobs.state import worker_id
 from web.jobs.training_run import run_training
 from web.jobs.worker import recover_stale_jobs
@@ -156,7 +156,7 @@ class Jobs:
                 self.in_flight.discard(job_id)
 
     def _gc_task(self) -> None:
-        housekeeping(self.app)
+        run_housekeeping(self.app)
 
     def _on_interrupted(self, signal_name, task, *args) -> None:
         """The worker is stopping while `task` runs (SIGINT, or SIGTERM's grace period is

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from web.db import WorkerBeat, db, utcnow
 from web.jobs import state
-from web.jobs.housekeeping import housekeeping
+from web.jobs.housekeeping import run_housekeeping
 from web.jobs.state import worker_id
 
 if TYPE_CHECKING:
@@ -217,7 +217,7 @@ def _record_beat(app, me: str, started) -> None:
 
 def _housekeep_once(app) -> None:
     try:
-        housekeeping(app)
+        run_housekeeping(app)
     except Exception as exc:  # a busy database or an odd file must not kill the worker
         log.warning("housekeeping failed: %s", exc)
 
