@@ -38,8 +38,8 @@ def cli(app, argv: list[str]) -> int:
     p.add_argument("--name", default="command line", help="what the token is for")
     p.add_argument("--expires-in-days", type=int, default=None,
                    help=f"the token stops working after this many days (1-{MAX_TOKEN_DAYS})")
-    for command, what in (("disable-user", "disable an account (ends its sessions, refuses "
-                                           "its tokens)"), ("enable-user", "enable it again")):
+    for command, what in (("disable-user", ("disable an account (ends its sessions, refuses "
+                                            "its tokens)")), ("enable-user", "enable it again")):
         sub.add_parser(command, help=what).add_argument("username")
     args = parser.parse_args(argv)
 

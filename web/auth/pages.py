@@ -23,7 +23,14 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 
-from web.auth.accounts import AuthError, authenticate, create_user, has_users, set_disabled, set_password
+from web.auth.accounts import (
+    AuthError,
+    authenticate,
+    create_user,
+    has_users,
+    set_disabled,
+    set_password,
+)
 from web.auth.first_run import setup_code, setup_code_matches
 from web.auth.gate import current_user
 from web.auth.sessions import end_session, login_session
