@@ -278,7 +278,7 @@ def test_the_guard_returns_its_connection_and_keeps_the_user_savable(tmp_path):
 def test_no_database_connection_is_held_while_a_password_is_hashed(tmp_path, monkeypatch):
     """Hashing waits its turn (two at a time) and takes ~0.1 s: 20 guesses holding a pooled
     connection each meanwhile would exhaust the pool again."""
-    from web import auth
+    from web.auth import accounts as auth
     from web.db import db
 
     app = _app(tmp_path)
