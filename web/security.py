@@ -8,7 +8,7 @@ Contract:
   also from blob: (previews of dropped images), no plugins, no <base>, forms post only
   here, and no site may frame them. Other responses without a policy of their own get
   OTHER_POLICY (nothing may load or frame them); the image routes keep their sandbox.
-- A cookie-authenticated write (`g.auth_via == "session"`, set by `web.auth._guard`, and
+- A cookie-authenticated write (`g.auth_via == "session"`, set by `web.auth.gate._guard`, and
   a method other than GET/HEAD/OPTIONS/TRACE) is refused with 403 when its `Origin` header
   names another site than this one (scheme, host and port of the request, as seen behind
   TRUSTED_PROXIES), or is "null" (a sandboxed or privacy-stripped context). Without
