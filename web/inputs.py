@@ -11,6 +11,9 @@ Contract:
   MAX_ID (no row can have it; SQLite would overflow on it) answers 400 naming the id,
   on every route, rather than an OverflowError deep in a query. Call it before any
   blueprint is registered (rules bind their converters when added).
+- `int_arg(values, name, ...)` and `float_arg(values, name, ...)` read one query or form
+  argument (`request.values`) as a bounded number: its default when absent or empty,
+  otherwise the number, or `BadInput` naming the argument, what it got and the bounds.
 """
 from __future__ import annotations
 
@@ -84,6 +87,37 @@ def _check_text(text: str, where: str) -> None:
         raise BadInput(f"the JSON body's {shown!r} holds a lone surrogate "
                        f"(\\u{ord(text[exc.start]):04x}), which is not text: send valid "
                        "Unicode") from None
+
+
+def int_arg(values, name: str, default=None, minimum: int | None = None,
+            maximum: int | None = None):
+    """The integer argument `name` of `values` (see the module docstring); at most MAX_ID
+    unless `maximum` says otherwise."""
+    raw = values.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadInput(f"{name!r} must be an integer, got {raw!r}") from None
+    maximum = MAX_ID if maximum is None else maximum
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise BadInput(f"{name!r} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def float_arg(values, name: str, default: float, minimum: float, maximum: float) -> float:
+    """The number argument `name` of `values` (see the module docstring)."""
+    raw = values.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadInput(f"{name!r} must be a number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise BadInput(f"{name!r} must be between {minimum} and {maximum}, got {value}")
+    return value
 
 
 class BoundedInt(IntegerConverter):

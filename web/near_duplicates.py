@@ -13,7 +13,6 @@ import sqlalchemy as sa
 from PIL import Image
 
 from models.duplicates import hash_groups, perceptual_hash
-from models.images import decode_image, thumbnail_jpeg
 from web.db import ProjectImage, db
 from web.storage import Storage
 
@@ -26,11 +25,7 @@ def _thumbnail_hash(path: str) -> int:
 
 def image_hash(storage: Storage, sha256: str, thumb_size: int) -> int:
     """The perceptual hash of a stored image, from its thumbnail (made if missing)."""
-    path = storage.thumb_path(sha256)
-    if not path.is_file():
-        storage.put_thumbnail(sha256, thumbnail_jpeg(decode_image(storage.read_blob(sha256)),
-                                                     thumb_size))
-    return _thumbnail_hash(str(path))
+    return _thumbnail_hash(str(storage.ensure_thumbnail(sha256, thumb_size)))
 
 
 def image_hashes(storage: Storage, sha256s: list[str], thumb_size: int) -> list[int]:

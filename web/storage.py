@@ -123,6 +123,27 @@ class Storage:
     def read_blob(self, sha256: str) -> bytes:
         return self.blob_path(sha256).read_bytes()
 
+    def ensure_thumbnail(self, sha256: str, size: int) -> Path:
+        """The path of stored image `sha256`'s thumbnail, made from its blob if missing (see
+        `_ensure_derived`)."""
+        return self._ensure_derived(sha256, self.thumb_path, self.put_thumbnail, size)
+
+    def ensure_preview(self, sha256: str, size: int) -> Path:
+        """The path of stored image `sha256`'s preview, made from its blob if missing (see
+        `_ensure_derived`)."""
+        return self._ensure_derived(sha256, self.preview_path, self.put_preview, size)
+
+    def _ensure_derived(self, sha256: str, path_of, put, size: int) -> Path:
+        """The one maker of thumbnails and previews after upload: a JPEG at most `size`
+        pixels on its long side, decoded from the blob. CPU work (run it off the gevent
+        loop); models.images.ImageRejected or OSError when the blob is unreadable."""
+        path = path_of(sha256)
+        if not path.is_file():
+            from models.images import decode_image, thumbnail_jpeg
+
+            put(sha256, thumbnail_jpeg(decode_image(self.read_blob(sha256)), size))
+        return path
+
     def delete_image_files(self, sha256: str) -> None:
         for path in (self.blob_path(sha256), self.thumb_path(sha256), self.preview_path(sha256)):
             path.unlink(missing_ok=True)

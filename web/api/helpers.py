@@ -1,0 +1,65 @@
+"""What the API's route modules share: the app's services (storage, job queue, prediction,
+weights folder), the caller's project (`get_project`, scoped by `web.auth.owned_project`),
+the JSON body of a request (`json_body`), a project's iterations and latest job, and
+`release_connection` before slow work.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import current_app, request
+
+from web import auth
+from web.api.errors import ApiError
+from web.db import Iteration, Job, Project, db
+from web.inputs import read_json_object
+from web.jobs import Jobs
+from web.prediction import PredictionService
+from web.storage import Storage
+
+
+def get_storage() -> Storage:
+    return current_app.extensions["transferlab.storage"]
+
+
+def get_jobs() -> Jobs:
+    return current_app.extensions["transferlab.jobs"]
+
+
+def get_predictions() -> PredictionService:
+    return current_app.extensions["transferlab.prediction"]
+
+
+def weights_dir():
+    return current_app.config.get("WEIGHTS_DIR")
+
+
+def release_connection() -> None:
+    """End the request's read transaction before slow work (decoding, storing, TensorFlow),
+    so its pooled database connection serves other requests meanwhile (40 concurrent uploads
+    and predictions each holding one for seconds would exhaust the pool of 5 + 10)."""
+    db.session.commit()
+
+
+def get_project(project_id: int) -> Project:
+    """The caller's project `project_id`; 404 when it does not exist or is someone else's."""
+    project = auth.owned_project(project_id)
+    if project is None:
+        raise ApiError(404, f"no project with id {project_id}")
+    return project
+
+
+def json_body() -> dict:
+    """The request's JSON object (`web.inputs.read_json_object`): 400 naming the reason (its
+    `BadInput`, answered by `web.api.errors`), 413 over MAX_JSON_BYTES. Every JSON route
+    reads its body through this."""
+    return read_json_object(request, current_app.config["MAX_JSON_BYTES"])
+
+
+def project_iterations(project_id: int) -> list[Iteration]:
+    return db.session.scalars(sa.select(Iteration).where(Iteration.project_id == project_id)
+                              .order_by(Iteration.number)).all()
+
+
+def latest_job(project_id: int) -> Job | None:
+    return db.session.scalar(sa.select(Job).where(Job.project_id == project_id)
+                             .order_by(Job.id.desc()).limit(1))

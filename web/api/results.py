@@ -1,0 +1,135 @@
+"""What training produced, and using it: a trained iteration's report (`results`), the list of
+iterations, predicting one uploaded image with a project's iteration, and predicting with
+the backbones' own ImageNet heads. Only the predict routes run TensorFlow, off the gevent loop.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import current_app, jsonify, request
+
+from models.registry import DEFAULT_BACKBONES, OFFLINE_BACKBONE
+from models.result import prediction_rows, read_report
+from web.api import bp
+from web.api.errors import ApiError
+from web.api.helpers import (
+    get_predictions,
+    get_project,
+    get_storage,
+    project_iterations,
+    release_connection,
+    weights_dir,
+)
+from web.api.serializers import backbone_json, iteration_json, thumbnail_url
+from web.concurrency import offload, offload_tf
+from web.db import Iteration, db, iso
+from web.ingest import upload_name
+from web.inputs import float_arg, int_arg
+from web.prediction import BackboneUnavailable, imagenet_backbones, imagenet_candidates
+
+
+def _iteration(project_id: int) -> Iteration:
+    number = int_arg(request.values, "iteration", None, 1)
+    query = sa.select(Iteration).where(Iteration.project_id == project_id)
+    if number is None:
+        it = db.session.scalar(query.order_by(Iteration.number.desc()).limit(1))
+        if it is None:
+            raise ApiError(404, f"project {project_id} has no trained iteration yet: train it first")
+    else:
+        it = db.session.scalar(query.where(Iteration.number == number))
+        if it is None:
+            raise ApiError(404, f"project {project_id} has no iteration {number}")
+    return it
+
+
+@bp.get("/projects/<int:project_id>/results")
+def results(project_id: int):
+    get_project(project_id)
+    it = _iteration(project_id)
+    try:
+        report = read_report(get_storage().resolve(it.folder))
+    except (OSError, ValueError) as exc:
+        raise ApiError(404, f"iteration {it.number} has no readable report: {exc}") from None
+    pattern = thumbnail_url("0" * 64).replace("0" * 64, "{sha256}")
+    for p in prediction_rows(report):
+        p.setdefault("thumbnail", pattern.replace("{sha256}", p["sha256"]))
+    report.update({
+        "iteration": it.number, "iteration_id": it.id, "project_id": project_id,
+        "job_id": it.job_id, "created_at": iso(it.created_at),
+        "features_computed": it.features_computed, "features_total": it.features_total,
+        "iterations": [i.number for i in project_iterations(project_id)],
+        "thumbnail_url": pattern,
+    })
+    return jsonify(report)
+
+
+@bp.get("/projects/<int:project_id>/iterations")
+def list_iterations(project_id: int):
+    get_project(project_id)
+    return jsonify([iteration_json(it) for it in project_iterations(project_id)])
+
+
+# -- prediction ----------------------------------------------------------------------------
+
+
+def _uploaded_image():
+    """The one image of a predict request, decoded (400 naming the file when unusable)."""
+    files = [f for f in request.files.getlist("file") if f and f.filename is not None]
+    if not files:
+        raise ApiError(400, "no file: send one image as multipart/form-data field 'file'")
+    if len(files) > 1:
+        raise ApiError(400, f"send one image per request, got {len(files)}")
+    upload = files[0]
+    name = upload_name(upload.filename, 0)
+    data = upload.stream.read()
+    from models.images import ImageRejected, decode_image
+
+    try:
+        return name, offload(decode_image, data)
+    except ImageRejected as exc:
+        raise ApiError(400, f"{name}: {exc.reason}", name=name, reason=exc.reason) from None
+
+
+@bp.post("/projects/<int:project_id>/predict")
+def predict(project_id: int):
+    project = get_project(project_id)
+    it = _iteration(project_id)
+    top_k = int_arg(request.values, "top_k", current_app.config["TOP_K"], 1, 20)
+    threshold = float_arg(request.values, "threshold", project.threshold or 0.0, 0.0, 1.0)
+    it_id, number, classes, folder = it.id, it.number, it.classes, get_storage().resolve(it.folder)
+    release_connection()
+    name, image = _uploaded_image()
+    try:
+        answer = get_predictions().classify(it_id, folder, image, top_k, threshold)
+    except BackboneUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
+    return jsonify({**answer, "name": name, "iteration": number, "classes": classes})
+
+
+@bp.post("/imagenet/predict")
+def imagenet_predict():
+    raw = request.values.get("backbones")
+    requested = [b.strip() for b in raw.split(",") if b.strip()] if raw else None
+    try:
+        backbones = imagenet_backbones(requested, weights_dir())
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    top_k = int_arg(request.values, "top_k", current_app.config["TOP_K"], 1, 20)
+    name, image = _uploaded_image()
+    try:
+        answers = offload_tf(get_predictions().imagenet, [image], backbones, top_k)
+    except BackboneUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
+    return jsonify({**answers[0], "name": name, "mode": "imagenet"})
+
+
+@bp.get("/imagenet/backbones")
+def imagenet_backbone_list():
+    from web.prediction import imagenet_unavailable_reason
+
+    out = []
+    for name in imagenet_candidates():
+        reason = imagenet_unavailable_reason(name, weights_dir())
+        out.append({**backbone_json(name), "available": reason is None,
+                    "reason": reason or backbone_json(name)["reason"],
+                    "default": name in DEFAULT_BACKBONES or name == OFFLINE_BACKBONE})
+    return jsonify(out)
