@@ -82,11 +82,6 @@ class FileStore:
                                   width, height))
 
 
-def upload_name(filename: str | None, index: int) -> str:
-    """The client's file name without any folder part (`models.datasets.stream_name`)."""
-    return stream_name(filename, index)
-
-
 def check_label(label: str | None) -> str | None:
     """The request's label normalised, None when absent or blank; an invalid one is the
     request's error (`UploadError`, with `models.datasets.user_label`'s message)."""
@@ -233,7 +228,7 @@ def ingest(project_id: int, files: list, *, label: str | None, split: str,
     """
     report_files, rejected, duplicates, accepted = [], [], [], []
     for index, upload in enumerate(files):
-        name = upload_name(upload.filename, index)
+        name = stream_name(upload.filename, index)
         files_written = FileStore(storage, thumb_size)
         dataset = offload(read_upload, upload.stream, name, label, on_sample=files_written)
         stored, store_rejected = files_written.stored, files_written.rejected

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import current_app, jsonify, request
 
+from models.datasets import stream_name
 from models.registry import DEFAULT_BACKBONES, OFFLINE_BACKBONE
 from models.result import prediction_rows, read_report
 from web.api import bp
@@ -22,7 +23,6 @@ from web.api.helpers import (
 from web.api.serializers import backbone_json, iteration_json, thumbnail_url
 from web.concurrency import offload, offload_tf
 from web.db import Iteration, db, iso
-from web.ingest import upload_name
 from web.inputs import float_arg, int_arg
 from web.prediction import BackboneUnavailable, imagenet_backbones, imagenet_candidates
 
@@ -79,7 +79,7 @@ def _uploaded_image():
     if len(files) > 1:
         raise ApiError(400, f"send one image per request, got {len(files)}")
     upload = files[0]
-    name = upload_name(upload.filename, 0)
+    name = stream_name(upload.filename, 0)
     data = upload.stream.read()
     from models.images import ImageRejected, decode_image
 
