@@ -247,7 +247,7 @@ _built: set[str] = set()
 
 def _prepare(instance: Path, dataset: Path, per_class: int, view_policies: str) -> dict:
     """A project with the default backbones, its images uploaded through the API (test
-    client) and trained as the worker does (`web/jobs.py`) but with random-weight backbones;
+    client) and trained as the worker does (`web/jobs/training_run.py`) but with random-weight backbones;
     registered as iteration 1. `view_policies`: "default" (as the worker trains) or a
     comma-separated list for `train`. Returns what the benchmark reports about it."""
     from models.features import FeatureCache

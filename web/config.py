@@ -47,7 +47,7 @@ DEFAULTS: dict = {
     "PREDICTOR_CACHE_SIZE": 4,  # trained iterations kept loaded per web process
     "TOP_K": 3,
     "SQLALCHEMY_TRACK_MODIFICATIONS": False,
-    # Accounts and sessions (web/auth.py)
+    # Accounts and sessions (web/auth/)
     "SECRET_KEY": None,  # signs session cookies; default: generated once into <instance>/secret_key
     "SESSION_COOKIE_NAME": "transferlab_session",
     "SESSION_COOKIE_HTTPONLY": True,
@@ -56,7 +56,7 @@ DEFAULTS: dict = {
     "PERMANENT_SESSION_LIFETIME": 14 * 24 * 3600,  # seconds a login lasts
     "TRUSTED_PROXIES": 0,  # reverse proxies in front whose X-Forwarded-* headers to believe
     "MAX_JSON_BYTES": 1024 * 1024,  # largest JSON request body -> 413
-    "WTF_CSRF_CHECK_DEFAULT": False,  # web/auth.py decides which requests need the token
+    "WTF_CSRF_CHECK_DEFAULT": False,  # web/auth/gate.py decides which requests need the token
     "WTF_CSRF_TIME_LIMIT": None,  # valid as long as the session: a page left open still works
     # Slow clients (web/serving.py; `python app.py` only): what a connection may take
     "SOCKET_TIMEOUT": 60,  # seconds a connection may send nothing before it is closed
