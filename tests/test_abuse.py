@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import TEST_PASSWORD, api_token, logged_in, page_csrf_token
+from helpers import TEST_PASSWORD, api_token, logged_in, page_csrf_token
 from servers import RedisServer
 
 from bench.abuse import (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import api_token, logged_in
+from helpers import api_token, logged_in
 from openapi_spec_validator import validate
 from werkzeug.http import HTTP_STATUS_CODES
 

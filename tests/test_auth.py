@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TEST_PASSWORD, api_token, logged_in, make_zip, page_csrf_token
+from helpers import REPO, TEST_PASSWORD, api_token, logged_in, make_zip, page_csrf_token
 
 from web import create_app
 from web.db import ApiToken, Iteration, Job, LoginSession, Project, User, db, utcnow

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import _photo_variants
+from helpers import photo_variants
 from PIL import Image
 from skimage import data as photos
 
@@ -24,7 +24,7 @@ def test_views_that_hide_the_class_are_not_chosen_where_orientation_matters(tmp_
     for label in ("upright", "upside_down"):
         (root / label).mkdir(parents=True)
     for seed, name in enumerate(("chelsea", "coffee", "rocket", "astronaut")):
-        variants = _photo_variants(getattr(photos, name)(), 6, 100 + seed)
+        variants = photo_variants(getattr(photos, name)(), 6, 100 + seed)
         for i, im in enumerate(variants):
             if i % 2:  # each photo's variants are split between the classes: no shortcut
                 im = im.transpose(Image.Transpose.ROTATE_180)

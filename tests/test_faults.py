@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import REPO, _photo_variants, bearer_session, logged_in, make_zip
+from helpers import REPO, bearer_session, free_port, logged_in, make_zip, photo_variants
 
 from web import create_app
 
@@ -60,7 +59,7 @@ def fresh_zip(seed: int, per_class: int, photos=("astronaut", "chelsea")) -> byt
 
     members = {}
     for k, photo in enumerate(photos):
-        for i, im in enumerate(_photo_variants(getattr(data, photo)(), per_class, seed + k)):
+        for i, im in enumerate(photo_variants(getattr(data, photo)(), per_class, seed + k)):
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=85)
             members[f"{photo}/{i}.jpg"] = buf.getvalue()
@@ -174,12 +173,6 @@ def test_a_class_with_one_image_trains(env, web_photos):
 # -- the real server -----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 LIMITED = ("import os, resource, sys; limit = int(sys.argv[1]); "
            "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
            "os.execv(sys.argv[2], sys.argv[2:])")
@@ -189,7 +182,7 @@ class Server:
     """`python app.py` on a loopback port, output to a log file in the instance folder."""
 
     def __init__(self, instance: Path, file_size_limit: int | None = None, **env):
-        self.instance, self.port = Path(instance), _free_port()
+        self.instance, self.port = Path(instance), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.instance.parent / f"server-{time.time_ns()}.log"
         self.env = {**os.environ, "TRANSFERLAB_INSTANCE_PATH": str(self.instance),
@@ -426,7 +419,7 @@ def test_unusable_instance_folder_stops_app_py_with_a_clear_message(tmp_path):
                 {"TRANSFERLAB_INSTANCE_PATH": str(tmp_path / "ok"),
                  "TRANSFERLAB_STORAGE_DIR": str(not_a_folder / "storage")}):
         out = subprocess.run([sys.executable, str(REPO / "app.py")], cwd=REPO,
-                             env={**os.environ, "TRANSFERLAB_PORT": str(_free_port()), **env},
+                             env={**os.environ, "TRANSFERLAB_PORT": str(free_port()), **env},
                              capture_output=True, text=True, timeout=60, check=False)
         assert out.returncode == 2, out.stderr
         assert "cannot start: the instance folder, storage folder or database is not usable" \

@@ -147,7 +147,7 @@ def test_without_fine_tune_the_report_has_no_fine_tuning(photos, tmp_path):
 
 
 def test_the_project_setting_is_saved_and_checked_by_the_api(tmp_path):
-    from conftest import logged_in
+    from helpers import logged_in
 
     from web import create_app
 
@@ -168,7 +168,7 @@ def test_the_worker_fine_tunes_a_project_that_asks_for_it(tmp_path, start_worker
     import io
     import time
 
-    from conftest import logged_in, make_zip
+    from helpers import logged_in, make_zip
 
     from web import create_app
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import api_token, logged_in
+from helpers import api_token, logged_in
 
 from web import create_app
 from web.inputs import MAX_ID, MAX_JSON_DEPTH

@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import logged_in
+from helpers import logged_in
 from PIL import Image
 
 from models.datasets import read_zip

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from conftest import logged_in
+from helpers import logged_in
 from tests.servers import PostgresServer
 
 DUMP = Path(__file__).parent / "data" / "create_all_v0.sql"

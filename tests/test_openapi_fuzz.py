@@ -19,7 +19,7 @@ import tempfile
 
 import pytest
 import schemathesis
-from conftest import api_token, make_zip
+from helpers import api_token, make_zip
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import logged_in, make_zip
+from helpers import logged_in, make_zip
 
 from web import create_app
 from web.jobs import collect_orphan_files

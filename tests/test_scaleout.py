@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import REPO, WorkerProcess, api_token, logged_in, make_zip
+from helpers import REPO, WorkerProcess, api_token, logged_in, make_zip
 
 from tests.servers import PostgresServer, RedisServer, free_port
 

@@ -9,7 +9,7 @@ import io
 import json
 
 import pytest
-from conftest import logged_in, make_zip
+from helpers import logged_in, make_zip
 from PIL import Image
 
 from web import create_app
@@ -23,7 +23,7 @@ def app(tmp_path):
 
 @pytest.fixture
 def client(app):
-    """Logged in as the page's user: session cookie plus the CSRF header (see conftest)."""
+    """Logged in as the page's user: session cookie plus the CSRF header (see helpers.logged_in)."""
     return logged_in(app.test_client())
 
 

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from models.backbones import load_backbone
 from models.datasets import read_dataset

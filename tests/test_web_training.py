@@ -10,7 +10,7 @@ import io
 import time
 
 import pytest
-from conftest import _photo_variants, logged_in, make_zip
+from helpers import logged_in, make_zip, photo_variants
 from PIL import Image
 
 from web import create_app
@@ -205,7 +205,7 @@ def test_cancel_running_and_queued_jobs(env, web_photos):
     slow = client.post("/api/v1/projects", json={"name": "slow", "backbones": [BACKBONE]}).json["id"]
     members = {}
     for label, photo in (("astronaut", data.astronaut()), ("cat", data.chelsea())):
-        for i, im in enumerate(_photo_variants(photo, 40, 7000 + len(members))):
+        for i, im in enumerate(photo_variants(photo, 40, 7000 + len(members))):
             buf = io.BytesIO()
             im.save(buf, "JPEG")
             members[f"{label}/{i}.jpg"] = buf.getvalue()
@@ -276,7 +276,7 @@ def test_job_of_a_dead_worker_is_run_again_when_a_worker_starts(env, start_worke
     pid = client.post("/api/v1/projects", json={"name": "crash", "backbones": [BACKBONE]}).json["id"]
     members = {}
     for label, photo in (("rocket", data.rocket()), ("coffee", data.coffee())):
-        for i, im in enumerate(_photo_variants(photo, 40, 9100 + len(members))):
+        for i, im in enumerate(photo_variants(photo, 40, 9100 + len(members))):
             buf = io.BytesIO()
             im.save(buf, "JPEG")
             members[f"{label}/{i}.jpg"] = buf.getvalue()
