@@ -14,6 +14,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import pytest
+import requests
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `import web`, `import models` under plain `pytest`
     sys.path.insert(0, str(REPO))
@@ -186,8 +189,6 @@ _TOKENS: dict[str, str] = {}
 def bearer_session(instance):
     """A requests.Session for a real server on `instance`, with an API token of user "ann"
     on that instance (made once per instance, in-process, on the same database)."""
-    import requests
-
     from web import create_app
 
     key = str(instance)
@@ -211,8 +212,6 @@ def free_port() -> int:
 def start_app(tmp_path, port: int, log_path, **env):
     """`python app.py` on 127.0.0.1:`port` with the instance folder tmp_path/instance; returns
     the process once `/api/v1/openapi.yaml` answers (the test fails with the log otherwise)."""
-    import pytest
-
     env = {**os.environ, "TRANSFERLAB_INSTANCE_PATH": str(tmp_path / "instance"),
            "TRANSFERLAB_PORT": str(port), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
            "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
@@ -232,3 +231,76 @@ def start_app(tmp_path, port: int, log_path, **env):
                 proc.kill()
                 pytest.fail(log_path.read_text())
             time.sleep(0.2)
+
+
+LIMITED = ("import os, resource, sys; limit = int(sys.argv[1]); "
+           "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+           "os.execv(sys.argv[2], sys.argv[2:])")
+
+
+class Server:
+    """`python app.py` on a loopback port, output to a log file in the instance folder; its
+    requests carry an API token (`bearer_session`)."""
+
+    def __init__(self, instance: Path, file_size_limit: int | None = None, **env):
+        self.instance, self.port = Path(instance), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.instance.parent / f"server-{time.time_ns()}.log"
+        self.env = {**os.environ, "TRANSFERLAB_INSTANCE_PATH": str(self.instance),
+                    "TRANSFERLAB_PORT": str(self.port), "TF_CPP_MIN_LOG_LEVEL": "2",
+                    "PYTHONUNBUFFERED": "1", "TRANSFERLAB_WORKER_POLL_SECONDS": "0.2",
+                    "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+                    "NO_PROXY": "127.0.0.1,localhost", **{k: str(v) for k, v in env.items()}}
+        self.command = [sys.executable, str(REPO / "app.py")]
+        if file_size_limit:  # RLIMIT_FSIZE set in the child itself, then exec app.py
+            self.command = [sys.executable, "-c", LIMITED, str(file_size_limit), *self.command]
+        self.http = bearer_session(self.instance)
+
+    def start(self, wait_worker=False):
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.command, cwd=REPO, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if (self.get("/api/v1/backbones").status_code == 200
+                        and (not wait_worker or "ready (queue" in self.log())):
+                    return self
+            except requests.ConnectionError:
+                pass
+            assert self.proc.poll() is None, self.log()
+            time.sleep(0.2)
+        pytest.fail(f"server not ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path, **kw):
+        return self.http.get(self.url + path, timeout=60, **kw)
+
+    def post(self, path, **kw):
+        return self.http.post(self.url + path, timeout=120, **kw)
+
+    def job(self, job_id) -> dict:
+        return self.get(f"/api/v1/jobs/{job_id}").json()
+
+    def wait_job(self, job_id, done, timeout=240.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if done(job):
+                return job
+            time.sleep(0.05)
+        pytest.fail(f"{job}\n{self.log()[-3000:]}")
+
+    def worker_pid(self) -> int:
+        return int(self.log().split("worker started (pid ")[-1].split(")")[0])
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

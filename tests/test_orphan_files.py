@@ -212,7 +212,7 @@ def test_files_of_an_upload_killed_midway_are_removed_by_the_next_worker(tmp_pat
     """`python app.py` is SIGKILLed while storing a zip of 1,500 images: files are on disk,
     no row names them. They survive a restart of the web process; the next worker's start-up
     housekeeping removes them once past the grace period, and keeps the images with rows."""
-    from test_faults import Server
+    from helpers import Server
 
     instance = tmp_path / "instance"
     server = Server(instance, TRANSFERLAB_WORKER="false").start()
