@@ -12,7 +12,7 @@ from models.ensemble import fit_weights
 from models.features import FeatureCache
 from models.heads import cross_fit_temperature, fit_temperature, make_folds, softmax
 from models.metrics import expected_calibration_error
-from models.predictor import _answers
+from models.predictor import answers
 from models.training import train
 
 
@@ -58,11 +58,11 @@ def test_temperature_scaling_lowers_the_calibration_error_of_an_overconfident_mo
 
 def test_threshold_answers_unknown_and_keeps_the_best_guess():
     probs = {"a": np.array([[0.55, 0.45], [0.95, 0.05]]), "b": np.array([[0.6, 0.4], [0.9, 0.1]])}
-    sure, unsure = _answers(probs, ["cat", "dog"], 1, {"key": "mean"}, threshold=0.8)[::-1]
+    sure, unsure = answers(probs, ["cat", "dog"], 1, {"key": "mean"}, threshold=0.8)[::-1]
     assert sure["ensemble"]["label"] == "cat" and "best_guess" not in sure["ensemble"]
     assert unsure["ensemble"]["label"] == "unknown"
     assert unsure["ensemble"]["best_guess"] == "cat" and unsure["ensemble"]["threshold"] == 0.8
-    assert _answers(probs, ["cat", "dog"], 1, {"key": "mean"})[0]["ensemble"]["label"] == "cat"
+    assert answers(probs, ["cat", "dog"], 1, {"key": "mean"})[0]["ensemble"]["label"] == "cat"
 
 
 def test_weighted_ensemble_trusts_the_backbone_that_generalises():
