@@ -18,6 +18,8 @@ from werkzeug.http import HTTP_STATUS_CODES
 from web import create_app
 from web.problems import KINDS, TYPE_PREFIX
 
+pytestmark = pytest.mark.unit
+
 OPENAPI = Path(__file__).resolve().parents[1] / "docs/openapi.yaml"
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from helpers import photo_variants
 from PIL import Image
 from skimage import data as photos
@@ -16,6 +17,7 @@ from models.predictor import answers
 from models.training import train
 
 
+@pytest.mark.integration
 def test_views_that_hide_the_class_are_not_chosen_where_orientation_matters(tmp_path):
     """Upright photos against the same kind of photos upside down: averaged over the eight
     flips and turns, an image and its half-turn look exactly alike, so CV must keep the
@@ -41,6 +43,7 @@ def test_views_that_hide_the_class_are_not_chosen_where_orientation_matters(tmp_
     assert entry["cv_accuracy"] >= 0.75
 
 
+@pytest.mark.unit
 def test_temperature_scaling_lowers_the_calibration_error_of_an_overconfident_model():
     rng = np.random.default_rng(0)
     n, classes = 600, 4
@@ -56,6 +59,7 @@ def test_temperature_scaling_lowers_the_calibration_error_of_an_overconfident_mo
     assert before > 0.15 and after < before / 3
 
 
+@pytest.mark.unit
 def test_threshold_answers_unknown_and_keeps_the_best_guess():
     probs = {"a": np.array([[0.55, 0.45], [0.95, 0.05]]), "b": np.array([[0.6, 0.4], [0.9, 0.1]])}
     sure, unsure = answers(probs, ["cat", "dog"], 1, {"key": "mean"}, threshold=0.8)[::-1]
@@ -65,6 +69,7 @@ def test_threshold_answers_unknown_and_keeps_the_best_guess():
     assert answers(probs, ["cat", "dog"], 1, {"key": "mean"})[0]["ensemble"]["label"] == "cat"
 
 
+@pytest.mark.unit
 def test_weighted_ensemble_trusts_the_backbone_that_generalises():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 3, 300)
@@ -75,6 +80,7 @@ def test_weighted_ensemble_trusts_the_backbone_that_generalises():
     assert weights[0] > 0.9 and abs(weights.sum() - 1) < 1e-6
 
 
+@pytest.mark.unit
 def test_near_duplicate_groups_stay_in_one_fold():
     labels = np.repeat([0, 1], 20)
     groups = np.arange(40)
@@ -86,6 +92,7 @@ def test_near_duplicate_groups_stay_in_one_fold():
             assert sum(fold[members].any() for fold in folds) == 1
 
 
+@pytest.mark.unit
 def test_the_inner_choice_averages_several_draws_of_folds():
     from models.heads import _repeated_folds, inner_repeats
 
@@ -102,6 +109,7 @@ def test_the_inner_choice_averages_several_draws_of_folds():
     assert _repeated_folds(np.array([0, 0, 1]), None, seed=0) is None  # CV impossible
 
 
+@pytest.mark.unit
 def test_fewer_draws_of_inner_folds_as_rows_grow():
     """Repeats cost time in proportion and matter less with more rows: 3, 2, then 1."""
     from models.heads import _repeated_folds, inner_repeats

@@ -28,6 +28,8 @@ from models.datasets import (
 )
 from models.images import sha256_hex
 
+pytestmark = pytest.mark.unit
+
 _COLORS = iter(range(1, 10_000))
 
 

@@ -28,7 +28,7 @@ from helpers import REPO, Server, bearer_session, free_port, logged_in, make_zip
 
 from web import create_app
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 BACKBONE = "efficientnet_lite0"
 FINAL = ("succeeded", "failed", "cancelled")

@@ -21,7 +21,7 @@ from helpers import logged_in, make_zip
 from web import create_app
 from web.jobs import RESERVE_NAME, housekeeping
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 RESERVE = 512 * 1024
 

@@ -23,6 +23,8 @@ from PIL import Image
 
 from web import create_app
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def app(tmp_path):

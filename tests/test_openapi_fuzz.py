@@ -31,6 +31,8 @@ from schemathesis.specs.openapi.checks import (
 
 from web import create_app
 
+pytestmark = pytest.mark.integration
+
 FUZZ_EXAMPLES = int(os.environ.get("TRANSFERLAB_FUZZ_EXAMPLES", "10"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, ignored_auth]

@@ -14,6 +14,8 @@ from PIL import Image
 from web import create_app
 from web.security import PAGE_POLICY
 
+pytestmark = pytest.mark.unit
+
 SITE = "http://localhost"  # the test client's host
 
 

@@ -29,6 +29,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 from helpers import free_port, make_zip  # noqa: E402
 from playwright import sync_api  # noqa: E402
 
+pytestmark = pytest.mark.browser
+
 if not Path(CHROMIUM).exists():  # a missing browser is a broken set-up, never a skip
     pytest.fail("Debian's chromium is not installed: apt-get install chromium", pytrace=False)
 

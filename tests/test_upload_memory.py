@@ -25,6 +25,8 @@ import pytest
 from helpers import REPO, bearer_session, declare_member_size, free_port, make_zip, start_app
 from PIL import Image
 
+pytestmark = pytest.mark.integration
+
 MIB = 1024 * 1024
 BOUND = 200 * 10**6  # bytes: the most these uploads may add to a process's peak RSS
 BOMB_MEMBER = "cats/bomb.png"

@@ -15,6 +15,8 @@ from PIL import Image
 from web import create_app
 from web.db import Job, db
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def app(tmp_path):

@@ -21,6 +21,8 @@ from models.training import train
 from web import concurrency
 from web.prediction import PredictionService
 
+pytestmark = pytest.mark.integration
+
 BACKBONE = "efficientnet_lite0"
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from web import create_app
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 BACKBONE = "efficientnet_lite0"
 TRAIN = range(0, 6)  # indices into web_photos[label]
