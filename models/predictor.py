@@ -25,7 +25,7 @@ def _top_k(probs: np.ndarray, labels: Sequence[str], k: int) -> list[dict]:
 UNKNOWN = "unknown"
 
 
-def _answers(per_backbone: dict[str, np.ndarray], labels: Sequence[str], k: int,
+def answers(per_backbone: dict[str, np.ndarray], labels: Sequence[str], k: int,
              ensemble: dict | None = None, threshold: float = 0.0) -> list[dict]:
     """Per-image answers from {backbone: (n, C) probabilities}.
 
@@ -38,7 +38,7 @@ def _answers(per_backbone: dict[str, np.ndarray], labels: Sequence[str], k: int,
     combined = combine_ensemble(key, per_backbone, (ensemble or {}).get("weights"))
     predicted, score, votes = combined.predicted, combined.score, combined.votes
     method = ENSEMBLE_NAMES[key]
-    answers = []
+    out = []
     for i in range(len(predicted)):
         label = labels[predicted[i]]
         answer = {
@@ -49,9 +49,9 @@ def _answers(per_backbone: dict[str, np.ndarray], labels: Sequence[str], k: int,
         }
         if answer["label"] == UNKNOWN:
             answer.update(best_guess=label, threshold=threshold)
-        answers.append({"backbones": {n: _top_k(per_backbone[n][i], labels, k) for n in names},
+        out.append({"backbones": {n: _top_k(per_backbone[n][i], labels, k) for n in names},
                         "ensemble": answer})
-    return answers
+    return out
 
 
 def _pixels(images: Sequence[Image.Image], size: int, views: Sequence[str] = ("orig",)) -> np.ndarray:
@@ -96,7 +96,7 @@ class Predictor:
     def answer(self, probabilities: dict[str, np.ndarray], top_k: int = 3,
                threshold: float = 0.0) -> list[dict]:
         """Answers (as `predict` gives them) from `probabilities`' {backbone: (n, C)}."""
-        return _answers(probabilities, self.classes, top_k, self.result.report.get("ensemble"),
+        return answers(probabilities, self.classes, top_k, self.result.report.get("ensemble"),
                         threshold)
 
     def predict(self, images: Sequence[Image.Image], top_k: int = 3,
@@ -112,10 +112,10 @@ def imagenet_predict(images: Sequence[Image.Image], backbones: dict[str, object]
         name: backbone.imagenet_probabilities(_pixels(images, backbone.input_size))
         for name, backbone in backbones.items()
     }
-    return _answers(probs, labels, top_k)
+    return answers(probs, labels, top_k)
 
 
-def _keras_view(x, view: str):
+def keras_view(x, view: str):
     """The Keras twin of features.VIEWS[view] on a (batch, H, W, 3) tensor (square images)."""
     import keras
 
@@ -149,7 +149,7 @@ def export_classifier(backbone, head, path: str | Path) -> Path:
     size = backbone.input_size
     x = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True)(inputs)
     views, transform = parse_head_input(head.params.get("views", "none"))
-    features = [backbone.features_model(_keras_view(x, v)) for v in views]
+    features = [backbone.features_model(keras_view(x, v)) for v in views]
     pooled = features[0] if len(features) == 1 else keras.layers.Average()(features)
     pooled = HeadInput(transform, backbone.spec.blocks)(pooled)
     model = keras.Model(inputs, head.keras_output(pooled), name=f"transferlab_{backbone.name}")

@@ -1,8 +1,10 @@
-"""Shared test fixtures. Tests never touch the network: any non-loopback connection fails."""
+"""Shared test fixtures (plain helpers are in tests/helpers.py). Tests never touch the
+network: any non-loopback connection fails."""
 import ipaddress
 import socket
 
 import pytest
+from helpers import PHOTO_CLASSES, WEB_PHOTOS, WorkerProcess, photo_variants
 
 _real_connect = socket.socket.connect
 
@@ -34,28 +36,6 @@ def empty_keras_home(tmp_path, monkeypatch):
     return home
 
 
-def _photo_variants(photo, count, seed):
-    """`count` distinct JPEG-able variants of one photo: crops, flips, brightness."""
-    import numpy as np
-    from PIL import Image, ImageEnhance
-
-    rng = np.random.default_rng(seed)
-    base = Image.fromarray(photo).convert("RGB")
-    w, h = base.size
-    out = []
-    for i in range(count):
-        cw, ch = int(w * rng.uniform(0.6, 0.95)), int(h * rng.uniform(0.6, 0.95))
-        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        im = base.crop((x, y, x + cw, y + ch)).resize((160, 120))
-        if i % 2:
-            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        out.append(ImageEnhance.Brightness(im).enhance(float(rng.uniform(0.7, 1.3))))
-    return out
-
-
-PHOTO_CLASSES = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket"}
-
-
 @pytest.fixture(scope="session")
 def photo_folder(tmp_path_factory):
     """A folder of class folders: cat, coffee, rocket; 6 JPEGs each, from scikit-image photos."""
@@ -64,7 +44,7 @@ def photo_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("photos")
     for seed, (label, photo) in enumerate(PHOTO_CLASSES.items()):
         (root / label).mkdir()
-        for i, im in enumerate(_photo_variants(getattr(data, photo)(), 6, seed)):
+        for i, im in enumerate(photo_variants(getattr(data, photo)(), 6, seed)):
             im.save(root / label / f"{label}_{i}.jpg", quality=90)
     return root
 
@@ -77,82 +57,9 @@ def photo_test_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("photos_test")
     for seed, (label, photo) in enumerate(PHOTO_CLASSES.items()):
         (root / label).mkdir()
-        for i, im in enumerate(_photo_variants(getattr(data, photo)(), 3, 100 + seed)):
+        for i, im in enumerate(photo_variants(getattr(data, photo)(), 3, 100 + seed)):
             im.save(root / label / f"{label}_test_{i}.jpg", quality=90)
     return root
-
-
-# --- the web app's worker (web/jobs.py): a real Huey consumer in a subprocess -------------
-
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `import web`, `import models` under plain `pytest`
-    sys.path.insert(0, str(REPO))
-
-
-class WorkerProcess:
-    """`python app.py worker` against an instance folder; its output goes to `log_path`.
-
-    Downloads are made to fail fast (a dead local proxy), so a worker can never reach the
-    network even if asked to train a backbone whose weights are not on disk.
-    """
-
-    def __init__(self, instance_path, **env):
-        self.instance_path = Path(instance_path)
-        self.instance_path.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.instance_path / f"worker-{time.time_ns()}.log"
-        self.env = {**os.environ, "TRANSFERLAB_INSTANCE_PATH": str(self.instance_path),
-                    "TRANSFERLAB_WORKER_POLL_SECONDS": "0.2", "TF_CPP_MIN_LOG_LEVEL": "2",
-                    "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-                    "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-                    "NO_PROXY": "", "no_proxy": "", "PYTHONUNBUFFERED": "1",
-                    **{k: str(v) for k, v in env.items()}}
-        self.proc = None
-
-    def start(self):
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "worker"],
-                                     cwd=REPO, env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    def wait_ready(self, timeout=120.0):
-        """Block until the worker says it is consuming the queue (TensorFlow loaded)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "ready (queue" in self.log():
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.1)
-        raise TimeoutError(f"worker not ready after {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, sig=signal.SIGTERM, timeout=20.0):
-        if self.alive:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "_log", None):
-            self._log.close()
 
 
 @pytest.fixture(scope="session")
@@ -173,9 +80,6 @@ def start_worker():
         worker.stop()
 
 
-WEB_PHOTOS = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket", "astronaut": "astronaut"}
-
-
 @pytest.fixture(scope="session")
 def web_photos():
     """JPEG bytes of distinct variants of real photos: {class: [12 JPEGs]} for 4 classes
@@ -187,83 +91,9 @@ def web_photos():
     out = {}
     for seed, (label, photo) in enumerate(WEB_PHOTOS.items()):
         images = []
-        for im in _photo_variants(getattr(data, photo)(), 12, 500 + seed):
+        for im in photo_variants(getattr(data, photo)(), 12, 500 + seed):
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=88)
             images.append(buf.getvalue())
         out[label] = images
     return out
-
-
-def make_zip(members: dict) -> bytes:
-    """A zip (bytes) of {member path: bytes}."""
-    import io
-    import zipfile
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buf.getvalue()
-
-
-# --- accounts (web/auth.py): log a test client in the way a user does ---------------------------
-
-TEST_PASSWORD = "correct horse battery staple"
-
-
-def page_csrf_token(html: str) -> str:
-    """The CSRF token a page carries in `<meta name="csrf-token">` (what static/js/api.js sends)."""
-    import re
-
-    found = re.search(r'<meta name="csrf-token" content="([^"]+)"', html)
-    assert found, "the page has no CSRF token"
-    return found.group(1)
-
-
-def logged_in(client, username: str = "ann", password: str = TEST_PASSWORD, *, create=True):
-    """`client` (a Flask test client) logged in through the login page as `username` (the
-    account is created first when `create`; the first one on an instance is the admin). The
-    client then sends the page's CSRF token header with every request, as the pages do."""
-    from web.auth import create_user
-    from web.db import User, db
-
-    app = client.application
-    with app.app_context():
-        if create and db.session.scalar(db.select(User).where(User.username == username)) is None:
-            create_user(username, password, admin=username == "ann")
-    token = page_csrf_token(client.get("/login").get_data(as_text=True))
-    r = client.post("/login", data={"username": username, "password": password, "csrf_token": token})
-    assert r.status_code == 302, r.get_data(as_text=True)[:500]
-    client.environ_base["HTTP_X_CSRFTOKEN"] = page_csrf_token(client.get("/").get_data(as_text=True))
-    return client
-
-
-def api_token(app, username: str = "ann", password: str = TEST_PASSWORD) -> str:
-    """A new API token for `username` (created if missing), for `Authorization: Bearer`."""
-    from web.auth import create_user, issue_token
-    from web.db import User, db
-
-    with app.app_context():
-        user = db.session.scalar(db.select(User).where(User.username == username))
-        if user is None:
-            user = create_user(username, password, admin=username == "ann")
-        return issue_token(user, "tests")[1]
-
-
-_TOKENS: dict[str, str] = {}
-
-
-def bearer_session(instance):
-    """A requests.Session for a real server on `instance`, with an API token of user "ann"
-    on that instance (made once per instance, in-process, on the same database)."""
-    import requests
-
-    from web import create_app
-
-    key = str(instance)
-    if key not in _TOKENS:
-        _TOKENS[key] = api_token(create_app({"INSTANCE_PATH": key, "TESTING": True}))
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {_TOKENS[key]}"
-    return session

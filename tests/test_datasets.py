@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 import os
 import stat
-import struct
 import tracemalloc
 import zipfile
 import zlib
 from pathlib import Path
 
 import pytest
+from helpers import declare_member_size
 from PIL import Image
 
 from models.datasets import (
@@ -27,6 +27,8 @@ from models.datasets import (
     read_zip,
 )
 from models.images import sha256_hex
+
+pytestmark = pytest.mark.unit
 
 _COLORS = iter(range(1, 10_000))
 
@@ -55,24 +57,6 @@ def mark_encrypted(path: Path, member: str) -> None:
         name_length = int.from_bytes(data[header + 28 : header + 30], "little")
         if data[header + 46 : header + 46 + name_length] == member.encode():
             data[header + 8] |= 0x1
-        header = data.find(b"PK\x01\x02", header + 4)
-    path.write_bytes(bytes(data))
-
-
-def declare_member_size(path: Path, member: str, size: int, crc: int) -> None:
-    """Make ``member``'s local and central headers declare ``size`` bytes with CRC ``crc``,
-    whatever its data holds (what a hand-crafted bomb does)."""
-    data = bytearray(path.read_bytes())
-    with zipfile.ZipFile(path) as archive:
-        local = archive.getinfo(member).header_offset
-    struct.pack_into("<I", data, local + 14, crc)
-    struct.pack_into("<I", data, local + 22, size)
-    header = data.find(b"PK\x01\x02")
-    while header != -1:
-        name_length = int.from_bytes(data[header + 28 : header + 30], "little")
-        if data[header + 46 : header + 46 + name_length] == member.encode():
-            struct.pack_into("<I", data, header + 16, crc)
-            struct.pack_into("<I", data, header + 24, size)
         header = data.find(b"PK\x01\x02", header + 4)
     path.write_bytes(bytes(data))
 

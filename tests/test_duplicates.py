@@ -5,10 +5,13 @@ import io
 import tracemalloc
 
 import numpy as np
+import pytest
 from PIL import Image, ImageEnhance
 from skimage import data
 
 from models.duplicates import PAIRS_PER_BLOCK, PHASH_MAX_DISTANCE, hash_groups, perceptual_hash
+
+pytestmark = pytest.mark.unit
 
 
 def _jpeg_roundtrip(im: Image.Image, quality: int) -> Image.Image:

@@ -83,6 +83,7 @@ def lite0_photos():
 # --------------------------------------------------------------------------- torch pickle reader
 
 
+@pytest.mark.unit
 def test_state_dict_names_and_shapes(lite0_state):
     sd = lite0_state
     assert len(sd) == 296
@@ -135,6 +136,7 @@ def _legacy_to_zip(legacy: Path, out: Path) -> None:
             zf.writestr(f"archive/data/{key}", f.read(numel * _Peek.itemsize[key]))
 
 
+@pytest.mark.unit
 def test_zip_format_matches_legacy(tmp_path, lite0_state):
     zipped = tmp_path / "lite0_zip.pth"
     _legacy_to_zip(_weights("lite0"), zipped)
@@ -149,6 +151,7 @@ class _Evil:
         return (os.system, ("echo should-not-run",))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("where", ["state_dict", "header"])
 def test_reader_refuses_foreign_globals(tmp_path, where):
     path = tmp_path / "evil.pth"
@@ -164,6 +167,7 @@ def test_reader_refuses_foreign_globals(tmp_path, where):
         load_state_dict(path)
 
 
+@pytest.mark.integration
 def test_modules_import_without_tensorflow_or_torch():
     code = (
         "import sys; import models.efficientnet_lite, models.torch_pickle, models.imagenet; "
@@ -176,6 +180,7 @@ def test_modules_import_without_tensorflow_or_torch():
 # --------------------------------------------------------------------------- labels
 
 
+@pytest.mark.unit
 def test_imagenet_labels():
     labels = imagenet_labels()
     assert len(labels) == 1000
@@ -188,6 +193,7 @@ def test_imagenet_labels():
 # --------------------------------------------------------------------------- Keras port
 
 
+@pytest.mark.integration
 def test_lite0_classifies_cat_and_coffee(lite0_top, lite0_photos):
     probs = _run(lite0_top, lite0_photos)
     assert probs.shape == (2, 1000)
@@ -198,6 +204,7 @@ def test_lite0_classifies_cat_and_coffee(lite0_top, lite0_photos):
     assert cat[0][2] > 0.5 and coffee[0][2] > 0.5
 
 
+@pytest.mark.integration
 def test_stem_padding_is_tensorflow_same(lite0_top, lite0_photos, lite0_state):
     """The torch port pads pad//2 before and the rest after (here 0 top/left, 1 bottom/right)."""
     import keras
@@ -214,6 +221,7 @@ def test_stem_padding_is_tensorflow_same(lite0_top, lite0_photos, lite0_state):
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("variant,blocks,size", [("lite1", 21, 240), ("lite2", 21, 260)])
 def test_lite1_lite2_build_and_classify(variant, blocks, size):
     assert input_size(variant) == size and len(block_specs(variant)) == blocks
@@ -226,6 +234,7 @@ def test_lite1_lite2_build_and_classify(variant, blocks, size):
     assert top_k(probs[1])[0][0] in COFFEE
 
 
+@pytest.mark.unit
 def test_random_init_and_bad_variant():
     model = build_efficientnet_lite("lite0", None, include_top=False)
     assert tuple(model.output.shape) == (None, sum(feature_blocks("lite0")))
@@ -233,6 +242,7 @@ def test_random_init_and_bad_variant():
         build_efficientnet_lite("lite9", None, include_top=False)
 
 
+@pytest.mark.integration
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside Keras's saver
 def test_features_model_saves_and_reloads(tmp_path, lite0_top, lite0_photos):
     import keras

@@ -4,6 +4,7 @@ import pytest
 from models.ensemble import majority_vote, mean_probability
 
 
+@pytest.mark.unit
 def test_majority_vote_counts_top1_labels():
     a = np.array([[0.9, 0.1, 0.0]])
     b = np.array([[0.6, 0.4, 0.0]])
@@ -14,6 +15,7 @@ def test_majority_vote_counts_top1_labels():
     assert np.isclose(score[0], (0.9 + 0.6 + 0.1) / 3)
 
 
+@pytest.mark.unit
 def test_tie_goes_to_highest_mean_probability():
     # Three backbones, three different top-1 labels: one vote each. Class 2 has the highest
     # mean probability (0.4+0.3+0.9)/3 although its single vote came last.
@@ -26,6 +28,7 @@ def test_tie_goes_to_highest_mean_probability():
     assert np.isclose(score[0], (0.4 + 0.3 + 0.9) / 3)
 
 
+@pytest.mark.unit
 def test_tie_break_only_among_tied_classes():
     # Class 1 has the highest mean but only one vote; class 0 has two votes and must win.
     a = np.array([[0.51, 0.49]])
@@ -36,6 +39,7 @@ def test_tie_break_only_among_tied_classes():
     assert predicted.tolist() == [0]
 
 
+@pytest.mark.unit
 def test_combine_ensemble_vote_scores_argmax_to_the_voted_class():
     from models.result import combine_ensemble
 
@@ -49,6 +53,7 @@ def test_combine_ensemble_vote_scores_argmax_to_the_voted_class():
     np.testing.assert_array_equal(combined.votes, votes)
 
 
+@pytest.mark.unit
 def test_combine_ensemble_mean_and_weighted():
     from models.result import combine_ensemble
 
@@ -64,6 +69,7 @@ def test_combine_ensemble_mean_and_weighted():
         combine_ensemble("median", {"a": a})
 
 
+@pytest.mark.integration
 def test_result_module_is_cheap_to_import():
     """The web process reads reports through models.result without TensorFlow or scikit-learn."""
     import subprocess

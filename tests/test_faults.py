@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import REPO, _photo_variants, bearer_session, logged_in, make_zip
+from helpers import REPO, Server, bearer_session, free_port, logged_in, make_zip, photo_variants
 
 from web import create_app
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 BACKBONE = "efficientnet_lite0"
 FINAL = ("succeeded", "failed", "cancelled")
@@ -60,7 +59,7 @@ def fresh_zip(seed: int, per_class: int, photos=("astronaut", "chelsea")) -> byt
 
     members = {}
     for k, photo in enumerate(photos):
-        for i, im in enumerate(_photo_variants(getattr(data, photo)(), per_class, seed + k)):
+        for i, im in enumerate(photo_variants(getattr(data, photo)(), per_class, seed + k)):
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=85)
             members[f"{photo}/{i}.jpg"] = buf.getvalue()
@@ -172,84 +171,6 @@ def test_a_class_with_one_image_trains(env, web_photos):
 
 
 # -- the real server -----------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-LIMITED = ("import os, resource, sys; limit = int(sys.argv[1]); "
-           "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
-           "os.execv(sys.argv[2], sys.argv[2:])")
-
-
-class Server:
-    """`python app.py` on a loopback port, output to a log file in the instance folder."""
-
-    def __init__(self, instance: Path, file_size_limit: int | None = None, **env):
-        self.instance, self.port = Path(instance), _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = self.instance.parent / f"server-{time.time_ns()}.log"
-        self.env = {**os.environ, "TRANSFERLAB_INSTANCE_PATH": str(self.instance),
-                    "TRANSFERLAB_PORT": str(self.port), "TF_CPP_MIN_LOG_LEVEL": "2",
-                    "PYTHONUNBUFFERED": "1", "TRANSFERLAB_WORKER_POLL_SECONDS": "0.2",
-                    "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-                    "NO_PROXY": "127.0.0.1,localhost", **{k: str(v) for k, v in env.items()}}
-        self.command = [sys.executable, str(REPO / "app.py")]
-        if file_size_limit:  # RLIMIT_FSIZE set in the child itself, then exec app.py
-            self.command = [sys.executable, "-c", LIMITED, str(file_size_limit), *self.command]
-        self.http = _session(self.instance)
-
-    def start(self, wait_worker=False):
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.command, cwd=REPO, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if (self.get("/api/v1/backbones").status_code == 200
-                        and (not wait_worker or "ready (queue" in self.log())):
-                    return self
-            except requests.ConnectionError:
-                pass
-            assert self.proc.poll() is None, self.log()
-            time.sleep(0.2)
-        pytest.fail(f"server not ready:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def get(self, path, **kw):
-        return self.http.get(self.url + path, timeout=60, **kw)
-
-    def post(self, path, **kw):
-        return self.http.post(self.url + path, timeout=120, **kw)
-
-    def job(self, job_id) -> dict:
-        return self.get(f"/api/v1/jobs/{job_id}").json()
-
-    def wait_job(self, job_id, done, timeout=240.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.job(job_id)
-            if done(job):
-                return job
-            time.sleep(0.05)
-        pytest.fail(f"{job}\n{self.log()[-3000:]}")
-
-    def worker_pid(self) -> int:
-        return int(self.log().split("worker started (pid ")[-1].split(")")[0])
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def _gone(pid: int, timeout: float) -> bool:
@@ -426,7 +347,7 @@ def test_unusable_instance_folder_stops_app_py_with_a_clear_message(tmp_path):
                 {"TRANSFERLAB_INSTANCE_PATH": str(tmp_path / "ok"),
                  "TRANSFERLAB_STORAGE_DIR": str(not_a_folder / "storage")}):
         out = subprocess.run([sys.executable, str(REPO / "app.py")], cwd=REPO,
-                             env={**os.environ, "TRANSFERLAB_PORT": str(_free_port()), **env},
+                             env={**os.environ, "TRANSFERLAB_PORT": str(free_port()), **env},
                              capture_output=True, text=True, timeout=60, check=False)
         assert out.returncode == 2, out.stderr
         assert "cannot start: the instance folder, storage folder or database is not usable" \

@@ -1,8 +1,11 @@
 import numpy as np
+import pytest
 from PIL import Image
 
 from models.features import FeatureCache, Item
 from models.images import sha256_hex
+
+pytestmark = pytest.mark.unit
 
 
 class CountingBackbone:

@@ -40,6 +40,7 @@ def kept(photos, tmp_path_factory):
                      fine_tune=True)
 
 
+@pytest.mark.integration
 def test_the_split_network_reproduces_the_backbone_and_phase_two_trains_the_top(photos):
     data, _ = photos
     backbone = load_backbone(LITE0)
@@ -70,6 +71,7 @@ def test_the_split_network_reproduces_the_backbone_and_phase_two_trains_the_top(
     np.testing.assert_allclose(store.head_input("none+multiscale"), x, atol=1e-6)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("tuned_delta, correct, kept, why", [
     (-0.10, 1, True, "kept"),
     (-0.003, 1, False, "below"),  # too small a gain
@@ -93,6 +95,7 @@ def test_the_keep_rule(tuned_delta, correct, kept, why):
     assert decision.figures["frozen"]["cv_accuracy"] == 0.875
 
 
+@pytest.mark.integration
 def test_a_kept_tuned_model_round_trips_and_predicts_as_in_training(kept, photos, tmp_path):
     _, test = photos
     entry = kept.report["backbones"][LITE0]
@@ -130,6 +133,7 @@ class QuadrantBackbone:
         return q.reshape(len(pixels), -1).astype(np.float32)
 
 
+@pytest.mark.integration
 def test_other_backbones_report_not_supported_and_keep_the_frozen_model(photos, tmp_path):
     data, _ = photos
     result = train(data.samples, ["resnet50"], FeatureCache(tmp_path),
@@ -139,6 +143,7 @@ def test_other_backbones_report_not_supported_and_keep_the_frozen_model(photos, 
     assert "not supported" in report["reason"] and not result.tuned
 
 
+@pytest.mark.integration
 def test_without_fine_tune_the_report_has_no_fine_tuning(photos, tmp_path):
     data, _ = photos
     result = train(data.samples, ["resnet50"], FeatureCache(tmp_path),
@@ -146,8 +151,9 @@ def test_without_fine_tune_the_report_has_no_fine_tuning(photos, tmp_path):
     assert "fine_tuning" not in result.report["backbones"]["resnet50"]
 
 
+@pytest.mark.unit
 def test_the_project_setting_is_saved_and_checked_by_the_api(tmp_path):
-    from conftest import logged_in
+    from helpers import logged_in
 
     from web import create_app
 
@@ -164,11 +170,12 @@ def test_the_project_setting_is_saved_and_checked_by_the_api(tmp_path):
     assert client.get(f"/api/v1/projects/{pid}").json["fine_tune"] is True
 
 
+@pytest.mark.integration
 def test_the_worker_fine_tunes_a_project_that_asks_for_it(tmp_path, start_worker, web_photos):
     import io
     import time
 
-    from conftest import logged_in, make_zip
+    from helpers import logged_in, make_zip
 
     from web import create_app
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import logged_in, make_zip
+from helpers import logged_in, make_zip
 
 from web import create_app
 from web.jobs import RESERVE_NAME, run_housekeeping
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 RESERVE = 512 * 1024
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from models.heads import (HIDDEN_MARGIN, L2_GRID, STEP_GRID, HiddenHead, LinearHead,
                           apply_temperature, fit_head, head_from_keras, make_folds, softmax,
@@ -33,6 +34,7 @@ def _reference_descent(x, y, n_classes, l2, steps):
     return softmax(z @ w + b)
 
 
+@pytest.mark.unit
 def test_descent_in_the_row_span_equals_descent_in_full_space():
     x, y = _blobs(n_per=8, d=200, spread=3.0)
     head = fit_head(x, y, ["a", "b", "c"], {"l2": 0.01, "steps": 50})
@@ -40,6 +42,7 @@ def test_descent_in_the_row_span_equals_descent_in_full_space():
     np.testing.assert_allclose(head.predict_proba(x), expected, atol=1e-5)
 
 
+@pytest.mark.unit
 def test_head_learns_separable_classes_and_generalises():
     x, y = _blobs(n_per=20, spread=1.0)
     head = train_head(x[::2], y[::2], ["a", "b", "c"])
@@ -51,6 +54,7 @@ def _linear_params(x, y, n_classes, groups=None):
     return train_head(x, y, [str(c) for c in range(n_classes)], groups, try_hidden=False).params
 
 
+@pytest.mark.unit
 def test_the_search_picks_from_the_grids_and_reports_cv_loss():
     x, y = _blobs(n_per=10, spread=2.0)
     params = _linear_params(x, y, 3)
@@ -58,6 +62,7 @@ def test_the_search_picks_from_the_grids_and_reports_cv_loss():
     assert 0 < params["cv_log_loss"] < np.log(3) + 1
 
 
+@pytest.mark.unit
 def test_noise_labels_get_strong_regularisation_or_short_training():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, 300)).astype(np.float32)
@@ -69,6 +74,7 @@ def test_noise_labels_get_strong_regularisation_or_short_training():
     assert params["cv_log_loss"] < np.log(2) + 0.05
 
 
+@pytest.mark.integration
 def test_nested_cv_predicts_every_row_from_a_model_that_never_saw_it():
     x, y = _blobs(n_per=10, spread=1.0)
     masks = make_folds(y)
@@ -78,6 +84,7 @@ def test_nested_cv_predicts_every_row_from_a_model_that_never_saw_it():
     assert (probs.argmax(axis=1) == y).mean() >= 0.9
 
 
+@pytest.mark.unit
 def test_keras_export_matches_numpy_head():
     x, y = _blobs(n_per=6, d=64)
     head = fit_head(x, y, ["a", "b", "c"], {"l2": 0.01, "steps": 40})
@@ -87,6 +94,7 @@ def test_keras_export_matches_numpy_head():
     np.testing.assert_allclose(back.predict_proba(x), head.predict_proba(x), atol=1e-5)
 
 
+@pytest.mark.integration
 def test_batched_search_makes_the_choices_of_one_search_at_a_time():
     """One batched descent (candidates x outer folds x inner folds) = the plain definition:
     per outer fold, `train_head` on its training rows alone, scoring its held-out rows."""
@@ -122,6 +130,7 @@ def _xor(n_per=16, d=12, seed=0):
     return x.astype(np.float32), (corner >= 2).astype(int)
 
 
+@pytest.mark.unit
 def test_hidden_head_is_chosen_where_no_line_separates_the_classes():
     x, y = _xor(seed=0)
     head = train_head(x, y, ["a", "b"])
@@ -133,6 +142,7 @@ def test_hidden_head_is_chosen_where_no_line_separates_the_classes():
     assert hidden_acc >= 0.95 and linear_acc <= 0.75
 
 
+@pytest.mark.unit
 def test_linear_head_is_kept_where_the_best_boundary_is_linear():
     """Gaussian classes of one shared covariance: the Bayes boundaries are hyperplanes, so a
     hidden layer has nothing to add, and must not win on noise."""
@@ -142,6 +152,7 @@ def test_linear_head_is_kept_where_the_best_boundary_is_linear():
         assert head.params["head"] == "linear" and isinstance(head, LinearHead), seed
 
 
+@pytest.mark.unit
 def test_hidden_wins_only_by_the_margin():
     linear = {"l2": 0.01, "steps": 80, "cv_log_loss": 0.50}
     near = {"l2": 0.1, "steps": 40, "cv_log_loss": 0.50 - HIDDEN_MARGIN / 2}
@@ -151,6 +162,7 @@ def test_hidden_wins_only_by_the_margin():
     assert pick_kind(linear, None)["head"] == "linear"  # CV impossible: never tried
 
 
+@pytest.mark.unit
 def test_hidden_head_training_is_reproducible_and_fits():
     x, y = _xor(seed=2)
     params = {"head": "hidden", "l2": 1e-4, "steps": 320}
@@ -160,6 +172,7 @@ def test_hidden_head_training_is_reproducible_and_fits():
     assert (first.predict_proba(x).argmax(axis=1) == y).mean() >= 0.95
 
 
+@pytest.mark.unit
 def test_hidden_head_round_trips_through_keras_and_temperature(tmp_path):
     x, y = _xor(seed=3)
     head = fit_head(x, y, ["a", "b"], {"head": "hidden", "l2": 1e-3, "steps": 160})
@@ -175,12 +188,14 @@ def test_hidden_head_round_trips_through_keras_and_temperature(tmp_path):
     assert isinstance(head_from_keras(linear.to_keras(), ["a", "b"]), LinearHead)
 
 
+@pytest.mark.unit
 def test_pruning_rule_keeps_strengths_near_the_best():
     loss = {0: 0.30, 1: 0.40, 2: 0.41, 3: 0.45}
     assert survivors(loss, best=0.30) == [0, 1]  # 0.41 is 0.11 behind: dropped
     assert survivors(loss, best=0.15) == []  # every one fell far behind an earlier best
 
 
+@pytest.mark.integration
 def test_pruning_keeps_the_choice_on_a_small_case(monkeypatch):
     """Successive halving only saves time here: without it, the same choices."""
     from models.heads import search
@@ -208,6 +223,7 @@ def _choice(params):
     return params["l2"], params["steps"]
 
 
+@pytest.mark.integration
 def test_batched_hidden_choices_equal_one_search_at_a_time():
     """The hidden round batched over outer folds = `train_head` on each fold's rows alone."""
     x, y = _xor(n_per=10, seed=5)
@@ -223,6 +239,7 @@ def test_batched_hidden_choices_equal_one_search_at_a_time():
     assert "hidden" in [p["head"] for p in chosen]  # the hidden path was exercised
 
 
+@pytest.mark.unit
 def test_softmax_without_max_shift_matches_and_stays_finite():
     from models.heads.descent import softmax_few
 
@@ -235,6 +252,7 @@ def test_softmax_without_max_shift_matches_and_stays_finite():
     assert probs[0].argmax() == 0  # (the second row, all clipped, is uniform: no NaN)
 
 
+@pytest.mark.unit
 def test_hidden_layer_lies_in_the_span_of_the_training_rows():
     """So the rotated descent loses nothing: what the hidden layer sees of a new image is
     its projection on the training rows' span."""

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import api_token, logged_in
+from helpers import api_token, logged_in
 
 from web import create_app
 from web.inputs import MAX_ID, MAX_JSON_DEPTH
+
+pytestmark = pytest.mark.unit
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[1] / "docs/openapi.yaml").read_text())
 HUGE_ID = 1180591620717411303424  # 2**70: overflows SQLite's 64-bit integers

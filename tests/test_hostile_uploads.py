@@ -18,10 +18,12 @@ import unicodedata
 import zipfile
 
 import pytest
-from conftest import logged_in, make_zip
+from helpers import logged_in, make_zip
 from PIL import Image
 
 from web import create_app
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture

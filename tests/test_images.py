@@ -22,6 +22,8 @@ from models.images import (
     thumbnail_jpeg,
 )
 
+pytestmark = pytest.mark.unit
+
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
 WHITE = (255, 255, 255)

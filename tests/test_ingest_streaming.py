@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import logged_in
+from helpers import logged_in
 from PIL import Image
 
 from models.datasets import read_zip
@@ -37,6 +37,7 @@ def write_zip(path, count: int, extra: dict | None = None):
     return images
 
 
+@pytest.mark.unit
 def test_streaming_read_reports_the_same_and_hands_over_every_image(tmp_path):
     images = write_zip(tmp_path / "d.zip", 6, {"a/bad.jpg": b"nope", "b/copy.jpg": noise_jpeg(0)})
     whole = read_zip(tmp_path / "d.zip", name="d.zip")
@@ -73,6 +74,7 @@ def _peak_bytes(func, repeats: int = 3) -> int:
     return min(peaks)
 
 
+@pytest.mark.integration
 def test_streaming_read_memory_does_not_grow_with_the_zip(tmp_path):
     small, large = tmp_path / "small.zip", tmp_path / "large.zip"
     write_zip(small, 40)
@@ -112,6 +114,7 @@ def _ingest(app, project_id, path):
         upload.stream.close()
 
 
+@pytest.mark.unit
 def test_upload_stores_everything_and_memory_stays_flat(app, tmp_path):
     client = logged_in(app.test_client())
     pid = client.post("/api/v1/projects", json={"name": "p", "backbones": ["efficientnet_lite0"]}

@@ -21,6 +21,8 @@ from web import create_app
 from web.db import Job, Project, WorkerBeat, db, utcnow
 from web.jobs import BEAT_TIMEOUT, pid_alive
 
+pytestmark = pytest.mark.unit
+
 STALL = 60  # JOB_STALL_SECONDS in these tests
 
 

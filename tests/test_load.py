@@ -10,7 +10,7 @@ import pytest
 
 from bench.load import _session, prepare, run_load, start_server, stop_server
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 SECONDS = 20.0
 PAGE_P95_LIMIT_S = 3.0  # pages while 40 clients saturate 2 cores (measured: docs/RELIABILITY.md)

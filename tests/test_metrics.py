@@ -4,6 +4,8 @@ import pytest
 from models.heads import make_folds
 from models.metrics import classification_report, expected_calibration_error, fold_accuracies
 
+pytestmark = pytest.mark.unit
+
 
 def test_report_on_hand_checked_case():
     classes = ["cat", "dog", "fox"]

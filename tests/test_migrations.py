@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from conftest import logged_in
+from helpers import logged_in
 from tests.servers import PostgresServer
 
 DUMP = Path(__file__).parent / "data" / "create_all_v0.sql"
@@ -53,6 +53,7 @@ def postgres():
     server.stop()
 
 
+@pytest.mark.unit
 def test_a_create_all_database_from_before_migrations_is_upgraded_in_place(tmp_path):
     from web import create_app, schema
     from web.db import Job, Project, ProjectImage, db
@@ -81,6 +82,7 @@ def test_a_create_all_database_from_before_migrations_is_upgraded_in_place(tmp_p
         assert schema.upgrade(db.engine) == "up to date"
 
 
+@pytest.mark.unit
 def test_a_new_database_is_created_at_the_newest_revision(tmp_path):
     from web import create_app, schema
     from web.db import db
@@ -90,18 +92,21 @@ def test_a_new_database_is_created_at_the_newest_revision(tmp_path):
         assert schema.current_revision(db.session.connection()) == schema.head_revision()
 
 
+@pytest.mark.unit
 def test_revisions_from_empty_build_the_models_schema_on_sqlite(tmp_path):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     _upgrade_from_empty(url)
     assert _schema_diff(url) == []
 
 
+@pytest.mark.servers
 def test_revisions_from_empty_build_the_models_schema_on_postgresql(postgres):
     url = postgres.create_database("from_empty")
     _upgrade_from_empty(url)
     assert _schema_diff(url) == []
 
 
+@pytest.mark.servers
 def test_app_on_postgresql_creates_then_upgrades_a_baseline_database(postgres, tmp_path):
     """A PostgreSQL database at the baseline revision (what create_all made) with data
     is upgraded by the app at start; a fresh one is created at the newest revision."""

@@ -19,7 +19,7 @@ import tempfile
 
 import pytest
 import schemathesis
-from conftest import api_token, make_zip
+from helpers import api_token, make_zip
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -30,6 +30,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from web import create_app
+
+pytestmark = pytest.mark.integration
 
 FUZZ_EXAMPLES = int(os.environ.get("TRANSFERLAB_FUZZ_EXAMPLES", "10"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,

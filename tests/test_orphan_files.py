@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import logged_in, make_zip
+from helpers import logged_in, make_zip
 
 from web import create_app
 from web.jobs import collect_orphan_files
@@ -75,6 +75,7 @@ def _upload(app, images: dict[str, bytes]) -> list[str]:
     return [image["sha256"] for image in r.json["images"]]
 
 
+@pytest.mark.unit
 def test_files_without_rows_and_stale_temporaries_go_the_rest_stays(app):
     storage = app.extensions["transferlab.storage"]
     kept = _upload(app, {"a/1.png": _png(1), "b/2.png": _png(2)})
@@ -117,6 +118,7 @@ def test_files_without_rows_and_stale_temporaries_go_the_rest_stays(app):
                                                        "temporary": 0}
 
 
+@pytest.mark.unit
 def test_project_and_iteration_folders_without_rows_go(app):
     """A crash between deleting a project's row and its folder, or between saving an
     iteration's folder and recording it, leaves a folder no row names."""
@@ -148,6 +150,7 @@ def test_project_and_iteration_folders_without_rows_go(app):
     assert sorted(p.name for p in (storage.project_dir(1) / "iterations").iterdir()) == ["1", "3"]
 
 
+@pytest.mark.unit
 def test_the_periodic_task_runs_the_housekeeping(app):
     """The worker's periodic task (every 30 minutes) is the housekeeping."""
     import datetime
@@ -164,6 +167,7 @@ def test_the_periodic_task_runs_the_housekeeping(app):
     assert (storage.root / ".disk-reserve").stat().st_size == app.config["DISK_RESERVE_BYTES"]
 
 
+@pytest.mark.unit
 def test_the_disk_is_compared_with_the_database_in_bounded_batches(app):
     storage = app.extensions["transferlab.storage"]
     rng = np.random.default_rng(1)
@@ -187,6 +191,7 @@ def test_the_disk_is_compared_with_the_database_in_bounded_batches(app):
     assert set(IMAGE_KINDS) == {"blobs", "thumbs", "previews"}
 
 
+@pytest.mark.unit
 def test_a_file_reused_by_an_upload_before_its_rows_exist_is_not_collected(app):
     """An upload finds an old orphan file (same image, left by a killed upload) and keeps it
     instead of writing it again; until its rows are committed, the file has no row. Storing
@@ -207,12 +212,13 @@ def test_a_file_reused_by_an_upload_before_its_rows_exist_is_not_collected(app):
     assert client.get(f"/api/v1/images/{sha}").data == data
 
 
+@pytest.mark.integration
 def test_files_of_an_upload_killed_midway_are_removed_by_the_next_worker(tmp_path,
                                                                           start_worker):
     """`python app.py` is SIGKILLed while storing a zip of 1,500 images: files are on disk,
     no row names them. They survive a restart of the web process; the next worker's start-up
     housekeeping removes them once past the grace period, and keeps the images with rows."""
-    from test_faults import Server
+    from helpers import Server
 
     instance = tmp_path / "instance"
     server = Server(instance, TRANSFERLAB_WORKER="false").start()
@@ -266,6 +272,7 @@ def _swallow(post, path, **kw):
         pass
 
 
+@pytest.mark.unit
 def test_a_refresh_racing_the_collection_never_loses_the_file(tmp_path):
     """An uploader stores a file (refreshing it, or writing it if gone) while the collection
     removes it for being old, again and again, the two racing: afterwards the file is always

@@ -6,6 +6,8 @@ from models import runtime
 from models.backbones import Backbone
 from models.runtime import OpenVinoForward, fastest_forward
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def lite0():

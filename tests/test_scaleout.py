@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import REPO, WorkerProcess, api_token, logged_in, make_zip
+from helpers import REPO, WorkerProcess, api_token, logged_in, make_zip
 
 from tests.servers import PostgresServer, RedisServer, free_port
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.servers, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 BACKBONE = "efficientnet_lite0"  # real offline weights: predictions must be right
 IMPATIENT = {"TRANSFERLAB_WORKER_SHUTDOWN_SECONDS": "0.5"}  # a worker with a short grace

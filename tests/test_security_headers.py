@@ -8,11 +8,13 @@ from __future__ import annotations
 import io
 
 import pytest
-from conftest import TEST_PASSWORD, api_token, logged_in, page_csrf_token
+from helpers import TEST_PASSWORD, api_token, logged_in, page_csrf_token
 from PIL import Image
 
 from web import create_app
 from web.security import PAGE_POLICY
+
+pytestmark = pytest.mark.unit
 
 SITE = "http://localhost"  # the test client's host
 

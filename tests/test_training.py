@@ -32,6 +32,7 @@ def trained(photo_folder, photo_test_folder, tmp_path_factory):
     return result, stages, data, test, cache
 
 
+@pytest.mark.integration
 def test_report_has_honest_metrics_for_backbone_and_ensemble(trained):
     result, _, data, test, _ = trained
     r = result.report
@@ -39,9 +40,10 @@ def test_report_has_honest_metrics_for_backbone_and_ensemble(trained):
     assert r["n_train"] == 18 and r["n_test"] == 9 and r["cv_folds"] == 5
     for entry in (r["backbones"]["efficientnet_lite0"], r["ensemble"], r["ensembles"]["mean"]):
         assert entry["cv_accuracy"] >= 0.8  # three very different photos
-        assert entry["cv_accuracy_std"] is not None and len(entry["cv_fold_accuracies"]) == 5
+        assert len(entry["cv_fold_accuracies"]) == 5
+        assert entry["cv_accuracy_std"] == pytest.approx(np.std(entry["cv_fold_accuracies"]))
         assert entry["test_accuracy"] >= 0.8
-        assert entry["train_accuracy"] is not None
+        assert entry["train_accuracy"] >= 0.8
         assert entry["confusion"]["source"] == "test"
         assert np.sum(entry["confusion"]["matrix"]) == 9
         assert np.sum(entry["cv"]["confusion"]["matrix"]) == 18
@@ -55,6 +57,7 @@ def test_report_has_honest_metrics_for_backbone_and_ensemble(trained):
     assert len(per_fold) == 5 and set(per_fold) <= {"linear", "hidden"}
 
 
+@pytest.mark.integration
 def test_progress_is_monotonic_and_names_stages(trained):
     _, stages, _, _, _ = trained
     fractions = [p.fraction for p in stages]
@@ -63,6 +66,7 @@ def test_progress_is_monotonic_and_names_stages(trained):
     assert any(p.stage.startswith("fitting head") for p in stages)
 
 
+@pytest.mark.integration
 def test_retraining_reuses_cached_features(trained):
     result, _, data, _, cache = trained
     before = cache.computed
@@ -77,6 +81,7 @@ def test_retraining_reuses_cached_features(trained):
     assert again.classes == result.classes
 
 
+@pytest.mark.integration
 def test_save_load_predict_and_export(trained, tmp_path, photo_test_folder):
     result, _, _, test, _ = trained
     folder = result.save(tmp_path / "result")
@@ -101,6 +106,7 @@ def test_save_load_predict_and_export(trained, tmp_path, photo_test_folder):
     np.testing.assert_allclose(probs, expected, atol=0.05)  # resize filters differ slightly
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("transform", ["sqrt", "multiscale"])
 def test_exported_model_carries_the_test_time_views(trained, tmp_path, transform):
     """Force the dihedral views and a feature transform: the export must average the same
@@ -129,6 +135,7 @@ def test_exported_model_carries_the_test_time_views(trained, tmp_path, transform
     np.testing.assert_allclose(got, expected, atol=1e-3)
 
 
+@pytest.mark.unit
 def test_one_class_is_refused(photo_folder, tmp_path):
     data = read_dataset(photo_folder)
     cats = [s for s in data.samples if s.label == "cat"]
@@ -136,6 +143,7 @@ def test_one_class_is_refused(photo_folder, tmp_path):
         train(cats, ["efficientnet_lite0"], FeatureCache(tmp_path), lite)
 
 
+@pytest.mark.integration
 def test_cli_trains_and_classifies(photo_folder, photo_test_folder, tmp_path):
     out = tmp_path / "result"
     env_cache = tmp_path / "cache"
@@ -156,25 +164,28 @@ def test_cli_trains_and_classifies(photo_folder, photo_test_folder, tmp_path):
     assert answer["image"] == str(image)
 
 
+@pytest.mark.integration
 def test_cli_rejects_unknown_backbone(photo_folder):
     done = subprocess.run([sys.executable, "-m", "models", "train", str(photo_folder),
                            "--backbones", "alexnet"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "unknown backbone(s) alexnet" in done.stderr
 
 
+@pytest.mark.unit
 def test_keras_views_match_pillow_views():
     from PIL import Image
 
     from models.features import VIEWS
-    from models.predictor import _keras_view
+    from models.predictor import keras_view
 
     pixels = np.random.default_rng(0).integers(0, 255, (6, 6, 3)).astype(np.uint8)
     for view in ("orig", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "transverse"):
         expected = np.asarray(VIEWS[view](Image.fromarray(pixels)))
-        got = np.asarray(_keras_view(pixels[None].astype(np.float32), view))[0]
+        got = np.asarray(keras_view(pixels[None].astype(np.float32), view))[0]
         np.testing.assert_array_equal(got, expected, err_msg=view)
 
 
+@pytest.mark.unit
 def test_a_class_with_one_image_trains_without_cross_validation(tmp_path):
     """No CV is possible (a class has one image): training still succeeds and says why; the
     CV-weighted ensemble, which needs CV, is reported empty rather than crashing the run."""
@@ -205,7 +216,9 @@ def test_a_class_with_one_image_trains_without_cross_validation(tmp_path):
     report = result.report
     assert report["classes"] == ["many", "solo"] and report["cv_folds"] is None
     assert "at least 2 images per class" in report["cv_note"]
-    assert report["ensemble"]["train_accuracy"] is not None
+    on_train = report["ensemble"]["predictions"]["train"]  # no CV: the training images say
+    assert len(on_train) == 4 and report["ensemble"]["confusion"]["source"] == "train"
+    assert report["ensemble"]["train_accuracy"] == np.mean([p["true"] == p["pred"] for p in on_train])
     assert report["ensembles"]["weighted"]["per_class"] == {}
 
 
@@ -219,6 +232,7 @@ class QuadrantBackbone:
         return q.reshape(len(pixels), -1).astype(np.float32)
 
 
+@pytest.mark.integration
 def test_heavy_backbones_do_not_pay_for_eight_views_by_default(photo_folder, photo_test_folder,
                                                                tmp_path):
     """Default views follow the extraction budget; an explicit choice applies to every backbone."""
@@ -253,6 +267,7 @@ def _random_hidden_head(classes, dim, views):
                       np.zeros(len(classes), np.float32), {"head": "hidden", "views": views})
 
 
+@pytest.mark.integration
 def test_exported_hidden_head_matches_the_numpy_head(trained, tmp_path):
     """A hidden head exports as Dense-ReLU-Dense: on the export's own head input it gives the
     NumPy head's probabilities, and end to end the predictor's (within the resize filters),

@@ -16,7 +16,6 @@ import io
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,9 +26,10 @@ import pytest
 from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from helpers import free_port, make_zip  # noqa: E402
 from playwright import sync_api  # noqa: E402
 
-from conftest import make_zip  # noqa: E402
+pytestmark = pytest.mark.browser
 
 if not Path(CHROMIUM).exists():  # a missing browser is a broken set-up, never a skip
     pytest.fail("Debian's chromium is not installed: apt-get install chromium", pytrace=False)
@@ -64,12 +64,6 @@ def drop_files(page, selector, files):
     page.evaluate(DROP_JS, [selector, payload])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _offline_env(instance: Path, keras_home: Path) -> dict:
     dead = "http://127.0.0.1:9"
     return {**os.environ, "TRANSFERLAB_INSTANCE_PATH": str(instance), "KERAS_HOME": str(keras_home),
@@ -96,7 +90,7 @@ def start_live(root: Path, **env) -> Live:
     instance, keras_home = root / "instance", root / "keras_home"
     instance.mkdir()
     keras_home.mkdir()
-    port = _free_port()
+    port = free_port()
     env = {**_offline_env(instance, keras_home), "TRANSFERLAB_PORT": str(port),
            "TRANSFERLAB_HOST": "127.0.0.1", **env}
     env.pop("TRANSFERLAB_WEIGHTS_DIR", None)

@@ -22,10 +22,10 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import REPO, bearer_session, make_zip
+from helpers import REPO, bearer_session, declare_member_size, free_port, make_zip, start_app
 from PIL import Image
-from test_datasets import declare_member_size
-from test_web_server import _free_port, _start_app
+
+pytestmark = pytest.mark.integration
 
 MIB = 1024 * 1024
 BOUND = 200 * 10**6  # bytes: the most these uploads may add to a process's peak RSS
@@ -78,8 +78,8 @@ def server(tmp_path_factory):
     """`python app.py` without a worker: (base URL, its pid, an authenticated session)."""
     tmp = tmp_path_factory.mktemp("server")
     session = bearer_session(tmp / "instance")
-    port = _free_port()
-    proc = _start_app(tmp, port, tmp / "server.log", TRANSFERLAB_WORKER="false")
+    port = free_port()
+    proc = start_app(tmp, port, tmp / "server.log", TRANSFERLAB_WORKER="false")
     try:
         yield f"http://127.0.0.1:{port}", proc.pid, session
     finally:

@@ -9,11 +9,13 @@ import io
 import json
 
 import pytest
-from conftest import logged_in, make_zip
+from helpers import logged_in, make_zip
 from PIL import Image
 
 from web import create_app
 from web.db import Job, db
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
@@ -23,7 +25,7 @@ def app(tmp_path):
 
 @pytest.fixture
 def client(app):
-    """Logged in as the page's user: session cookie plus the CSRF header (see conftest)."""
+    """Logged in as the page's user: session cookie plus the CSRF header (see helpers.logged_in)."""
     return logged_in(app.test_client())
 
 

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from models.backbones import load_backbone
 from models.datasets import read_dataset
@@ -20,6 +20,8 @@ from models.features import FeatureCache
 from models.training import train
 from web import concurrency
 from web.prediction import PredictionService
+
+pytestmark = pytest.mark.integration
 
 BACKBONE = "efficientnet_lite0"
 

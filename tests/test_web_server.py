@@ -6,7 +6,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,11 +15,11 @@ import urllib.request
 import uuid
 
 import pytest
-from conftest import REPO, api_token, logged_in
+from helpers import REPO, api_token, free_port, logged_in, start_app
 
 from web import create_app
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 
@@ -40,7 +39,7 @@ def test_pages_and_listings_do_not_import_tensorflow(tmp_path):
     script = textwrap.dedent(f"""
         import io, json, sys, zipfile
         sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})
-        from conftest import logged_in
+        from helpers import logged_in
         from web import create_app
         app = create_app({{"INSTANCE_PATH": {str(tmp_path / 'instance')!r}, "TESTING": True}})
         c = logged_in(app.test_client())
@@ -115,12 +114,6 @@ def test_imagenet_mode_classifies_the_cat_offline(tmp_path, empty_keras_home):
 # -- python app.py ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 AUTH: dict[str, str] = {}  # the API token header every request below sends (see `bearer`)
 
 
@@ -159,28 +152,6 @@ def _post_json(url, payload, timeout=30):
         return r.status, json.loads(r.read())
 
 
-def _start_app(tmp_path, port: int, log_path, **env):
-    """`python app.py` on 127.0.0.1:`port` with the instance folder tmp_path/instance; returns
-    the process once `/api/v1/backbones` answers."""
-    env = {**os.environ, "TRANSFERLAB_INSTANCE_PATH": str(tmp_path / "instance"),
-           "TRANSFERLAB_PORT": str(port), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
-           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-           "NO_PROXY": "127.0.0.1,localhost", **env}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            assert _get(f"http://127.0.0.1:{port}/api/v1/openapi.yaml", timeout=5)[0] == 200
-            return proc
-        except (urllib.error.URLError, ConnectionError):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail(log_path.read_text())
-            time.sleep(0.2)
-
-
 def _stop_app(proc, log_path) -> None:
     """SIGTERM `python app.py`; it must exit, and so must its worker child."""
     proc.send_signal(signal.SIGTERM)
@@ -212,11 +183,11 @@ def test_app_py_serves_with_gevent_and_starts_a_worker(tmp_path, web_photos, bea
     """The whole product path: `python app.py` serves, its worker child trains, and page
     requests stay fast while the web process runs TensorFlow for a prediction. Stopped with
     SIGTERM and started again on the same instance folder, the trained project is all there."""
-    from conftest import make_zip
+    from helpers import make_zip
 
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "server.log"
-    proc = _start_app(tmp_path, port, log_path)
+    proc = start_app(tmp_path, port, log_path)
     base = f"http://127.0.0.1:{port}"
     try:
         assert _get(f"{base}/")[0] == 200
@@ -277,9 +248,9 @@ def test_app_py_serves_with_gevent_and_starts_a_worker(tmp_path, web_photos, bea
         _stop_app(proc, log_path)
 
     # Restart on the same instance folder (a new port): the finished project is all there.
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "server-2.log"
-    proc = _start_app(tmp_path, port, log_path)
+    proc = start_app(tmp_path, port, log_path)
     base = f"http://127.0.0.1:{port}"
     try:
         status, again = _get_json(f"{base}/api/v1/projects/{pid}")

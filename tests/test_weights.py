@@ -6,12 +6,14 @@ from models.registry import BACKBONES, availability, get_spec
 from models.weights import WeightsNotFound, find_local, resolve
 
 
+@pytest.mark.unit
 def test_configured_folder_wins_with_keras_file_name(tmp_path, empty_keras_home):
     spec = get_spec("resnet50")
     (tmp_path / spec.features_weights.filename).write_bytes(b"x")
     assert find_local(spec.features_weights, tmp_path) == tmp_path / spec.features_weights.filename
 
 
+@pytest.mark.unit
 def test_keras_cache_is_second(empty_keras_home):
     spec = get_spec("xception")
     cached = empty_keras_home / "models" / spec.features_weights.filename
@@ -20,6 +22,7 @@ def test_keras_cache_is_second(empty_keras_home):
     assert find_local(spec.features_weights) == cached
 
 
+@pytest.mark.unit
 def test_missing_file_error_names_file_and_folder_without_network(tmp_path, empty_keras_home,
                                                                   monkeypatch):
     import keras
@@ -37,6 +40,7 @@ def test_missing_file_error_names_file_and_folder_without_network(tmp_path, empt
     assert spec.features_weights.origin in message  # where to get it
 
 
+@pytest.mark.unit
 def test_availability_reports_reason_and_offline_backbone_is_available(empty_keras_home):
     missing = availability("resnet50")
     assert not missing.available and "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in missing.reason
@@ -44,6 +48,7 @@ def test_availability_reports_reason_and_offline_backbone_is_available(empty_ker
     assert lite.available and lite.path.name == "efficientnet-lite0-57934424.pth"
 
 
+@pytest.mark.unit
 def test_registry_names_keras_own_file_names():
     for name in ("resnet50", "vgg16", "xception"):
         spec = BACKBONES[name]
@@ -51,6 +56,7 @@ def test_registry_names_keras_own_file_names():
         assert spec.features_weights.origin.endswith(spec.features_weights.filename)
 
 
+@pytest.mark.integration
 def test_backbone_loads_weights_from_configured_folder(tmp_path, empty_keras_home):
     """A file under Keras's name in the weights folder is what the backbone actually runs."""
     import keras
