@@ -267,7 +267,7 @@ def screenshot(page, name: str, selector: str | None = None) -> Path | None:
     page.set_viewport_size({"width": SHOT_WIDTH, "height": size["height"]})
     try:
         page.mouse.move(0, 0)  # no hover state
-        page.wait_for_function("[...document.images].every((i) => i.complete)")
+        page.wait_for_function("() => [...document.images].every((i) => i.complete)")
         target = page.locator(selector) if selector else page
         options = {"path": str(path), "animations": "disabled", "style": SHOT_STYLE}
         if not selector:
@@ -332,7 +332,7 @@ def test_fine_tune_checkbox_is_saved_on_the_project(session):
     page.check("#fine-tune")
     page.wait_for_selector("#fine-tune-status:has-text('also fine-tunes')")
     page.reload()
-    page.wait_for_function("document.querySelector('#fine-tune').checked === true")
+    page.wait_for_function("() => document.querySelector('#fine-tune').checked === true")
     page.uncheck("#fine-tune")
     page.wait_for_selector("#fine-tune-status:has-text('frozen backbones only')")
     session.assert_clean()
@@ -386,7 +386,7 @@ def test_file_picker_adds_test_set_and_html_class_name_stays_text(session, data)
     card.wait_for()
     assert card.locator(".class-name").inner_text() == XSS
     assert "3 images" in card.inner_text()
-    page.wait_for_function("document.querySelectorAll('.class-card').length === 3")
+    page.wait_for_function("() => document.querySelectorAll('.class-card').length === 3")
     page.fill("#train-label", "")
     session.assert_clean()
     session.passed.add("picker")
@@ -533,7 +533,7 @@ def test_threshold_setting_makes_unsure_answers_not_sure(session):
     assert page.locator(".answer-label").inner_text() == "Not sure"
     assert "below the 99.0%" in answer.inner_text()
     page.reload()
-    page.wait_for_function("document.querySelector('#threshold').value === '99'")
+    page.wait_for_function("() => document.querySelector('#threshold').value === '99'")
     page.fill("#threshold", "0")
     page.click("#threshold-form button[type=submit]")
     page.wait_for_selector("#threshold-status:has-text('always answers')")
@@ -577,7 +577,7 @@ def test_retrain_adds_an_iteration_and_earlier_ones_stay_viewable(session, web_p
     page.fill("#train-label", "")
     page.click("#train-btn")
     page.wait_for_selector("#job-state:has-text('Done')", timeout=TRAIN_TIMEOUT)
-    page.wait_for_function("document.querySelectorAll('#iteration option').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('#iteration option').length === 2")
     assert page.input_value("#iteration") == "2"
     page.wait_for_selector(".results-about:has-text('16 training images')")
     page.select_option("#iteration", "1")
@@ -846,12 +846,12 @@ def test_readme_screenshots(browser, tmp_path_factory, web_photos):
         members["photos/cat/cat_6.jpg"] = web_photos["cat"][6][:1500]  # cut short
         members["photos/notes.txt"] = b"taken on the balcony\n"
         drop_files(page, "#train-drop", [("photos.zip", make_zip(members), "application/zip")])
-        page.wait_for_function("document.querySelectorAll('.class-card').length === 3")
+        page.wait_for_function("() => document.querySelectorAll('.class-card').length === 3")
         test_zip = make_zip({f"{label}/t{i}.jpg": web_photos[label][8 + i]
                              for label in labels for i in range(2)})
         page.set_input_files("#test-drop input[type=file]", files=[
             {"name": "test.zip", "mimeType": "application/zip", "buffer": test_zip}])
-        page.wait_for_function("document.querySelectorAll('.class-count.test').length === 3")
+        page.wait_for_function("() => document.querySelectorAll('.class-count.test').length === 3")
         page.wait_for_function("""() => {
             const imgs = [...document.querySelectorAll('.class-card img')];
             return imgs.length === 24 && imgs.every((i) => i.complete && i.naturalWidth > 0);
