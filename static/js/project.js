@@ -4,6 +4,7 @@ import { api, learnThumbnailUrl, reportError, showAlert, thumbnailUrl, upload } 
 import { $, fill, h, pct, plural } from "./dom.js";
 import { dropzone } from "./dropzone.js";
 import { renderPrediction } from "./predictions.js";
+import { formatElapsed, ProgressClock, progressParts } from "./progress.js";
 import { cellImages, learnTitles, renderResults, SOURCE_TITLES, thumb, TITLES } from "./results.js";
 
 const projectId = document.getElementById("main").dataset.projectId;
@@ -390,6 +391,37 @@ function jobFraction(job) {
   return p > 1 ? p / 100 : p;
 }
 
+const clock = new ProgressClock();
+const nowSeconds = () => performance.now() / 1000;
+const lastLine = { key: null, since: 0, job: null }; // the status line as last drawn, since when, of which job
+let ticker = null;
+
+/** The status line of a running job (stage, done/total, ETA, and seconds in the stage once
+ * nothing has changed for 2 s), redrawn every half second between polls. */
+function drawRunning() {
+  const job = lastLine.job;
+  if (!job || TERMINAL.has(job.state)) return;
+  const now = nowSeconds();
+  const percent = `${Math.round(100 * Math.max(0, Math.min(1, jobFraction(job))))}%`;
+  let stage = job.stage || "waiting for the worker";
+  let extra = "";
+  if (job.state === "running") {
+    ({ stage, extra } = progressParts(job, clock, now));
+    const key = `${stage}|${extra}|${percent}`;
+    if (key !== lastLine.key) {
+      lastLine.key = key;
+      lastLine.since = now;
+    }
+    ({ extra } = progressParts(job, clock, now, { textStillFor: now - lastLine.since }));
+  } else if (clock.stageElapsed(now) > 2) {
+    extra = `waiting ${formatElapsed(clock.stageElapsed(now))}`;
+  }
+  // The stage is announced to screen readers when it changes; the ticking part is not.
+  if ($("#job-stage").textContent !== stage) $("#job-stage").textContent = stage;
+  $("#job-eta").textContent = extra ? `· ${extra}` : "";
+  $("#job-percent").textContent = percent;
+}
+
 function renderJob(job) {
   const box = $("#job");
   box.hidden = false;
@@ -398,15 +430,25 @@ function renderJob(job) {
   const stateLabel = { queued: "Queued", running: "Training", succeeded: "Done", failed: "Failed", cancelled: "Cancelled" }[job.state] || job.state;
   $("#job-state").textContent = stateLabel;
   $("#job-state").className = `badge badge-${job.state}`;
-  let stage = job.stage || (job.state === "queued" ? "waiting for the worker" : "");
-  if (job.state === "running" && job.done != null && job.total) stage += ` (${job.done}/${job.total})`;
+  $("#job-progress").value = Math.round(100 * fraction);
+  $("#cancel-btn").hidden = TERMINAL.has(job.state);
+  lastLine.job = job;
+  if (!TERMINAL.has(job.state)) {
+    clock.observe(job.state === "running" ? fraction : 0, `${job.state}:${job.stage || ""}`, nowSeconds());
+    drawRunning();
+    if (!ticker) ticker = setInterval(drawRunning, 500);
+    return;
+  }
+  clearInterval(ticker);
+  ticker = null;
+  clock.reset();
+  let stage = job.stage || "";
   if (job.state === "succeeded") stage = job.iteration ? `Finished: iteration ${job.iteration}` : "Finished";
   if (job.state === "failed") stage = job.error || "Training failed.";
   if (job.state === "cancelled") stage = "Training was cancelled.";
   $("#job-stage").textContent = stage;
+  $("#job-eta").textContent = "";
   $("#job-percent").textContent = job.state === "failed" || job.state === "cancelled" ? "" : `${Math.round(100 * fraction)}%`;
-  $("#job-progress").value = Math.round(100 * fraction);
-  $("#cancel-btn").hidden = TERMINAL.has(job.state);
 }
 
 async function pollJob(jobId) {
