@@ -121,18 +121,63 @@ function renderClasses(project) {
     ? `${plural(rows.length, "class", "classes")} · ${plural(nTrain, "training image")} · ${plural(nTest, "test image")}`
     : "";
   if (!rows.length) {
+    classTools(false);
     list.replaceChildren(h("p", { class: "empty", text: "No images yet. Drop a zip with one folder per class above." }));
     return rows;
   }
-  list.replaceChildren(...rows.map((r) => h("section", { class: "class-card", dataset: { label: r.label } },
+  const card = (r) => h("section", { class: "class-card", dataset: { label: r.label } },
     h("header", { class: "class-head" },
       h("h4", { class: "class-name", text: r.label, title: r.label }),
       h("span", { class: "class-count", text: plural(r.train, "image") }),
       r.test ? h("span", { class: "class-count test", text: `${r.test} test` }) : null,
       r.train < 2 ? h("span", { class: "badge badge-warn", text: "needs more images" }) : null),
     r.train ? thumbStrip(r.label, "train", r.train) : null,
-    r.test ? h("div", { class: "test-row" }, h("span", { class: "strip-label", text: "Test" }), thumbStrip(r.label, "test", r.test)) : null)));
+    r.test ? h("div", { class: "test-row" }, h("span", { class: "strip-label", text: "Test" }), thumbStrip(r.label, "test", r.test)) : null);
+  classTools(rows.length > MANY_CLASSES);
+  if (rows.length <= MANY_CLASSES) {
+    list.replaceChildren(...rows.map(card));
+    return rows;
+  }
+  // Many classes: a filter, and the cards a page at a time (each card's thumbnails load when shown).
+  let shownCount = CLASSES_SHOWN;
+  const draw = () => {
+    const q = classQuery.trim().toLowerCase();
+    const matching = q ? rows.filter((r) => r.label.toLowerCase().includes(q)) : rows;
+    list.replaceChildren(...matching.slice(0, shownCount).map(card));
+    const more = $("#class-more");
+    const left = matching.length - Math.min(shownCount, matching.length);
+    more.hidden = left <= 0;
+    more.textContent = `Show ${Math.min(left, CLASSES_SHOWN)} more (${left} not shown)`;
+    $("#class-filter-status").textContent = q
+      ? `${plural(matching.length, "class", "classes")} match`
+      : `showing ${Math.min(shownCount, rows.length)} of ${rows.length}`;
+  };
+  $("#class-filter").oninput = () => { classQuery = $("#class-filter").value; shownCount = CLASSES_SHOWN; draw(); };
+  $("#class-more").onclick = () => { shownCount += CLASSES_SHOWN; draw(); };
+  draw();
   return rows;
+}
+
+const MANY_CLASSES = 30;
+const CLASSES_SHOWN = 24;
+let classQuery = "";
+
+/** The filter above the class list and the "show more" button below it (many classes only). */
+function classTools(on) {
+  const list = $("#class-list");
+  let tools = $("#class-tools");
+  if (!tools && on) {
+    tools = h("div", { id: "class-tools", class: "class-tools" },
+      h("input", { id: "class-filter", type: "search", class: "class-filter", placeholder: "Filter classes",
+        "aria-label": "Filter classes by name", "aria-controls": "class-list" }),
+      h("span", { id: "class-filter-status", class: "muted", "aria-live": "polite" }));
+    list.before(tools);
+    list.after(h("button", { id: "class-more", type: "button", class: "btn btn-small class-more", hidden: true }));
+  }
+  if (tools) {
+    tools.hidden = !on;
+    if (!on) $("#class-more").hidden = true;
+  }
 }
 
 function updateTrainControls(rows) {
@@ -570,6 +615,7 @@ async function loadResults(iteration) {
     state.iteration = report.iteration ?? iteration;
     $("#cell-detail").hidden = true;
     renderResults(container, report, ctx);
+    performance.mark("results-rendered"); // how long a big report takes to draw (tests/test_ui_app.py)
     setClassifyEnabled(true);
   } catch (err) {
     if (err.status === 404) {
