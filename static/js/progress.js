@@ -18,6 +18,7 @@ export class ProgressClock {
   reset() {
     this.startedAt = null;
     this.fraction = 0;
+    this.startFraction = 0;
     this.movedAt = null; // when the fraction last changed
     this.rate = null; // smoothed fraction per second
     this.stage = null;
@@ -31,6 +32,7 @@ export class ProgressClock {
       this.startedAt = now;
       this.movedAt = now;
       this.fraction = fraction;
+      this.startFraction = fraction; // a page opened mid-job starts from here
     }
     if (stage !== this.stage) {
       this.stage = stage;
@@ -39,7 +41,7 @@ export class ProgressClock {
     if (fraction > this.fraction) {
       const dt = Math.max(now - this.movedAt, 1e-3);
       const instant = (fraction - this.fraction) / dt;
-      const overall = now > this.startedAt ? fraction / (now - this.startedAt) : instant;
+      const overall = now > this.startedAt ? (fraction - this.startFraction) / (now - this.startedAt) : instant;
       // Seed with the average rate so far, then follow recent moves (exponential smoothing).
       this.rate = this.rate == null ? (instant + overall) / 2 : this.smoothing * instant + (1 - this.smoothing) * this.rate;
       this.fraction = fraction;
