@@ -659,13 +659,24 @@ def test_missing_weights_fail_with_the_reason_never_another_backbone(session, da
 MANY = 300
 
 
-def _many_class_report(n=MANY, per=3):
+def _many_class_images(n=MANY, per=3) -> dict:
+    """{(class, k): JPEG bytes}: small distinct noise images (no two near-duplicates)."""
+    import numpy as np
+
+    rng = np.random.default_rng(14)
+    out = {}
+    for key in ((i, k) for i in range(n) for k in range(per)):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, "JPEG", quality=80)
+        out[key] = buf.getvalue()
+    return out
+
+
+def _many_class_report(shas, n=MANY, per=3):
     """A report in models/result.py's format for n classes of `per` CV images each; all
     right except: class 005's images all taken for class 007, two of class 020's for class
     021, and the last image of classes 100..159 for the next class. Backbone Lite0 carries a
     reliability diagram, Lite1 does not (an older report)."""
-    import hashlib
-
     labels = [f"class {i:03d}" for i in range(n)]
     preds, matrix = [], [[0] * n for _ in range(n)]
     for i in range(n):
@@ -678,7 +689,7 @@ def _many_class_report(n=MANY, per=3):
             elif 100 <= i < 160 and k == per - 1:
                 j = i + 1
             matrix[i][j] += 1
-            sha = hashlib.sha256(f"{i}/{k}".encode()).hexdigest()
+            sha = shas[i, k]
             preds.append({"sha256": sha, "source": f"c{i:03d}/{k}.jpg", "true": labels[i], "pred": labels[j],
                           "score": 0.9 if i == j else 0.4})
     per_class = {}
@@ -707,8 +718,9 @@ def _many_class_report(n=MANY, per=3):
 
 
 def _many_class_project(live) -> int:
-    """A project with MANY classes of 3 images each (rows only: their thumbnails 404) and one
-    trained iteration whose report is `_many_class_report()`."""
+    """A project with MANY classes of 3 images each (stored as uploads are, without the
+    upload's work) and one trained iteration whose report is `_many_class_report()`."""
+    import hashlib
     import json
 
     from helpers import bearer_session
@@ -719,14 +731,18 @@ def _many_class_project(live) -> int:
     r = http.post(live.url + "/api/v1/projects", json={"name": "Many classes", "backbones": ["efficientnet_lite0"]})
     assert r.status_code == 201, r.text
     pid = r.json()["id"]
-    report = _many_class_report()
+    images = _many_class_images()
+    shas = {key: hashlib.sha256(data).hexdigest() for key, data in images.items()}
+    report = _many_class_report(shas)
     app = create_app({"INSTANCE_PATH": str(live.instance), "TESTING": True})
     with app.app_context():
+        storage = app.extensions["transferlab.storage"]
         for p in report["backbones"]["efficientnet_lite0"]["predictions"]["cv"]:
-            db.session.add(Blob(sha256=p["sha256"], size=1000, content_type="image/jpeg", width=64, height=64))
+            data = images[int(p["source"][1:4]), int(p["source"][5])]
+            storage.put_blob(p["sha256"], data, durable=False)
+            db.session.add(Blob(sha256=p["sha256"], size=len(data), content_type="image/jpeg", width=32, height=32))
             db.session.add(ProjectImage(project_id=pid, sha256=p["sha256"], label=p["true"], split="train",
                                         name=p["source"]))
-        storage = app.extensions["transferlab.storage"]
         folder = storage.resolve(storage.iteration_relpath(pid, 1))
         folder.mkdir(parents=True)
         (folder / "report.json").write_text(json.dumps(report))
@@ -817,6 +833,9 @@ def test_many_classes_results_page_is_fast_small_and_clickable(session, browser,
     page.fill("#class-filter", "")
     page.click("#class-more")
     assert page.locator(".class-card").count() == 48
+    page.locator(".class-card").first.scroll_into_view_if_needed()  # shown cards load their thumbnails
+    page.wait_for_function("() => document.querySelectorAll('.class-card .thumb-strip img').length >= 4 * 3")
+    assert page.locator("#alerts .alert-error").count() == 0, page.inner_text("#alerts")
     s.assert_clean()
     context.close()
 
