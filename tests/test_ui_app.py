@@ -822,6 +822,7 @@ def test_many_classes_results_page_is_fast_small_and_clickable(session, browser,
     diagram = lite.locator("svg.reliability")
     assert diagram.count() == 1
     assert diagram.locator("line.rel-diagonal").count() == 1
+    assert [t.text_content() for t in diagram.locator("text").all()] == ["0", "0", "0.5", "0.5", "1", "1", "confidence", "accuracy"]
     assert diagram.locator(".rel-cv circle.rel-point").count() == 3
     assert diagram.locator(".rel-test").count() == 0
     assert page.locator(".model-card[data-model=efficientnet_lite1] svg.reliability").count() == 0

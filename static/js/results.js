@@ -170,7 +170,7 @@ const SVG = "http://www.w3.org/2000/svg";
 function svgEl(tag, attrs, ...children) {
   const el = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs || {})) if (v != null) el.setAttribute(k, String(v));
-  for (const c of children.flat()) if (c != null) el.append(c);
+  for (const c of children.flat(Infinity)) if (c != null) el.append(c);
   return el;
 }
 
@@ -185,7 +185,7 @@ export function reliabilityDiagram(reliability, modelTitle) {
     .filter(([, , bins]) => bins.length);
   if (!series.length) return null;
   const W = 180;
-  const pad = 26;
+  const pad = 34;
   const inner = W - pad - 8;
   const x = (v) => pad + inner * Math.max(0, Math.min(1, v));
   const y = (v) => 8 + inner * (1 - Math.max(0, Math.min(1, v)));
@@ -195,9 +195,11 @@ export function reliabilityDiagram(reliability, modelTitle) {
   svgEl("title", null, `Reliability of ${modelTitle}: accuracy against confidence; the diagonal is perfect calibration`),
   svgEl("rect", { class: "rel-frame", x: pad, y: 8, width: inner, height: inner }),
   ticks.map((t) => [
-    svgEl("text", { class: "rel-tick", x: x(t), y: W - 6, "text-anchor": "middle" }, String(t)),
+    svgEl("text", { class: "rel-tick", x: x(t), y: 8 + inner + 11, "text-anchor": "middle" }, String(t)),
     svgEl("text", { class: "rel-tick", x: pad - 4, y: y(t) + 3, "text-anchor": "end" }, String(t)),
   ]),
+  svgEl("text", { class: "rel-axis", x: x(0.5), y: W - 2, "text-anchor": "middle" }, "confidence"),
+  svgEl("text", { class: "rel-axis", x: 10, y: y(0.5), "text-anchor": "middle", transform: `rotate(-90 10 ${y(0.5)})` }, "accuracy"),
   svgEl("line", { class: "rel-diagonal", x1: x(0), y1: y(0), x2: x(1), y2: y(1) }),
   series.map(([key, label, bins]) => {
     const total = bins.reduce((a, b) => a + b.count, 0);
