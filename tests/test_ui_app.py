@@ -807,6 +807,13 @@ def test_many_classes_results_page_is_fast_small_and_clickable(session, browser,
     canvas.click(position={"x": (21 + 0.5) * cell, "y": (20 + 0.5) * cell})
     page.wait_for_function("() => document.querySelector('#cell-detail').textContent.includes('predicted class 021')")
     assert "true class 020 → predicted class 021: 2 images" in panel.inner_text()
+    # ... and from the keyboard: the arrow keys move a cursor (named aloud), Enter opens the cell.
+    canvas.focus()
+    for key in ["ArrowDown"] + ["ArrowDown"] * 5 + ["ArrowRight"] * 7:
+        page.keyboard.press(key)
+    assert lite.locator(".heatmap-cursor").inner_text() == "true class 005 → predicted class 007: 3"
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelector('#cell-detail').textContent.includes('true class 005')")
 
     # Per-class scores: a page of 20, worst F1 first, with a filter.
     rows = lite.locator(".per-class tbody tr")

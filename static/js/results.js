@@ -84,36 +84,57 @@ export function heatmapCanvas(confusion, source, onCell, { caption } = {}) {
   const size = cell * n;
   const canvas = h("canvas", { class: "heatmap-canvas", width: size, height: size, tabindex: "0",
     dataset: { source, cell: String(cell), classes: String(n) },
-    role: "img", "aria-label": `${caption} (${n} × ${n}; rows: true class, columns: predicted class). The top confusions are listed as buttons.` });
+    role: "img", "aria-label": `${caption} (${n} × ${n}; rows: true class, columns: predicted class): arrow keys move between cells, Enter shows a cell's images` });
   const ctx2d = canvas.getContext("2d");
-  if (ctx2d) {
-    for (let i = 0; i < n; i += 1) {
-      const row = matrix[i] || [];
-      const total = row.reduce((a, b) => a + b, 0);
-      for (let j = 0; j < n; j += 1) {
-        ctx2d.fillStyle = canvasColour(row[j] || 0, total, i === j);
-        ctx2d.fillRect(j * cell, i * cell, cell, cell);
-      }
+  const totals = matrix.map((row) => (row || []).reduce((a, b) => a + b, 0));
+  const paint = (i, j) => {
+    ctx2d.fillStyle = canvasColour((matrix[i] || [])[j] || 0, totals[i], i === j);
+    ctx2d.fillRect(j * cell, i * cell, cell, cell);
+  };
+  if (ctx2d) for (let i = 0; i < n; i += 1) for (let j = 0; j < n; j += 1) paint(i, j);
+  const name = (i, j) => `true ${labels[i]} → predicted ${labels[j]}: ${(matrix[i] || [])[j] || 0}`;
+  const status = h("p", { class: "heatmap-cursor muted", "aria-live": "polite" });
+  const open = (i, j) => onCell({ trueLabel: labels[i], predLabel: labels[j], count: (matrix[i] || [])[j] || 0, source, button: null });
+  // Keyboard: arrow keys move a cursor over the cells (Home/End: the row's ends), Enter opens one.
+  let cursor = null;
+  const moveTo = (i, j) => {
+    if (!ctx2d || !n) return;
+    if (cursor) paint(cursor.i, cursor.j);
+    cursor = { i: Math.max(0, Math.min(n - 1, i)), j: Math.max(0, Math.min(n - 1, j)) };
+    ctx2d.strokeStyle = "#111";
+    ctx2d.lineWidth = 1;
+    ctx2d.strokeRect(cursor.j * cell + 0.5, cursor.i * cell + 0.5, cell - 1, cell - 1);
+    status.textContent = name(cursor.i, cursor.j);
+  };
+  canvas.addEventListener("keydown", (event) => {
+    const { i = 0, j = 0 } = cursor || {};
+    const moves = { ArrowUp: [i - 1, j], ArrowDown: [i + 1, j], ArrowLeft: [i, j - 1], ArrowRight: [i, j + 1], Home: [i, 0], End: [i, n - 1] };
+    if (moves[event.key]) {
+      event.preventDefault();
+      moveTo(...(cursor ? moves[event.key] : [0, 0]));
+    } else if ((event.key === "Enter" || event.key === " ") && cursor) {
+      event.preventDefault();
+      open(cursor.i, cursor.j);
     }
-  }
+  });
   const at = (event) => {
     const box = canvas.getBoundingClientRect(); // less any border: the drawing is the content box
     const scale = canvas.clientWidth ? size / canvas.clientWidth : 1;
     const i = Math.floor(((event.clientY - box.top - canvas.clientTop) * scale) / cell);
     const j = Math.floor(((event.clientX - box.left - canvas.clientLeft) * scale) / cell);
-    return i >= 0 && j >= 0 && i < n && j < n ? { i, j, count: (matrix[i] || [])[j] || 0 } : null;
+    return i >= 0 && j >= 0 && i < n && j < n ? { i, j } : null;
   };
   canvas.addEventListener("mousemove", (event) => {
     const c = at(event);
-    canvas.title = c ? `true ${labels[c.i]} → predicted ${labels[c.j]}: ${c.count}` : "";
+    canvas.title = c ? name(c.i, c.j) : "";
   });
   canvas.addEventListener("click", (event) => {
     const c = at(event);
-    if (c) onCell({ trueLabel: labels[c.i], predLabel: labels[c.j], count: c.count, source, button: null });
+    if (c) open(c.i, c.j);
   });
   return h("figure", { class: "heatmap-figure heatmap-big" },
-    h("figcaption", { class: "heatmap-title", text: `${caption} · ${n} × ${n}, rows true, columns predicted; hover a cell to name it, click it for its images` }),
-    h("div", { class: "heatmap-wrap" }, canvas));
+    h("figcaption", { class: "heatmap-title", text: `${caption} · ${n} × ${n}, rows true, columns predicted; hover a cell to name it, click it (or use the arrow keys and Enter) for its images` }),
+    h("div", { class: "heatmap-wrap" }, canvas), status);
 }
 
 /** The off-diagonal cells of a confusion matrix, biggest first: [{trueLabel, predLabel, count}]. */
