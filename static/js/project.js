@@ -547,6 +547,7 @@ async function startTraining() {
   } catch (err) {
     reportError(err);
     $("#job").hidden = true;
+    lastLine.job = null; // nothing to tick for
     if (err.status === 409 && err.body && err.body.job) {
       // Already training (another tab?): follow that job.
       state.job = { ...err.body.job, state: "running" };
