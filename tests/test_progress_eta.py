@@ -23,7 +23,8 @@ def run_js(body: str):
     script = (f"const m = await import({json.dumps(MODULE.as_uri())});\n"
               f"const out = await (async () => {{ {body} }})();\n"
               "console.log(JSON.stringify(out));")
-    done = subprocess.run([NODE, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=30)
+    done = subprocess.run([NODE, "--input-type=module", "-e", script], capture_output=True, text=True,
+                          timeout=30, check=False)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

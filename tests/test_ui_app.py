@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import os
 import re
 import shutil
@@ -436,7 +437,7 @@ def test_train_progress_reaches_results(session, worker):
     assert page.inner_text("#job-state") == "Done", f"{seen}\n{worker.log()[-3000:]}"
     assert any(state == "Training" for state, _ in seen), seen
     lines.append((time.monotonic(), "done"))
-    still = max(b[0] - a[0] for a, b in zip(lines, lines[1:]))
+    still = max(b[0] - a[0] for a, b in itertools.pairwise(lines))
     print(f"progress text: {len(lines)} changes, longest still {still:.2f} s")
     assert still < 2.5, f"the progress text sat still for {still:.1f} s: {lines}"
     assert any("left" in line for _, line in lines), "no ETA was ever shown"
@@ -724,6 +725,7 @@ def _many_class_project(live) -> int:
     import json
 
     from helpers import bearer_session
+
     from web import create_app
     from web.db import Blob, Iteration, ProjectImage, db
 
