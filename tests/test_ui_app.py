@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import os
 import re
 import shutil
@@ -419,17 +420,27 @@ def test_train_progress_reaches_results(session, worker):
     worker.wait_ready()
     page.click("#train-btn")
     page.wait_for_selector("#job-state:not(:has-text('Cancelled'))")
-    # Progress is polled and drawn while the page stays usable.
+    # Progress is polled and drawn while the page stays usable, and the status line never
+    # sits still for more than ~2 s: stage, done/total, an ETA, or the seconds in the stage.
     seen = set()
+    lines = []  # (time, the whole status line) at each change
     deadline = time.monotonic() + TRAIN_TIMEOUT / 1000
     while time.monotonic() < deadline:
-        state = page.inner_text("#job-state")
-        seen.add((state, page.inner_text("#job-stage")))
+        state, stage, line = page.evaluate("""() => [document.querySelector('#job-state').textContent,
+            document.querySelector('#job-stage').textContent, document.querySelector('#job .job-line').textContent]""")
+        seen.add((state, stage))
         if state in ("Done", "Failed", "Cancelled"):
             break
-        page.wait_for_timeout(250)
+        if not lines or lines[-1][1] != line:
+            lines.append((time.monotonic(), line))
+        page.wait_for_timeout(100)
     assert page.inner_text("#job-state") == "Done", f"{seen}\n{worker.log()[-3000:]}"
     assert any(state == "Training" for state, _ in seen), seen
+    lines.append((time.monotonic(), "done"))
+    still = max(b[0] - a[0] for a, b in itertools.pairwise(lines))
+    print(f"progress text: {len(lines)} changes, longest still {still:.2f} s")
+    assert still < 2.5, f"the progress text sat still for {still:.1f} s: {lines}"
+    assert any("left" in line for _, line in lines), "no ETA was ever shown"
     assert page.evaluate("document.querySelector('#job-progress').value") == 100
     page.wait_for_selector(".model-card.ensemble", timeout=TIMEOUT)
     session.assert_clean()
@@ -642,6 +653,200 @@ def test_missing_weights_fail_with_the_reason_never_another_backbone(session, da
     assert "ResNet50" not in page.inner_text("#project-meta")
     assert page.is_hidden("#train-warning")
     session.assert_clean()
+
+
+# ---- many classes (a results report written as a worker leaves it, no training) -----------
+
+MANY = 300
+
+
+def _many_class_images(n=MANY, per=3) -> dict:
+    """{(class, k): JPEG bytes}: small distinct noise images (no two near-duplicates)."""
+    import numpy as np
+
+    rng = np.random.default_rng(14)
+    out = {}
+    for key in ((i, k) for i in range(n) for k in range(per)):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, "JPEG", quality=80)
+        out[key] = buf.getvalue()
+    return out
+
+
+def _many_class_report(shas, n=MANY, per=3):
+    """A report in models/result.py's format for n classes of `per` CV images each; all
+    right except: class 005's images all taken for class 007, two of class 020's for class
+    021, and the last image of classes 100..159 for the next class. Backbone Lite0 carries a
+    reliability diagram, Lite1 does not (an older report)."""
+    labels = [f"class {i:03d}" for i in range(n)]
+    preds, matrix = [], [[0] * n for _ in range(n)]
+    for i in range(n):
+        for k in range(per):
+            j = i
+            if i == 5:
+                j = 7
+            elif i == 20 and k < 2:
+                j = 21
+            elif 100 <= i < 160 and k == per - 1:
+                j = i + 1
+            matrix[i][j] += 1
+            sha = shas[i, k]
+            preds.append({"sha256": sha, "source": f"c{i:03d}/{k}.jpg", "true": labels[i], "pred": labels[j],
+                          "score": 0.9 if i == j else 0.4})
+    per_class = {}
+    for i, label in enumerate(labels):
+        tp, col = matrix[i][i], sum(matrix[r][i] for r in range(n))
+        precision = tp / col if col else 0.0
+        recall = tp / per
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "support": per}
+    accuracy = sum(matrix[i][i] for i in range(n)) / (n * per)
+    confusion = {"labels": labels, "matrix": matrix, "source": "cv"}
+
+    def entry(**extra):
+        return {"cv_accuracy": accuracy, "cv_accuracy_std": 0.01, "train_accuracy": 1.0, "test_accuracy": None,
+                "per_class": per_class, "confusion": confusion, "cv": {"accuracy": accuracy, "confusion": confusion},
+                "train": None, "test": None, "predictions": {"cv": preds}, "train_seconds": 1.5, **extra}
+
+    reliability = {"cv": [{"confidence": 0.45, "accuracy": 0.2, "count": 60},
+                          {"confidence": 0.85, "accuracy": 0.9, "count": 500},
+                          {"confidence": 0.95, "accuracy": 0.97, "count": 340}], "test": None}
+    vote = entry(method="majority vote", key="vote", why="the only method")
+    return {"classes": labels, "counts": {label: per for label in labels}, "n_train": n * per, "n_test": 0,
+            "cv_folds": 3, "backbones": {"efficientnet_lite0": entry(reliability=reliability),
+                                         "efficientnet_lite1": entry()},
+            "ensemble": vote, "ensembles": {"vote": vote}}
+
+
+def _many_class_project(live) -> int:
+    """A project with MANY classes of 3 images each (stored as uploads are, without the
+    upload's work) and one trained iteration whose report is `_many_class_report()`."""
+    import hashlib
+    import json
+
+    from web import create_app
+    from web.db import Blob, Iteration, Project, ProjectImage, User, db
+
+    images = _many_class_images()
+    shas = {key: hashlib.sha256(data).hexdigest() for key, data in images.items()}
+    report = _many_class_report(shas)
+    app = create_app({"INSTANCE_PATH": str(live.instance), "TESTING": True})
+    with app.app_context():
+        owner = db.session.scalar(db.select(User).where(User.username == "ann"))
+        project = Project(name="Many classes", backbones=["efficientnet_lite0"], owner_id=owner.id)
+        db.session.add(project)
+        db.session.flush()
+        pid = project.id
+        storage = app.extensions["transferlab.storage"]
+        for p in report["backbones"]["efficientnet_lite0"]["predictions"]["cv"]:
+            data = images[int(p["source"][1:4]), int(p["source"][5])]
+            storage.put_blob(p["sha256"], data, durable=False)
+            db.session.add(Blob(sha256=p["sha256"], size=len(data), content_type="image/jpeg", width=32, height=32))
+            db.session.add(ProjectImage(project_id=pid, sha256=p["sha256"], label=p["true"], split="train",
+                                        name=p["source"]))
+        folder = storage.resolve(storage.iteration_relpath(pid, 1))
+        folder.mkdir(parents=True)
+        (folder / "report.json").write_text(json.dumps(report))
+        db.session.add(Iteration(project_id=pid, number=1, folder=storage.iteration_relpath(pid, 1),
+                                 classes=report["classes"], backbones=["efficientnet_lite0", "efficientnet_lite1"],
+                                 n_train=MANY * 3, n_test=0, summary={}))
+        db.session.commit()
+    return pid
+
+
+COUNT_NODES = """() => { let n = 0; const w = document.createTreeWalker(document, NodeFilter.SHOW_ALL);
+    while (w.nextNode()) n += 1; return [n, document.getElementsByTagName('*').length]; }"""
+
+
+def test_many_classes_results_page_is_fast_small_and_clickable(session, browser, live):
+    """300 classes x 3 images: the results and the class list render quickly with a bounded
+    DOM (matrices collapsed and drawn on a canvas, per-class scores and class cards paged),
+    the top confusions are right and open their images, as do the canvas's cells."""
+    pid = _many_class_project(live)
+    context = new_context(browser, live)
+    s = Session(context.new_page())
+    page = s.page
+    sign_in(page, live)
+    page.goto(f"/projects/{pid}")
+    page.wait_for_selector(".model-card.ensemble .top-confusions li")
+    # Time to the drawn results from navigation start, and of it the page's own part: from the
+    # report's last byte (a 2.5 MB JSON the server builds while the class list loads its
+    # thumbnails) to the drawn cards.
+    took, fetched = page.evaluate(r"""() => [performance.getEntriesByName('results-rendered')[0].startTime,
+        performance.getEntriesByType('resource').find((e) => /\/results(\?|$)/.test(e.name)).responseEnd]""")
+    page.wait_for_selector(".class-card")
+    nodes, elements = page.evaluate(COUNT_NODES)
+    print(f"{MANY}-class results page: rendered {took:.0f} ms after navigation ({took - fetched:.0f} ms after "
+          f"the report arrived), {nodes} DOM nodes ({elements} elements)")
+    assert took - fetched < 1000, f"drawing the results took {took - fetched:.0f} ms"
+    assert took < 8000, f"the results took {took:.0f} ms to show"
+    assert nodes < 5_000 and elements < 2_500, (nodes, elements)
+    assert page.locator("button.cell").count() == 0  # no 90,000-cell tables
+
+    lite = page.locator(".model-card[data-model=efficientnet_lite0]")
+    pairs = lite.locator(".top-confusions .confusion-pair")
+    got = [(b.get_attribute("data-true"), b.get_attribute("data-pred"), int(b.get_attribute("data-count")))
+           for b in pairs.all()]
+    want = [("class 005", "class 007", 3), ("class 020", "class 021", 2)] + [
+        (f"class {i:03d}", f"class {i + 1:03d}", 1) for i in range(100, 108)]
+    assert got == want
+    pairs.first.click()
+    panel = page.locator("#cell-detail")
+    panel.wait_for()
+    assert "true class 005 → predicted class 007: 3 images" in panel.inner_text()
+    assert panel.locator(".thumb").count() == 3
+
+    # The matrix: collapsed, drawn on a canvas once opened; a click on a cell opens its images.
+    block = lite.locator("details.heatmap-details")
+    assert block.count() == 1 and block.get_attribute("open") is None
+    assert lite.locator("canvas").count() == 0
+    block.locator("summary").click()
+    canvas = lite.locator("canvas.heatmap-canvas")
+    canvas.wait_for()
+    cell = int(canvas.get_attribute("data-cell"))
+    assert canvas.bounding_box()["width"] == pytest.approx(cell * MANY, abs=1)  # drawn 1:1, scrolled
+    canvas.click(position={"x": (21 + 0.5) * cell, "y": (20 + 0.5) * cell})
+    page.wait_for_function("() => document.querySelector('#cell-detail').textContent.includes('predicted class 021')")
+    assert "true class 020 → predicted class 021: 2 images" in panel.inner_text()
+    # ... and from the keyboard: the arrow keys move a cursor (named aloud), Enter opens the cell.
+    canvas.focus()
+    for key in ["ArrowDown"] + ["ArrowDown"] * 5 + ["ArrowRight"] * 7:
+        page.keyboard.press(key)
+    assert lite.locator(".heatmap-cursor").inner_text() == "true class 005 → predicted class 007: 3"
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelector('#cell-detail').textContent.includes('true class 005')")
+
+    # Per-class scores: a page of 20, worst F1 first, with a filter.
+    rows = lite.locator(".per-class tbody tr")
+    assert rows.count() == 20
+    assert rows.first.locator("th").inner_text() == "class 005"
+    lite.locator(".per-class-filter").fill("class 12")
+    assert rows.count() == 10 and "10 classes" in lite.locator(".pager-status").inner_text()
+    lite.locator(".per-class-filter").fill("")
+    lite.locator(".pager-next").click()
+    assert "21–40 of 300 classes" in lite.locator(".pager-status").inner_text()
+
+    # Reliability: drawn for Lite0 (with the diagonal), nothing for Lite1's older report.
+    diagram = lite.locator("svg.reliability")
+    assert diagram.count() == 1
+    assert diagram.locator("line.rel-diagonal").count() == 1
+    assert [t.text_content() for t in diagram.locator("text").all()] == ["0", "0", "0.5", "0.5", "1", "1", "confidence", "accuracy"]
+    assert diagram.locator(".rel-cv circle.rel-point").count() == 3
+    assert diagram.locator(".rel-test").count() == 0
+    assert page.locator(".model-card[data-model=efficientnet_lite1] svg.reliability").count() == 0
+
+    # The class list: a page of cards, a filter, more on request.
+    assert page.locator(".class-card").count() == 24
+    page.fill("#class-filter", "class 123")
+    page.wait_for_function("() => document.querySelectorAll('.class-card').length === 1")
+    page.fill("#class-filter", "")
+    page.click("#class-more")
+    assert page.locator(".class-card").count() == 48
+    page.locator(".class-card").first.scroll_into_view_if_needed()  # shown cards load their thumbnails
+    page.wait_for_function("() => document.querySelectorAll('.class-card .thumb-strip img').length >= 4 * 3")
+    assert page.locator("#alerts .alert-error").count() == 0, page.inner_text("#alerts")
+    s.assert_clean()
+    context.close()
 
 
 def test_imagenet_page_classifies_offline(session):

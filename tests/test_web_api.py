@@ -351,6 +351,8 @@ def test_train_conflict_and_cancel_queued(app, client, web_photos):
     assert job["state"] == "queued" and job["progress"] == 0 and job["iteration"] is None
     assert job["worker_alive"] is False  # no worker in this test: the page can say so
     assert set(job) >= {"state", "progress", "stage", "error", "iteration"}
+    # the page's clock for "how long ago": the server's time; not started yet, so no elapsed time
+    assert job["server_time"].endswith("Z") and job["elapsed_seconds"] is None
 
     r = client.post(f"/api/v1/projects/{pid}/train")
     assert r.status_code == 409 and r.json["job_id"] == job_id

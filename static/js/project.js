@@ -4,6 +4,7 @@ import { api, learnThumbnailUrl, reportError, showAlert, thumbnailUrl, upload } 
 import { $, fill, h, pct, plural } from "./dom.js";
 import { dropzone } from "./dropzone.js";
 import { renderPrediction } from "./predictions.js";
+import { formatElapsed, ProgressClock, progressParts } from "./progress.js";
 import { cellImages, learnTitles, renderResults, SOURCE_TITLES, thumb, TITLES } from "./results.js";
 
 const projectId = document.getElementById("main").dataset.projectId;
@@ -120,18 +121,63 @@ function renderClasses(project) {
     ? `${plural(rows.length, "class", "classes")} · ${plural(nTrain, "training image")} · ${plural(nTest, "test image")}`
     : "";
   if (!rows.length) {
+    classTools(false);
     list.replaceChildren(h("p", { class: "empty", text: "No images yet. Drop a zip with one folder per class above." }));
     return rows;
   }
-  list.replaceChildren(...rows.map((r) => h("section", { class: "class-card", dataset: { label: r.label } },
+  const card = (r) => h("section", { class: "class-card", dataset: { label: r.label } },
     h("header", { class: "class-head" },
       h("h4", { class: "class-name", text: r.label, title: r.label }),
       h("span", { class: "class-count", text: plural(r.train, "image") }),
       r.test ? h("span", { class: "class-count test", text: `${r.test} test` }) : null,
       r.train < 2 ? h("span", { class: "badge badge-warn", text: "needs more images" }) : null),
     r.train ? thumbStrip(r.label, "train", r.train) : null,
-    r.test ? h("div", { class: "test-row" }, h("span", { class: "strip-label", text: "Test" }), thumbStrip(r.label, "test", r.test)) : null)));
+    r.test ? h("div", { class: "test-row" }, h("span", { class: "strip-label", text: "Test" }), thumbStrip(r.label, "test", r.test)) : null);
+  classTools(rows.length > MANY_CLASSES);
+  if (rows.length <= MANY_CLASSES) {
+    list.replaceChildren(...rows.map(card));
+    return rows;
+  }
+  // Many classes: a filter, and the cards a page at a time (each card's thumbnails load when shown).
+  let shownCount = CLASSES_SHOWN;
+  const draw = () => {
+    const q = classQuery.trim().toLowerCase();
+    const matching = q ? rows.filter((r) => r.label.toLowerCase().includes(q)) : rows;
+    list.replaceChildren(...matching.slice(0, shownCount).map(card));
+    const more = $("#class-more");
+    const left = matching.length - Math.min(shownCount, matching.length);
+    more.hidden = left <= 0;
+    more.textContent = `Show ${Math.min(left, CLASSES_SHOWN)} more (${left} not shown)`;
+    $("#class-filter-status").textContent = q
+      ? `${plural(matching.length, "class", "classes")} match`
+      : `showing ${Math.min(shownCount, rows.length)} of ${rows.length}`;
+  };
+  $("#class-filter").oninput = () => { classQuery = $("#class-filter").value; shownCount = CLASSES_SHOWN; draw(); };
+  $("#class-more").onclick = () => { shownCount += CLASSES_SHOWN; draw(); };
+  draw();
   return rows;
+}
+
+const MANY_CLASSES = 30;
+const CLASSES_SHOWN = 24;
+let classQuery = "";
+
+/** The filter above the class list and the "show more" button below it (many classes only). */
+function classTools(on) {
+  const list = $("#class-list");
+  let tools = $("#class-tools");
+  if (!tools && on) {
+    tools = h("div", { id: "class-tools", class: "class-tools" },
+      h("input", { id: "class-filter", type: "search", class: "class-filter", placeholder: "Filter classes",
+        "aria-label": "Filter classes by name", "aria-controls": "class-list" }),
+      h("span", { id: "class-filter-status", class: "muted", "aria-live": "polite" }));
+    list.before(tools);
+    list.after(h("button", { id: "class-more", type: "button", class: "btn btn-small class-more", hidden: true }));
+  }
+  if (tools) {
+    tools.hidden = !on;
+    if (!on) $("#class-more").hidden = true;
+  }
 }
 
 function updateTrainControls(rows) {
@@ -390,6 +436,37 @@ function jobFraction(job) {
   return p > 1 ? p / 100 : p;
 }
 
+const clock = new ProgressClock();
+const nowSeconds = () => performance.now() / 1000;
+const lastLine = { key: null, since: 0, job: null }; // the status line as last drawn, since when, of which job
+let ticker = null;
+
+/** The status line of a running job (stage, done/total, ETA, and seconds in the stage once
+ * nothing has changed for 2 s), redrawn every half second between polls. */
+function drawRunning() {
+  const job = lastLine.job;
+  if (!job || TERMINAL.has(job.state)) return;
+  const now = nowSeconds();
+  const percent = `${Math.round(100 * Math.max(0, Math.min(1, jobFraction(job))))}%`;
+  let stage = job.stage || "waiting for the worker";
+  let extra = "";
+  if (job.state === "running") {
+    ({ stage, extra } = progressParts(job, clock, now));
+    const key = `${stage}|${extra}|${percent}`;
+    if (key !== lastLine.key) {
+      lastLine.key = key;
+      lastLine.since = now;
+    }
+    ({ extra } = progressParts(job, clock, now, { textStillFor: now - lastLine.since }));
+  } else if (clock.stageElapsed(now) > 2) {
+    extra = `waiting ${formatElapsed(clock.stageElapsed(now))}`;
+  }
+  // The stage is announced to screen readers when it changes; the ticking part is not.
+  if ($("#job-stage").textContent !== stage) $("#job-stage").textContent = stage;
+  $("#job-eta").textContent = extra ? `· ${extra}` : "";
+  $("#job-percent").textContent = percent;
+}
+
 function renderJob(job) {
   const box = $("#job");
   box.hidden = false;
@@ -398,15 +475,25 @@ function renderJob(job) {
   const stateLabel = { queued: "Queued", running: "Training", succeeded: "Done", failed: "Failed", cancelled: "Cancelled" }[job.state] || job.state;
   $("#job-state").textContent = stateLabel;
   $("#job-state").className = `badge badge-${job.state}`;
-  let stage = job.stage || (job.state === "queued" ? "waiting for the worker" : "");
-  if (job.state === "running" && job.done != null && job.total) stage += ` (${job.done}/${job.total})`;
+  $("#job-progress").value = Math.round(100 * fraction);
+  $("#cancel-btn").hidden = TERMINAL.has(job.state);
+  lastLine.job = job;
+  if (!TERMINAL.has(job.state)) {
+    clock.observe(job.state === "running" ? fraction : 0, `${job.state}:${job.stage || ""}`, nowSeconds());
+    drawRunning();
+    if (!ticker) ticker = setInterval(drawRunning, 500);
+    return;
+  }
+  clearInterval(ticker);
+  ticker = null;
+  clock.reset();
+  let stage = job.stage || "";
   if (job.state === "succeeded") stage = job.iteration ? `Finished: iteration ${job.iteration}` : "Finished";
   if (job.state === "failed") stage = job.error || "Training failed.";
   if (job.state === "cancelled") stage = "Training was cancelled.";
   $("#job-stage").textContent = stage;
+  $("#job-eta").textContent = "";
   $("#job-percent").textContent = job.state === "failed" || job.state === "cancelled" ? "" : `${Math.round(100 * fraction)}%`;
-  $("#job-progress").value = Math.round(100 * fraction);
-  $("#cancel-btn").hidden = TERMINAL.has(job.state);
 }
 
 async function pollJob(jobId) {
@@ -460,6 +547,7 @@ async function startTraining() {
   } catch (err) {
     reportError(err);
     $("#job").hidden = true;
+    lastLine.job = null; // nothing to tick for
     if (err.status === 409 && err.body && err.body.job) {
       // Already training (another tab?): follow that job.
       state.job = { ...err.body.job, state: "running" };
@@ -528,6 +616,7 @@ async function loadResults(iteration) {
     state.iteration = report.iteration ?? iteration;
     $("#cell-detail").hidden = true;
     renderResults(container, report, ctx);
+    performance.mark("results-rendered"); // how long a big report takes to draw (tests/test_ui_app.py)
     setClassifyEnabled(true);
   } catch (err) {
     if (err.status === 404) {

@@ -9,7 +9,7 @@ from flask import url_for
 
 from models.registry import BACKBONES, DEFAULT_BACKBONES, availability
 from web.api.helpers import latest_job, project_iterations, weights_dir
-from web.db import Iteration, Job, Project, ProjectImage, iso
+from web.db import Iteration, Job, Project, ProjectImage, iso, utcnow
 from web.jobs import class_counts, live_workers
 
 
@@ -35,6 +35,7 @@ def backbone_json(name: str) -> dict:
 def job_json(job: Job | None) -> dict | None:
     if job is None:
         return None
+    now = utcnow()
     return {
         "id": job.id, "job_id": job.id, "project_id": job.project_id, "state": job.state,
         "progress": round(float(job.progress or 0.0), 4), "stage": job.stage,
@@ -46,9 +47,15 @@ def job_json(job: Job | None) -> dict | None:
         "features_computed": job.features_computed, "features_total": job.features_total,
         "created_at": iso(job.created_at), "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at), "updated_at": iso(job.updated_at),
+        # the server's clock, so a page can tell how long ago started_at/updated_at were
+        "server_time": iso(now), "elapsed_seconds": _seconds_between(job.started_at, job.finished_at or now),
         # is any worker alive to run it? (queued/running jobs only; null otherwise)
         "worker_alive": bool(live_workers()) if job.state in ("queued", "running") else None,
     }
+
+
+def _seconds_between(start, end) -> float | None:
+    return None if start is None or end is None else round((end - start).total_seconds(), 1)
 
 
 def iteration_json(it: Iteration) -> dict:
