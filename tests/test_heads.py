@@ -51,7 +51,7 @@ def test_head_learns_separable_classes_and_generalises():
 
 def _linear_params(x, y, n_classes, groups=None):
     """What CV chooses for a linear head on these rows (`train_head` without a hidden try)."""
-    return train_head(x, y, [str(c) for c in range(n_classes)], groups, try_hidden=False).params
+    return train_head(x, y, [str(c) for c in range(n_classes)], groups).params
 
 
 @pytest.mark.unit
@@ -133,7 +133,7 @@ def _xor(n_per=16, d=12, seed=0):
 @pytest.mark.unit
 def test_hidden_head_is_chosen_where_no_line_separates_the_classes():
     x, y = _xor(seed=0)
-    head = train_head(x, y, ["a", "b"])
+    head = train_head(x, y, ["a", "b"], try_hidden=True)
     assert head.params["head"] == "hidden" and isinstance(head, HiddenHead)
     linear = fit_head(x, y, ["a", "b"], _linear_params(x, y, 2))
     test_x, test_y = _xor(seed=1)
@@ -148,7 +148,7 @@ def test_linear_head_is_kept_where_the_best_boundary_is_linear():
     hidden layer has nothing to add, and must not win on noise."""
     for seed in range(3):
         x, y = _blobs(n_per=15, d=60, spread=4.0, seed=seed)
-        head = train_head(x, y, ["a", "b", "c"])
+        head = train_head(x, y, ["a", "b", "c"], try_hidden=True)
         assert head.params["head"] == "linear" and isinstance(head, LinearHead), seed
 
 
@@ -203,7 +203,7 @@ def test_pruning_keeps_the_choice_on_a_small_case(monkeypatch):
 
     x, y = _blobs(n_per=10, d=80, spread=2.5, seed=4)
     hx, hy = _xor(n_per=8, seed=4)
-    pruned = [_linear_params(x, y, 3), train_head(hx, hy, ["a", "b"]).params]
+    pruned = [_linear_params(x, y, 3), train_head(hx, hy, ["a", "b"], try_hidden=True).params]
     assert pruned[1]["head"] == "hidden"  # the hidden search was exercised
     narrowed = []
     monkeypatch.setattr(Descent, "select",
@@ -212,7 +212,7 @@ def test_pruning_keeps_the_choice_on_a_small_case(monkeypatch):
     assert _choice(_linear_params(x, y, 3)) == _choice(pruned[0])
     assert min(narrowed) < len(L2_GRID)  # it does prune
     monkeypatch.setattr(search, "PRUNE_GAP", np.inf)
-    unpruned = [_linear_params(x, y, 3), train_head(hx, hy, ["a", "b"]).params]
+    unpruned = [_linear_params(x, y, 3), train_head(hx, hy, ["a", "b"], try_hidden=True).params]
     assert [_choice(p) for p in unpruned] == [_choice(p) for p in pruned]
     # float32 products batched in other shapes round differently: losses agree, not bits
     np.testing.assert_allclose([p["cv_log_loss"] for p in unpruned],
@@ -229,10 +229,12 @@ def test_batched_hidden_choices_equal_one_search_at_a_time():
     x, y = _xor(n_per=10, seed=5)
     candidates = {"raw": x, "sqrt": np.sqrt(np.abs(x))}
     masks = make_folds(y)
-    head, logits, chosen = train_and_cross_validate(candidates, y, ["a", "b"], masks)
-    assert head.params == train_head(candidates, y, ["a", "b"]).params
+    head, logits, chosen = train_and_cross_validate(candidates, y, ["a", "b"], masks,
+                                                    try_hidden=True)
+    assert head.params == train_head(candidates, y, ["a", "b"], try_hidden=True).params
     for val, fold_params in zip(masks, chosen):
-        inner = train_head({k: v[~val] for k, v in candidates.items()}, y[~val], ["a", "b"])
+        inner = train_head({k: v[~val] for k, v in candidates.items()}, y[~val], ["a", "b"],
+                           try_hidden=True)
         _assert_same_choice(inner.params, fold_params)
         views = fold_params["views"]
         np.testing.assert_allclose(logits[val], inner.logits(candidates[views][val]), atol=1e-5)

@@ -35,11 +35,13 @@ that changes one sets it there (e.g. `models.heads.search.PRUNE_GAP`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from .calibration import apply_temperature, cross_fit_temperature, fit_temperature
+from .calibration import (apply_temperature, cross_fit_temperature, decide_temperature,
+                          fit_temperature)
 from .descent import one_blas_thread
 from .fit import DESCENTS, fit_all
 from .hidden import HIDDEN_RATE, HIDDEN_SEED, HIDDEN_UNITS
@@ -86,6 +88,7 @@ __all__ = [
     "LinearHead",
     "apply_temperature",
     "cross_fit_temperature",
+    "decide_temperature",
     "fit_head",
     "fit_temperature",
     "head_from_keras",
@@ -98,9 +101,9 @@ __all__ = [
 
 
 def train_head(features: np.ndarray | Candidates, labels: np.ndarray, classes: list[str],
-               groups: np.ndarray | None = None, seed: int = 0, try_hidden: bool = True) -> Head:
-    """Choose the input, head kind, L2 and training length by CV on these images, then fit on
-    all of them (a linear head without `try_hidden`).
+               groups: np.ndarray | None = None, seed: int = 0, try_hidden: bool = False) -> Head:
+    """Choose the input, L2 and training length (and, with `try_hidden`, the head kind) by CV
+    on these images, then fit on all of them.
 
     `features` is one (n, d) array, or {name: (n, d) array} of candidate inputs for the same
     images (e.g. one per view policy, simplest first): the head uses the candidate with the
@@ -112,7 +115,7 @@ def train_head(features: np.ndarray | Candidates, labels: np.ndarray, classes: l
 def train_and_cross_validate(
     features: np.ndarray | Candidates, labels: np.ndarray, classes: list[str],
     val_masks: list[np.ndarray] | None, groups: np.ndarray | None = None, seed: int = 0,
-    try_hidden: bool = True,
+    try_hidden: bool = False, progress: Callable[[float], None] | None = None,
 ) -> tuple[Head, np.ndarray | None, list[dict]]:
     """`train_head` on all rows, and nested-CV held-out logits, in one batched search.
 
@@ -122,9 +125,11 @@ def train_and_cross_validate(
     `repeated_folds` draws them on those rows), so held-out rows never influence the model
     that scores them: each fold's choices are exactly those `train_head` makes on its
     training rows, with every descent batched together.
-    The choice is in two rounds: the linear head's input, L2 and length; then the hidden
-    head's L2 and length on that input, the hidden head winning only by HIDDEN_MARGIN
-    (without `try_hidden`, every head is linear).
+    The choice is in two rounds: the linear head's input, L2 and length; then, only with
+    `try_hidden`, the hidden head's L2 and length on that input, the hidden head winning only
+    by HIDDEN_MARGIN. `progress(fraction)` hears how far the search is, at least every
+    `search.TICK_STEPS` descent steps. The hidden round is off by default: CV chose it in 3 of 20 galaxy draws and 1 of 10 digits
+    draws, with no accuracy gained, at 60% of the search's time (bench/RESULTS.md, issue 14).
     """
     candidates = as_candidates(features)
     n = len(labels)
@@ -136,7 +141,8 @@ def train_and_cross_validate(
     with one_blas_thread():
         searches = [Search(x, rows, inner) for rows, inner in zip(outers, inners)
                     for x in candidates.values()]
-        params = search_all(searches, labels, len(classes))
+        tick = (lambda f: progress(0.95 * f)) if progress else None
+        params = search_all(searches, labels, len(classes), tick=tick)
         k = len(candidates)
         picks = [pick(candidates, params[i * k:(i + 1) * k]) for i in range(len(outers))]
         tried = [i for i, inner in enumerate(inners) if inner is not None and try_hidden]
@@ -146,6 +152,8 @@ def train_and_cross_validate(
         chosen = [pick_kind(p, hidden_of.get(i)) for i, (_, p) in enumerate(picks)]
         heads = fit_all([(candidates[name], rows, p)
                           for (name, _), rows, p in zip(picks, outers, chosen)], labels, classes)
+    if progress:
+        progress(1.0)
     for head, (name, _), p in zip(heads, picks, chosen):
         head.params.update(cv_log_loss=p["cv_log_loss"], views=name)
     if not val_masks:

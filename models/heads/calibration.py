@@ -38,3 +38,26 @@ def apply_temperature(head: Head, temperature: float) -> Head:
     scaled = head.scaled(temperature)
     scaled.params = dict(head.params, temperature=round(float(temperature), 4))
     return scaled
+
+
+def decide_temperature(logits: np.ndarray, labels: np.ndarray, val_masks: list[np.ndarray]
+                       ) -> tuple[float | None, np.ndarray, dict]:
+    """Whether temperature scaling helps these held-out logits, judged honestly.
+
+    Returns (T fitted on all `logits`, or None where calibration is off; the held-out
+    probabilities that go with that decision: cross-fitted calibrated ones, or plain softmax;
+    {"cv_log_loss_uncalibrated", "cv_log_loss_calibrated", "temperature_kept"}). T is kept only
+    if the cross-fitted calibrated log-loss is lower: with a few dozen held-out predictions a
+    fitted T can be noise, and then it only moves test log-loss away from the CV optimum.
+    """
+    plain = softmax(logits)
+    scaled = cross_fit_temperature(logits, labels, val_masks)
+    before, after = _log_loss(plain, labels), _log_loss(scaled, labels)
+    keep = after < before
+    figures = {"cv_log_loss_uncalibrated": round(before, 4),
+               "cv_log_loss_calibrated": round(after, 4), "temperature_kept": bool(keep)}
+    return (fit_temperature(logits, labels) if keep else None), (scaled if keep else plain), figures
+
+
+def _log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)).mean())

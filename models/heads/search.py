@@ -4,6 +4,7 @@ choice of input candidate and head kind from the CV log-losses."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,10 @@ HIDDEN_MARGIN = 0.01
 HIDDEN_STEP_GRID = STEP_GRID[:6]
 
 Candidates = dict  # name -> (n, d) features of the same images, simplest candidate first
+Tick = Callable[[float], None]  # fraction of the search done, 0..1
+
+# Descent steps between progress ticks: well under a second even on many-class problems.
+TICK_STEPS = 20
 
 # A richer candidate (e.g. more views per image) must beat a simpler one by this much CV
 # log-loss to be chosen: it costs forward passes at every prediction, so ties go to the cheap.
@@ -132,14 +137,15 @@ def _narrow(descent: Descent, slot_l2: np.ndarray, active: np.ndarray,
 
 
 def search_all(searches: list[Search], labels: np.ndarray, n_classes: int,
-                kind: str = "linear") -> list[dict]:
+                kind: str = "linear", tick: Tick | None = None) -> list[dict]:
     """Run every search's CV in one batched descent of heads of `kind`; each stops on its own.
 
     Per search: validation log-loss at each step checkpoint, strongest penalty winning ties,
     then the shortest run; from PRUNE_FROM steps on, strengths far behind the best stop
     (`survivors`); a search stops after two doublings of the run length without a better
     model, or when no strength survives. Returns {"l2", "steps", "cv_log_loss"} per search
-    (DEFAULT_PARAMS and None where CV is impossible).
+    (DEFAULT_PARAMS and None where CV is impossible). `tick(fraction)` is called every
+    TICK_STEPS steps with the share of the longest possible run done.
     """
     results: list[dict | None] = [None] * len(searches)
     folds, xs, train_masks, val_masks, owner = [], [], [], [], []
@@ -171,8 +177,12 @@ def search_all(searches: list[Search], labels: np.ndarray, n_classes: int,
     best: dict[int, tuple[float, float, int]] = {}
     stale = dict.fromkeys(live.tolist(), 0)
     alive: dict[int, list[int]] = {}
-    for step in HIDDEN_STEP_GRID if kind == "hidden" else STEP_GRID:
-        descent.run_to(step)
+    grid = HIDDEN_STEP_GRID if kind == "hidden" else STEP_GRID
+    for step in grid:
+        while descent.step < step:
+            descent.run_to(min(step, descent.step + TICK_STEPS))
+            if tick:
+                tick(descent.step / grid[-1])
         per_problem = _held_out_loss(descent, held, active)
         for s in live.tolist():
             mine = owner[active] == s
