@@ -97,7 +97,8 @@ def test_keras_export_matches_numpy_head():
 @pytest.mark.integration
 def test_batched_search_makes_the_choices_of_one_search_at_a_time():
     """One batched descent (candidates x outer folds x inner folds) = the plain definition:
-    per outer fold, `train_head` on its training rows alone, scoring its held-out rows."""
+    per outer fold, `train_head` (one draw of folds) on its training rows alone, scoring its
+    held-out rows."""
     x, y = _blobs(n_per=9, d=40, spread=2.5)
     candidates = {"raw": x, "sqrt": np.sqrt(np.abs(x))}
     groups = np.arange(len(y)) // 2  # pairs of rows stay together
@@ -109,7 +110,7 @@ def test_batched_search_makes_the_choices_of_one_search_at_a_time():
     for val, fold_params in zip(masks, chosen):
         train = ~val
         inner = train_head({k: v[train] for k, v in candidates.items()}, y[train],
-                           ["a", "b", "c"], groups[train])
+                           ["a", "b", "c"], groups[train], repeats=1)
         _assert_same_choice(inner.params, fold_params)
         views = fold_params["views"]
         np.testing.assert_allclose(logits[val], inner.logits(candidates[views][val]), atol=1e-6)
@@ -234,7 +235,7 @@ def test_batched_hidden_choices_equal_one_search_at_a_time():
     assert head.params == train_head(candidates, y, ["a", "b"], try_hidden=True).params
     for val, fold_params in zip(masks, chosen):
         inner = train_head({k: v[~val] for k, v in candidates.items()}, y[~val], ["a", "b"],
-                           try_hidden=True)
+                           try_hidden=True, repeats=1)
         _assert_same_choice(inner.params, fold_params)
         views = fold_params["views"]
         np.testing.assert_allclose(logits[val], inner.logits(candidates[views][val]), atol=1e-5)

@@ -76,11 +76,12 @@ def inner_repeats(n_rows: int) -> int:
     return 3 if n_rows < 80 else 2 if n_rows < 134 else 1
 
 
-def repeated_folds(labels: np.ndarray, groups: np.ndarray | None, seed: int
-                    ) -> list[np.ndarray] | None:
-    """`make_folds` drawn `inner_repeats` times with different seeds, all folds in one list."""
+def repeated_folds(labels: np.ndarray, groups: np.ndarray | None, seed: int,
+                   repeats: int | None = None) -> list[np.ndarray] | None:
+    """`make_folds` drawn `repeats` (default `inner_repeats`) times with different seeds, all
+    folds in one list."""
     folds = [make_folds(labels, groups, seed=seed + 1000 * r)
-             for r in range(inner_repeats(len(labels)))]
+             for r in range(repeats or inner_repeats(len(labels)))]
     return None if folds[0] is None else [mask for draw in folds for mask in draw]
 
 
