@@ -274,3 +274,30 @@ def _assert_same_choice(params, expected):
         {k: v for k, v in expected.items() if k != "cv_log_loss"}
     np.testing.assert_allclose(params["cv_log_loss"], expected["cv_log_loss"], rtol=1e-3,
                                atol=1e-4)
+
+
+@pytest.mark.unit
+def test_calibration_is_dropped_where_it_does_not_lower_cv_log_loss():
+    from models.heads import decide_temperature
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (60, 3))
+    # Labels drawn from softmax(logits): calibrated already, a fitted T only adds noise.
+    y = np.array([rng.choice(3, p=p) for p in softmax(logits)])
+    masks = make_folds(y)
+    t, probs, figures = decide_temperature(logits, y, masks)
+    assert t is None and not figures["temperature_kept"]
+    assert figures["cv_log_loss_calibrated"] >= figures["cv_log_loss_uncalibrated"]
+    np.testing.assert_allclose(probs, softmax(logits))
+    # Far overconfident logits: the temperature pays, and is kept (T > 1).
+    t, probs, figures = decide_temperature(8 * logits, y, masks)
+    assert figures["temperature_kept"] and t > 2
+    assert figures["cv_log_loss_calibrated"] < figures["cv_log_loss_uncalibrated"]
+
+
+@pytest.mark.unit
+def test_search_reports_progress_monotonically_to_the_end():
+    x, y = _blobs(n_per=8, d=50, spread=2.0)
+    seen = []
+    train_and_cross_validate(x, y, ["a", "b", "c"], make_folds(y), progress=seen.append)
+    assert len(seen) > 3 and seen == sorted(seen) and seen[-1] == 1.0
