@@ -1,18 +1,13 @@
-"""Softmax heads on cached features, with their kind and hyper-parameters chosen by CV.
+"""Softmax heads on cached features, with their input and hyper-parameters chosen by CV.
 
-Two kinds of head, both on standardised features: a linear softmax layer (`LinearHead`, a
-Keras `Dense` when saved) and one hidden layer of `HIDDEN_UNITS` ReLU units before it
-(`HiddenHead`, Dense-ReLU-Dense). Both are trained by full-batch descent on cached features,
-and three facts make choosing their hyper-parameters by cross-validation cheap enough to
-need no user knobs:
+A head is a linear softmax layer on standardised features (`LinearHead`, a Keras `Dense` when
+saved), trained by full-batch descent on cached features. Three facts make choosing its
+hyper-parameters by cross-validation cheap enough to need no user knobs:
 
 * Started at zero, gradient descent on an L2-penalised linear model only ever moves the weights
   inside the span of the training rows. So we rotate the features onto that span (an SVD of
   the training rows: at most n dimensions instead of 512-2048) and run the *same* descent
-  there, exactly, then rotate the weights back. The hidden head is trained in the same basis
-  by Adam, from random hidden weights drawn there, so its first layer too lies in the span
-  (Adam is not rotation-invariant: this is how the hidden head is defined, not a shortcut
-  for Adam on raw features).
+  there, exactly, then rotate the weights back.
 * Every (fold, L2 strength) pair is trained at once as one batched array problem, and the
   validation predictions are read at several step counts along the way, so the training
   length is chosen from the same run; an L2 strength far behind the best is dropped from the
@@ -21,14 +16,16 @@ need no user knobs:
 
 The criterion is validation log-loss (a proper score; accuracy on a few dozen images is too
 coarse to rank hyper-parameters), ties going to the stronger penalty and the shorter run.
-The hidden head is tried on the input the linear search chose, and kept only if its CV
-log-loss beats the linear head's by `HIDDEN_MARGIN`.
+
+A head with one hidden layer (`HiddenHead`, Dense-ReLU-Dense) was also searched until issue 14:
+CV chose it in 3 of 20 galaxy and 1-2 of 10 digits draws, with no accuracy gained, at 60% of
+the search's time, so it is no longer trained; the class stays so saved results still load.
 
 This module holds the public entry points (`train_head`, `train_and_cross_validate`,
 `fit_head`, `head_from_keras`) and re-exports the rest of the public API; other code imports
-from `models.heads` only. Inside the package: `kinds` (the two heads), `export` (their Keras
-form), `descent` (what the batched solvers share), `linear` and `hidden` (the solvers), `fit`
-(heads of chosen params), `search` (folds, grids, CV with successive halving, the choices),
+from `models.heads` only. Inside the package: `kinds` (the heads), `export` (their Keras
+form), `descent` (what the batched solver needs), `linear` (the solver), `fit` (heads of
+chosen params), `search` (folds, grids, CV with successive halving, the choice of input),
 `calibration` (temperature). Each constant is read in the module that defines it, so a test
 that changes one sets it there (e.g. `models.heads.search.PRUNE_GAP`).
 """
@@ -43,13 +40,10 @@ import numpy as np
 from .calibration import (apply_temperature, cross_fit_temperature, decide_temperature,
                           fit_temperature)
 from .descent import one_blas_thread
-from .fit import DESCENTS, fit_all
-from .hidden import HIDDEN_RATE, HIDDEN_SEED, HIDDEN_UNITS
+from .fit import fit_all
 from .kinds import Head, HiddenHead, LinearHead, softmax
 from .search import (
     DEFAULT_PARAMS,
-    HIDDEN_MARGIN,
-    HIDDEN_STEP_GRID,
     L2_GRID,
     MAX_FOLDS,
     PRUNE_FROM,
@@ -62,7 +56,6 @@ from .search import (
     inner_repeats,
     make_folds,
     pick,
-    pick_kind,
     repeated_folds,
     search_all,
     spread,
@@ -70,12 +63,6 @@ from .search import (
 
 __all__ = [
     "DEFAULT_PARAMS",
-    "DESCENTS",
-    "HIDDEN_MARGIN",
-    "HIDDEN_RATE",
-    "HIDDEN_SEED",
-    "HIDDEN_STEP_GRID",
-    "HIDDEN_UNITS",
     "L2_GRID",
     "MAX_FOLDS",
     "PRUNE_FROM",
@@ -101,25 +88,24 @@ __all__ = [
 
 
 def train_head(features: np.ndarray | Candidates, labels: np.ndarray, classes: list[str],
-               groups: np.ndarray | None = None, seed: int = 0, try_hidden: bool = False,
+               groups: np.ndarray | None = None, seed: int = 0,
                repeats: int | None = None) -> Head:
-    """Choose the input, L2 and training length (and, with `try_hidden`, the head kind) by CV
-    on these images, then fit on all of them.
+    """Choose the input, L2 and training length by CV on these images, then fit on all of
+    them.
 
     `features` is one (n, d) array, or {name: (n, d) array} of candidate inputs for the same
     images (e.g. one per view policy, simplest first): the head uses the candidate with the
-    best CV log-loss, and records its name in `params["views"]`, its kind in `params["head"]`.
+    best CV log-loss, and records its name in `params["views"]` ("linear" in `params["head"]`).
     The CV draws `repeats` sets of folds (default `inner_repeats(len(labels))`).
     """
-    return train_and_cross_validate(features, labels, classes, None, groups, seed, try_hidden,
+    return train_and_cross_validate(features, labels, classes, None, groups, seed,
                                     repeats=repeats)[0]
 
 
 def train_and_cross_validate(
     features: np.ndarray | Candidates, labels: np.ndarray, classes: list[str],
     val_masks: list[np.ndarray] | None, groups: np.ndarray | None = None, seed: int = 0,
-    try_hidden: bool = False, progress: Callable[[float], None] | None = None,
-    repeats: int | None = None,
+    progress: Callable[[float], None] | None = None, repeats: int | None = None,
 ) -> tuple[Head, np.ndarray | None, list[dict]]:
     """`train_head` on all rows, and nested-CV held-out logits, in one batched search.
 
@@ -129,11 +115,8 @@ def train_and_cross_validate(
     folds, `make_folds` on those rows), so held-out rows never influence the model that
     scores them: each fold's choices are exactly those `train_head(..., repeats=1)` makes on
     its training rows, with every descent batched together.
-    The choice is in two rounds: the linear head's input, L2 and length; then, only with
-    `try_hidden`, the hidden head's L2 and length on that input, the hidden head winning only
-    by HIDDEN_MARGIN. `progress(fraction)` hears how far the search is, at least every
-    `search.TICK_STEPS` descent steps. The hidden round is off by default: CV chose it in 3 of 20 galaxy draws and 1 of 10 digits
-    draws, with no accuracy gained, at 60% of the search's time (bench/RESULTS.md, issue 14).
+    `progress(fraction)` hears how far the search is, at least every `search.TICK_STEPS`
+    descent steps.
     """
     candidates = as_candidates(features)
     n = len(labels)
@@ -153,13 +136,9 @@ def train_and_cross_validate(
         params = search_all(searches, labels, len(classes), tick=tick)
         k = len(candidates)
         picks = [pick(candidates, params[i * k:(i + 1) * k]) for i in range(len(outers))]
-        tried = [i for i, inner in enumerate(inners) if inner is not None and try_hidden]
-        hidden = search_all([Search(candidates[picks[i][0]], outers[i], inners[i])
-                              for i in tried], labels, len(classes), "hidden")
-        hidden_of = dict(zip(tried, hidden))
-        chosen = [pick_kind(p, hidden_of.get(i)) for i, (_, p) in enumerate(picks)]
+        chosen = [dict(p, head="linear") for _, p in picks]
         heads = fit_all([(candidates[name], rows, p)
-                          for (name, _), rows, p in zip(picks, outers, chosen)], labels, classes)
+                         for (name, _), rows, p in zip(picks, outers, chosen)], labels, classes)
     if progress:
         progress(1.0)
     for head, (name, _), p in zip(heads, picks, chosen):
@@ -173,8 +152,8 @@ def train_and_cross_validate(
 
 
 def fit_head(features: np.ndarray, labels: np.ndarray, classes: list[str], params: dict) -> Head:
-    """Train one head on all rows with the given {"l2", "steps"} and optional "head" kind
-    ("linear" when absent): no search, the fit `train_head` ends with, on chosen params."""
+    """Train one linear head on all rows with the given {"l2", "steps"}: no search, the fit
+    `train_head` ends with, on chosen params."""
     with one_blas_thread():
         return fit_all([(features, np.ones(len(labels), bool), params)], labels, classes)[0]
 
