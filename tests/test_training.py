@@ -273,7 +273,8 @@ def test_heavy_backbones_do_not_pay_for_eight_views_by_default(photo_folder, pho
 
 
 def _random_hidden_head(classes, dim, views):
-    from models.heads import HIDDEN_UNITS, HiddenHead
+    from models.heads import HiddenHead
+    from models.heads.kinds import HIDDEN_UNITS
 
     rng = np.random.default_rng(1)
     return HiddenHead(classes, np.zeros(dim, np.float32), 0.1,

@@ -54,8 +54,8 @@ def decide_temperature(logits: np.ndarray, labels: np.ndarray, val_masks: list[n
     scaled = cross_fit_temperature(logits, labels, val_masks)
     before, after = _log_loss(plain, labels), _log_loss(scaled, labels)
     keep = after < before
-    figures = {"cv_log_loss_uncalibrated": round(before, 4),
-               "cv_log_loss_calibrated": round(after, 4), "temperature_kept": bool(keep)}
+    figures = {"cv_log_loss_uncalibrated": before, "cv_log_loss_calibrated": after,
+               "temperature_kept": bool(keep)}
     return (fit_temperature(logits, labels) if keep else None), (scaled if keep else plain), figures
 
 
