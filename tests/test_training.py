@@ -66,7 +66,7 @@ def test_report_has_reliability_bins_and_the_calibration_decision(trained):
     assert all(set(b) == {"confidence", "accuracy", "count"} and b["count"] > 0 for b in cv)
     cal = entry["calibration"]
     kept = cal["temperature_kept"]
-    assert kept == (cal["cv_log_loss_calibrated"] < cal["cv_log_loss_uncalibrated"])
+    assert not kept or cal["cv_log_loss_calibrated"] < cal["cv_log_loss_uncalibrated"]
     assert ("temperature" in entry["hyperparameters"]) == kept
     assert entry["test"]["brier"] >= 0
     fitting = [p.fraction for p in stages if p.stage.startswith("fitting head")]

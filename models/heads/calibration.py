@@ -7,6 +7,8 @@ import numpy as np
 
 from .kinds import Head, softmax
 
+CALIBRATION_SE = 2.0  # how clearly CV must prefer the temperature (standard errors)
+
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The T > 0 minimising the log-loss of softmax(logits / T) (temperature scaling)."""
@@ -47,15 +49,19 @@ def decide_temperature(logits: np.ndarray, labels: np.ndarray, val_masks: list[n
     Returns (T fitted on all `logits`, or None where calibration is off; the held-out
     probabilities that go with that decision: cross-fitted calibrated ones, or plain softmax;
     {"cv_log_loss_uncalibrated", "cv_log_loss_calibrated", "temperature_kept"}). T is kept only
-    if the cross-fitted calibrated log-loss is lower: with a few dozen held-out predictions a
-    fitted T can be noise, and then it only moves test log-loss away from the CV optimum.
+    if the cross-fitted calibrated log-loss is lower by more than CALIBRATION_SE standard
+    errors of the per-image differences: with a few dozen held-out predictions a fitted T is
+    often noise (kept on any improvement, it raised pooled test log-loss on galaxy, issue 14).
     """
     plain = softmax(logits)
     scaled = cross_fit_temperature(logits, labels, val_masks)
-    before, after = _log_loss(plain, labels), _log_loss(scaled, labels)
-    keep = after < before
-    figures = {"cv_log_loss_uncalibrated": before, "cv_log_loss_calibrated": after,
-               "temperature_kept": bool(keep)}
+    rows = np.arange(len(labels))
+    gain = (np.log(np.clip(scaled[rows, labels], 1e-12, 1.0))
+            - np.log(np.clip(plain[rows, labels], 1e-12, 1.0)))
+    se = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
+    keep = bool(gain.mean() > CALIBRATION_SE * se)
+    figures = {"cv_log_loss_uncalibrated": _log_loss(plain, labels),
+               "cv_log_loss_calibrated": _log_loss(scaled, labels), "temperature_kept": keep}
     return (fit_temperature(logits, labels) if keep else None), (scaled if keep else plain), figures
 
 
