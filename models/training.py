@@ -42,6 +42,23 @@ class Progress:
 
 ProgressCallback = Callable[[Progress], None]
 
+# The head search ticks every few milliseconds on small projects; each report is a database
+# write in the worker, so pass on at most one per PROGRESS_SECONDS (the page wants ~2 s).
+PROGRESS_SECONDS = 0.5
+
+
+def _every(seconds: float, report: Callable[[float], None]) -> Callable[[float], None]:
+    """`report`, called at most once per `seconds`, and always for the final fraction 1."""
+    last = [-np.inf]
+
+    def tick(fraction: float) -> None:
+        now = time.monotonic()
+        if now - last[0] >= seconds or fraction >= 1.0:
+            last[0] = now
+            report(fraction)
+
+    return tick
+
 
 def _items(samples: Sequence[Sample]) -> list[Item]:
     return [Item(s.sha256, s.image) for s in samples]
@@ -193,8 +210,8 @@ def train(
         head_start, head_width = 0.8 + 0.2 * b / len(backbones), 0.2 / len(backbones)
         head, cv_logits, chosen = train_and_cross_validate(
             train_x, y["train"], classes, val_masks, groups, seed,
-            progress=lambda f: report_progress(stage, round(100 * f), 100, head_start,
-                                               0.95 * head_width))
+            progress=_every(PROGRESS_SECONDS, lambda f: report_progress(
+                stage, round(100 * f), 100, head_start, 0.95 * head_width)))
         x = candidates[head.params["views"]]
         calibration = {}
         cv_probs = None

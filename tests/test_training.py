@@ -70,7 +70,7 @@ def test_report_has_reliability_bins_and_the_calibration_decision(trained):
     assert ("temperature" in entry["hyperparameters"]) == kept
     assert entry["test"]["brier"] >= 0
     fitting = [p.fraction for p in stages if p.stage.startswith("fitting head")]
-    assert len(fitting) > 3 and fitting == sorted(fitting)  # the bar moves during the search
+    assert len(fitting) >= 3 and fitting == sorted(fitting)  # it moves during the search
 
 
 @pytest.mark.integration
