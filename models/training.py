@@ -210,8 +210,9 @@ def train(
         head_start, head_width = 0.8 + 0.2 * b / len(backbones), 0.2 / len(backbones)
         head, cv_logits, chosen = train_and_cross_validate(
             train_x, y["train"], classes, val_masks, groups, seed,
-            progress=_every(PROGRESS_SECONDS, lambda f: report_progress(
-                stage, round(100 * f), 100, head_start, 0.95 * head_width)))
+            progress=_every(PROGRESS_SECONDS,
+                            lambda f, stage=stage, start=head_start, width=0.95 * head_width:
+                            report_progress(stage, round(100 * f), 100, start, width)))
         x = candidates[head.params["views"]]
         calibration = {}
         cv_probs = None

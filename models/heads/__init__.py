@@ -37,8 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration import (apply_temperature, cross_fit_temperature, decide_temperature,
-                          fit_temperature)
+from .calibration import (
+    apply_temperature,
+    cross_fit_temperature,
+    decide_temperature,
+    fit_temperature,
+)
 from .descent import one_blas_thread
 from .fit import fit_all
 from .kinds import Head, HiddenHead, LinearHead, softmax
