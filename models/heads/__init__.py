@@ -136,13 +136,15 @@ def train_and_cross_validate(
     with one_blas_thread():
         searches = [Search(x, rows, inner) for rows, inner in zip(outers, inners)
                     for x in candidates.values()]
-        tick = (lambda f: progress(0.95 * f)) if progress else None
+        # The final fits run up to 1,280 steps in float64: a few seconds on many classes.
+        tick = (lambda f: progress(0.8 * f)) if progress else None
         params = search_all(searches, labels, len(classes), tick=tick)
         k = len(candidates)
         picks = [pick(candidates, params[i * k:(i + 1) * k]) for i in range(len(outers))]
         chosen = [dict(p, head="linear") for _, p in picks]
         heads = fit_all([(candidates[name], rows, p)
-                         for (name, _), rows, p in zip(picks, outers, chosen)], labels, classes)
+                         for (name, _), rows, p in zip(picks, outers, chosen)], labels, classes,
+                        (lambda f: progress(0.8 + 0.2 * f)) if progress else None)
     if progress:
         progress(1.0)
     for head, (name, _), p in zip(heads, picks, chosen):

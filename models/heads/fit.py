@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .descent import common_rank, gather, prepare
 from .kinds import LinearHead
 from .linear import LinearDescent
+from .search import TICK_STEPS
 
 
 def fit_all(fits: list[tuple[np.ndarray, np.ndarray, dict]], labels: np.ndarray,
-            classes: list[str]) -> list[LinearHead]:
-    """One linear head per (features, training rows, {"l2", "steps"}), descended together."""
+            classes: list[str], tick: Callable[[float], None] | None = None
+            ) -> list[LinearHead]:
+    """One linear head per (features, training rows, {"l2", "steps"}), descended together;
+    `tick(fraction of the longest run done)` every `search.TICK_STEPS` steps."""
     folds = [prepare(x, rows) for x, rows, _ in fits]
     onehot = np.eye(len(classes))[labels]
     rows = gather(folds, [x for x, _, _ in fits], np.array([r for _, r, _ in fits]), onehot,
@@ -22,7 +27,10 @@ def fit_all(fits: list[tuple[np.ndarray, np.ndarray, dict]], labels: np.ndarray,
     heads: list[LinearHead | None] = [None] * len(fits)
     left = np.arange(len(fits))
     for step in sorted(set(steps.tolist())):
-        descent.run_to(step)
+        while descent.step < step:
+            descent.run_to(min(step, descent.step + TICK_STEPS))
+            if tick:
+                tick(descent.step / steps.max())
         done = steps[left] == step
         for k in np.flatnonzero(done):
             i = left[k]
