@@ -136,8 +136,9 @@ def train(
     Automatic choices, all by CV on the training images: per backbone, which views of each
     image the head sees (averaged features: test-time augmentation) and whether their square
     roots serve better, its L2 strength and training length (the head is linear:
-    `hyperparameters["head"]`); whether a temperature that calibrates its probabilities; and which ensemble (majority vote, mean,
-    CV-weighted mean) the project answers with. The candidate view policies are
+    `hyperparameters["head"]`); whether a temperature calibrates its probabilities (kept
+    only where the cross-fitted CV log-loss clearly improves: `calibration.temperature_kept`);
+    and which ensemble (majority vote, mean, CV-weighted mean) the project answers with. The candidate view policies are
     `view_policies` for every backbone when given, else each backbone's affordable ones
     (`models.features.view_policies_for`: the dihedral views for the cheap EfficientNet-Lite
     backbones, the image alone for ResNet50, VGG16 and Xception).

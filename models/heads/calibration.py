@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.metrics import log_loss
+
 from .kinds import Head, softmax
 
 CALIBRATION_SE = 2.0  # how clearly CV must prefer the temperature (standard errors)
@@ -60,10 +62,7 @@ def decide_temperature(logits: np.ndarray, labels: np.ndarray, val_masks: list[n
             - np.log(np.clip(plain[rows, labels], 1e-12, 1.0)))
     se = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
     keep = bool(gain.mean() > CALIBRATION_SE * se)
-    figures = {"cv_log_loss_uncalibrated": _log_loss(plain, labels),
-               "cv_log_loss_calibrated": _log_loss(scaled, labels), "temperature_kept": keep}
+    figures = {"cv_log_loss_uncalibrated": log_loss(plain, labels),
+               "cv_log_loss_calibrated": log_loss(scaled, labels), "temperature_kept": keep}
     return (fit_temperature(logits, labels) if keep else None), (scaled if keep else plain), figures
 
-
-def _log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)).mean())
