@@ -20,6 +20,13 @@ features; Transferlab may also use the backbone's pooled earlier stages, see fea
   poets    one softmax layer, SGD lr 0.01, batch 100 sampled per step, 500 steps (TF-for-Poets)
   tm       Dense 100 relu + softmax, Adam 1e-3, batch 16, 50 epochs (Teachable Machine)
   keras20  Dense 1024 relu + softmax, Adam, 20 epochs (the Keras tutorials' head)
+  logreg   scikit-learn's StandardScaler + LogisticRegressionCV (default Cs grid, 5-fold CV)
+
+Each row also gives, for every other recipe, the paired per-draw difference of test accuracy
+(`paired_minus`: this recipe minus that one, mean and standard error over draws), and test
+ECE, log-loss and Brier pooled over all draws' test predictions (`pooled_test`; for
+Transferlab also before calibration, and how often CV kept the temperature). Pick counts:
+`choices` (head input), `l2_choices`, `steps_choices`.
 """
 from __future__ import annotations
 
@@ -80,7 +87,52 @@ def recipe_keras20(x, y, n_classes, rng):
     return model
 
 
-PEERS = {"poets": recipe_poets, "tm": recipe_tm, "keras20": recipe_keras20}
+def recipe_logreg(x, y, n_classes, rng):
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegressionCV(max_iter=2000)).fit(x, y)
+
+
+PEERS = {"poets": recipe_poets, "tm": recipe_tm, "keras20": recipe_keras20,
+         "logreg": recipe_logreg}
+
+
+class Pool:
+    """Test predictions pooled over draws: reliability bins summed, log-loss and Brier sums."""
+
+    def __init__(self):
+        self.bins = [[0.0, 0.0, 0] for _ in range(10)]  # confidence sum, correct sum, count
+        self.log_loss = self.brier = 0.0
+        self.n = 0
+
+    def add(self, bins: list[dict], log_loss: float, brier: float, n: int) -> None:
+        for b in bins:
+            i = min(9, max(0, int(np.ceil(b["confidence"] * 10)) - 1))
+            self.bins[i][0] += b["confidence"] * b["count"]
+            self.bins[i][1] += b["accuracy"] * b["count"]
+            self.bins[i][2] += b["count"]
+        self.log_loss += log_loss * n
+        self.brier += brier * n
+        self.n += n
+
+    def add_probs(self, probs: np.ndarray, y: np.ndarray) -> None:
+        from models.metrics import brier, log_loss, reliability
+
+        self.add(reliability(probs, y), log_loss(probs, y), brier(probs, y), len(y))
+
+    def figures(self) -> dict:
+        ece = sum(abs(conf - acc) for conf, acc, _ in self.bins) / self.n
+        return {"ece": round(ece, 4), "log_loss": round(self.log_loss / self.n, 4),
+                "brier": round(self.brier / self.n, 4), "n": self.n}
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    """Mean and standard error of the per-draw differences a - b."""
+    d = np.array(a) - np.array(b)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
+    return {"mean": round(float(d.mean()), 4), "se": None if se is None else round(se, 4)}
 FINE_TUNED = ("transferlab_ft", "transferlab_ft_always")
 
 
@@ -163,6 +215,8 @@ def main(argv=None) -> int:
     kept = {name: [] for name in chosen}
     cv_figures = {name: [] for name in chosen}
     kinds = {name: [] for name in chosen}  # the head kind CV chose ("linear" or "hidden")
+    picks = {name: {"l2": [], "steps": [], "temperature_kept": []} for name in chosen}
+    pools = {name: {"calibrated": Pool(), "uncalibrated": Pool()} for name in chosen}
     rng = np.random.default_rng(args.seed)
     for draw in range(args.draws):
         train_idx, test_idx = draw_split(labels, args.train, args.test, rng)
@@ -179,12 +233,22 @@ def main(argv=None) -> int:
                 entry = report["backbones"][args.backbone] if single else report["ensemble"]
                 scores[name].append(entry["test_accuracy"])
                 ece[name]["calibrated"].append(entry["test"]["ece"])
+                pools[name]["calibrated"].add(entry["reliability"]["test"],
+                                              entry["test"]["log_loss"], entry["test"]["brier"],
+                                              entry["test"]["n"])
                 if "fine_tuning" in entry:
                     kept[name].append(entry["fine_tuning"]["kept"])
                     cv_figures[name].append(entry["fine_tuning"]["cv"])
                 if single:
                     cal = entry["calibration"]
                     ece[name]["uncalibrated"].append(cal["test_ece_uncalibrated"])
+                    pools[name]["uncalibrated"].add(
+                        cal["test_reliability_uncalibrated"], cal["test_log_loss_uncalibrated"],
+                        cal["test_brier_uncalibrated"], entry["test"]["n"])
+                    hp = entry["hyperparameters"]
+                    picks[name]["l2"].append(hp["l2"])
+                    picks[name]["steps"].append(hp["steps"])
+                    picks[name]["temperature_kept"].append(cal.get("temperature_kept", True))
                     views[name].append(entry["hyperparameters"]["views"])
                     kinds[name].append(entry["hyperparameters"]["head"])
                 else:
@@ -196,6 +260,7 @@ def main(argv=None) -> int:
                 scores[name].append(float((probs.argmax(axis=1) == labels[test_idx]).mean()))
                 ece[name]["uncalibrated"].append(
                     expected_calibration_error(probs, labels[test_idx]))
+                pools[name]["uncalibrated"].add_probs(probs, labels[test_idx])
             draw_seconds[name].append(time.perf_counter() - began)
         print(f"draw {draw + 1}/{args.draws}: " + ", ".join(
             f"{n} {scores[n][-1]:.3f} ({draw_seconds[n][-1]:.0f} s)" for n in chosen)
@@ -219,6 +284,13 @@ def main(argv=None) -> int:
         for kind, values in ece[name].items():
             if values:
                 row[f"test_ece_{kind}"] = round(float(np.mean(values)), 4)
+        row["paired_minus"] = {other: paired(scores[name], scores[other])
+                               for other in chosen if other != name}
+        row["pooled_test"] = {kind: pool.figures() for kind, pool in pools[name].items()
+                              if pool.n}
+        for key, values in picks[name].items():
+            if values:
+                row[f"{key}_choices"] = {str(v): values.count(v) for v in sorted(set(values))}
         if kept[name]:
             row["fine_tuning_kept"] = f"{sum(kept[name])}/{len(kept[name])}"
             figures = cv_figures[name]

@@ -326,7 +326,7 @@ def fine_tune(name: str, make_backbone: Callable[[], object], train_items: Seque
         rows = ~val
         # A linear head: phase 2 trains it end to end with the top (`tune` folds it).
         head = train_head({c: x[rows] for c, x in candidates.items()}, labels[rows], classes,
-                          None if groups is None else groups[rows], seed, try_hidden=False)
+                          None if groups is None else groups[rows], seed)
         tuned, _ = tune(network, store, head, labels, rows, seed + k)
         cv_logits[val] = tuned.logits(store.head_input(tuned.params["views"], val))
         if progress:
@@ -341,7 +341,7 @@ def fine_tune(name: str, make_backbone: Callable[[], object], train_items: Seque
     if not decision.kept:
         report["seconds"] = round(time.perf_counter() - began, 3)
         return FineTuning(report)
-    head = train_head(candidates, labels, classes, groups, seed, try_hidden=False)
+    head = train_head(candidates, labels, classes, groups, seed)
     tuned, _ = tune(network, store, head, labels, np.ones(n, bool), seed + len(val_masks))
     tuned = apply_temperature(tuned, fit_temperature(cv_logits, labels))
     views = tuned.params["views"]

@@ -38,14 +38,35 @@ def fold_accuracies(y_true: np.ndarray, y_pred: np.ndarray, val_masks: list[np.n
     return [float(np.mean(y_true[m] == y_pred[m])) for m in val_masks]
 
 
-def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 10) -> float:
-    """ECE of the top-1 confidence: sum over equal-width confidence bins of |acc - conf| * share."""
+def reliability(probs: np.ndarray, y_true: np.ndarray, bins: int = 10) -> list[dict]:
+    """A reliability diagram's data: per equal-width bin of top-1 confidence (empty bins
+    omitted), {"confidence": mean confidence, "accuracy": share correct, "count": rows}."""
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == y_true
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (confidence > lo) & (confidence <= hi)
-        if inside.any():
-            ece += abs(correct[inside].mean() - confidence[inside].mean()) * inside.mean()
-    return float(ece)
+    # Bin i holds (i/bins, (i+1)/bins]; a confidence of exactly 0 cannot occur for probabilities.
+    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    return [{"confidence": float(confidence[index == i].mean()),
+             "accuracy": float(correct[index == i].mean()), "count": int((index == i).sum())}
+            for i in range(bins) if (index == i).any()]
+
+
+def ece_of_bins(bins: list[dict]) -> float:
+    """ECE from `reliability` bins, which may be pooled from many runs' bins of one grid."""
+    total = sum(b["count"] for b in bins)
+    return float(sum(abs(b["accuracy"] - b["confidence"]) * b["count"] for b in bins) / total)
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 10) -> float:
+    """ECE of the top-1 confidence: sum over equal-width confidence bins of |acc - conf| * share."""
+    return ece_of_bins(reliability(probs, y_true, bins))
+
+
+def log_loss(probs: np.ndarray, y_true: np.ndarray) -> float:
+    """Mean negative log-probability of the true class (clipped at 1e-12)."""
+    return float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, 1.0)).mean())
+
+
+def brier(probs: np.ndarray, y_true: np.ndarray) -> float:
+    """Mean over rows of the squared distance between the probabilities and the one-hot truth."""
+    onehot = np.eye(probs.shape[1])[y_true]
+    return float(((probs - onehot) ** 2).sum(axis=1).mean())

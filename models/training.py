@@ -18,9 +18,10 @@ from models.ensemble import cross_fit_weighted, fit_weights
 from models.features import (VIEW_POLICIES, FeatureCache, Item, head_input, head_inputs,
                              transforms_for, view_policies_for)
 from models.finetune import fine_tune as fine_tune_backbone
-from models.heads import (Head, apply_temperature, cross_fit_temperature, fit_temperature,
-                          make_folds, softmax, train_and_cross_validate)
-from models.metrics import classification_report, expected_calibration_error, fold_accuracies
+from models.heads import (Head, apply_temperature, decide_temperature, make_folds, softmax,
+                          train_and_cross_validate)
+from models.metrics import (brier, classification_report, expected_calibration_error,
+                            fold_accuracies, log_loss, reliability)
 from models.registry import get_spec
 from models.result import ENSEMBLE_NAMES, TrainResult, backbone_titles, combine_ensemble
 
@@ -40,6 +41,23 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+# The head search ticks every few milliseconds on small projects; each report is a database
+# write in the worker, so pass on at most one per PROGRESS_SECONDS (the page wants ~2 s).
+PROGRESS_SECONDS = 0.5
+
+
+def _every(seconds: float, report: Callable[[float], None]) -> Callable[[float], None]:
+    """`report`, called at most once per `seconds`, and always for the final fraction 1."""
+    last = [-np.inf]
+
+    def tick(fraction: float) -> None:
+        now = time.monotonic()
+        if now - last[0] >= seconds or fraction >= 1.0:
+            last[0] = now
+            report(fraction)
+
+    return tick
 
 
 def _items(samples: Sequence[Sample]) -> list[Item]:
@@ -65,7 +83,8 @@ def _entry(probs: dict[str, np.ndarray | None], y: dict[str, np.ndarray],
            samples: dict[str, Sequence[Sample]], classes: list[str],
            val_masks: list[np.ndarray] | None) -> dict:
     """The metrics block shared by backbones and ensembles (keys as the web API promises)."""
-    out: dict = {"cv": None, "test": None, "train": None, "predictions": {}}
+    out: dict = {"cv": None, "test": None, "train": None, "predictions": {},
+                 "reliability": {"cv": None, "test": None}}
     for split in ("cv", "train", "test"):
         p = probs.get(split)
         if p is None or len(y[split]) == 0:
@@ -73,9 +92,11 @@ def _entry(probs: dict[str, np.ndarray | None], y: dict[str, np.ndarray],
         pred = p.argmax(axis=1)
         out[split] = classification_report(y[split], pred, classes)
         out[split]["ece"] = expected_calibration_error(p, y[split])
-        true_p = p[np.arange(len(y[split])), y[split]]
-        out[split]["log_loss"] = float(-np.log(np.clip(true_p, 1e-12, 1.0)).mean())
+        out[split]["log_loss"] = log_loss(p, y[split])
+        out[split]["brier"] = brier(p, y[split])
         out["predictions"][split] = _predictions(samples[split], y[split], p, classes)
+        if split != "train":  # a reliability diagram of fitted rows says nothing
+            out["reliability"][split] = reliability(p, y[split])
     cv_folds = (fold_accuracies(y["cv"], probs["cv"].argmax(axis=1), val_masks)
                 if out["cv"] is not None else None)
     out["cv_fold_accuracies"] = cv_folds
@@ -114,10 +135,10 @@ def train(
 
     Automatic choices, all by CV on the training images: per backbone, which views of each
     image the head sees (averaged features: test-time augmentation) and whether their square
-    roots serve better, its L2 strength and training length, whether a hidden layer helps
-    (the head kind, "linear" or "hidden": `hyperparameters["head"]` in the report); a
-    temperature that calibrates its probabilities; and which ensemble (majority vote, mean,
-    CV-weighted mean) the project answers with. The candidate view policies are
+    roots serve better, its L2 strength and training length (the head is linear:
+    `hyperparameters["head"]`); whether a temperature calibrates its probabilities (kept
+    only where the cross-fitted CV log-loss clearly improves: `calibration.temperature_kept`);
+    and which ensemble (majority vote, mean, CV-weighted mean) the project answers with. The candidate view policies are
     `view_policies` for every backbone when given, else each backbone's affordable ones
     (`models.features.view_policies_for`: the dihedral views for the cheap EfficientNet-Lite
     backbones, the image alone for ResNet50, VGG16 and Xception).
@@ -187,23 +208,34 @@ def train(
         candidates = {c: head_input(per_view[name], c, blocks)
                       for c in head_inputs(policies[name], transforms_for(blocks))}
         train_x = {p: x[:n_train] for p, x in candidates.items()}
-        head, cv_logits, chosen = train_and_cross_validate(train_x, y["train"], classes,
-                                                           val_masks, groups, seed)
+        head_start, head_width = 0.8 + 0.2 * b / len(backbones), 0.2 / len(backbones)
+        head, cv_logits, chosen = train_and_cross_validate(
+            train_x, y["train"], classes, val_masks, groups, seed,
+            progress=_every(PROGRESS_SECONDS,
+                            lambda f, stage=stage, start=head_start, width=0.95 * head_width:
+                            report_progress(stage, round(100 * f), 100, start, width)))
         x = candidates[head.params["views"]]
         calibration = {}
         cv_probs = None
         if val_masks:
-            cv_probs = cross_fit_temperature(cv_logits, y["train"], val_masks)
-            calibration = {
+            temperature, cv_probs, calibration = decide_temperature(cv_logits, y["train"],
+                                                                    val_masks)
+            calibration.update({
                 "cv_ece_uncalibrated": expected_calibration_error(softmax(cv_logits), y["train"]),
                 "cv_ece_calibrated": expected_calibration_error(cv_probs, y["train"]),
                 "cv_views_chosen_per_fold": [p["views"] for p in chosen],
                 "cv_heads_chosen_per_fold": [p["head"] for p in chosen],
-            }
+            })
             if test_kept:
-                calibration["test_ece_uncalibrated"] = expected_calibration_error(
-                    head.predict_proba(x[n_train:]), y["test"])
-            head = apply_temperature(head, fit_temperature(cv_logits, y["train"]))
+                plain = head.predict_proba(x[n_train:])
+                calibration.update({
+                    "test_ece_uncalibrated": expected_calibration_error(plain, y["test"]),
+                    "test_log_loss_uncalibrated": log_loss(plain, y["test"]),
+                    "test_brier_uncalibrated": brier(plain, y["test"]),
+                    "test_reliability_uncalibrated": reliability(plain, y["test"]),
+                })
+            if temperature is not None:
+                head = apply_temperature(head, temperature)
         probs = {
             "cv": cv_probs,
             "train": head.predict_proba(x[:n_train]),

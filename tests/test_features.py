@@ -121,7 +121,7 @@ def test_feature_transforms_use_the_parts_of_the_vector():
     np.testing.assert_allclose(ms[:, :4], top / np.linalg.norm(top, axis=1, keepdims=True))
     np.testing.assert_array_equal(transform(x, "raw"), x)  # one part: the whole vector
     assert transforms_for((2048,)) == ("raw", "sqrt")
-    assert transforms_for(blocks) == ("raw", "sqrt", "multiscale")
+    assert transforms_for(blocks) == ("sqrt", "multiscale")
 
 
 def test_keras_head_input_matches_the_numpy_transforms():

@@ -61,3 +61,16 @@ def test_ece_zero_when_confidence_matches_accuracy_and_high_when_overconfident()
     assert expected_calibration_error(honest, y) == pytest.approx(0.0)
     overconfident = np.array([[0.99, 0.01]] * 4)  # always "0" at 99%, right half the time
     assert expected_calibration_error(overconfident, y) == pytest.approx(0.49)
+
+
+@pytest.mark.unit
+def test_reliability_bins_pool_into_the_same_ece():
+    from models.metrics import ece_of_bins, reliability
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4) * 0.5, size=200)
+    y = rng.integers(0, 4, 200)
+    bins = reliability(probs, y)
+    assert sum(b["count"] for b in bins) == 200 and all(b["count"] > 0 for b in bins)
+    assert all(0.25 <= b["confidence"] <= 1 for b in bins)  # 4 classes: top-1 >= 1/4
+    assert ece_of_bins(bins) == pytest.approx(expected_calibration_error(probs, y))

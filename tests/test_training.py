@@ -58,6 +58,22 @@ def test_report_has_honest_metrics_for_backbone_and_ensemble(trained):
 
 
 @pytest.mark.integration
+def test_report_has_reliability_bins_and_the_calibration_decision(trained):
+    result, stages, _, _, _ = trained
+    entry = result.report["backbones"]["efficientnet_lite0"]
+    cv, test = entry["reliability"]["cv"], entry["reliability"]["test"]
+    assert sum(b["count"] for b in cv) == 18 and sum(b["count"] for b in test) == 9
+    assert all(set(b) == {"confidence", "accuracy", "count"} and b["count"] > 0 for b in cv)
+    cal = entry["calibration"]
+    kept = cal["temperature_kept"]
+    assert not kept or cal["cv_log_loss_calibrated"] < cal["cv_log_loss_uncalibrated"]
+    assert ("temperature" in entry["hyperparameters"]) == kept
+    assert entry["test"]["brier"] >= 0
+    fitting = [p.fraction for p in stages if p.stage.startswith("fitting head")]
+    assert len(fitting) >= 3 and fitting == sorted(fitting)  # it moves during the search
+
+
+@pytest.mark.integration
 def test_progress_is_monotonic_and_names_stages(trained):
     _, stages, _, _, _ = trained
     fractions = [p.fraction for p in stages]
@@ -257,7 +273,8 @@ def test_heavy_backbones_do_not_pay_for_eight_views_by_default(photo_folder, pho
 
 
 def _random_hidden_head(classes, dim, views):
-    from models.heads import HIDDEN_UNITS, HiddenHead
+    from models.heads import HiddenHead
+    from models.heads.kinds import HIDDEN_UNITS
 
     rng = np.random.default_rng(1)
     return HiddenHead(classes, np.zeros(dim, np.float32), 0.1,

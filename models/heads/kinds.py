@@ -1,5 +1,6 @@
 """The two kinds of trained head, `LinearHead` and `HiddenHead` (the `Head` union): their
-arithmetic on raw features, temperature scaling, and their Keras form (`models.heads.export`)."""
+arithmetic on raw features, temperature scaling, and their Keras form (`models.heads.export`).
+Only linear heads are trained now; `HiddenHead` loads and serves results saved before."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Union
 import numpy as np
 
 from .export import dense, fold_standardisation, keras_model
+
+HIDDEN_UNITS = 64  # the width of the hidden heads saved before issue 14
 
 
 def relu(x: np.ndarray) -> np.ndarray:

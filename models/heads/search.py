@@ -1,16 +1,17 @@
 """The hyper-parameter search: stratified (grouped) folds and their repeated draws, the grids,
 CV of many searches in one batched descent with successive halving (`search_all`), and the
-choice of input candidate and head kind from the CV log-losses."""
+choice of input candidate from the CV log-losses."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from .descent import Descent, Rows, common_rank, gather, prepare, softmax_few
-from .fit import DESCENTS
+from .linear import LinearDescent
 
 L2_GRID = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 STEP_GRID = (10, 20, 40, 80, 160, 320, 640, 1280)
@@ -23,14 +24,12 @@ MAX_FOLDS = 5
 PRUNE_FROM = 80
 PRUNE_GAP = 0.1
 
-# The hidden head replaces the linear one only if its CV log-loss is lower by this many nats:
-# it has more to fit, so near-ties go to the simpler head.
-HIDDEN_MARGIN = 0.01
-# Adam at HIDDEN_RATE has settled within 320 steps on these row counts; the longer runs of the
-# linear grid made the hidden search 95% of the head's time.
-HIDDEN_STEP_GRID = STEP_GRID[:6]
-
 Candidates = dict  # name -> (n, d) features of the same images, simplest candidate first
+Tick = Callable[[float], None]  # fraction of the search done, 0..1
+
+# Descent steps between progress ticks: one, since a step takes ~0.2 s at 150 classes x 3
+# images (20 steps left the bar still for 3.6 s there); the caller throttles what it passes on.
+TICK_STEPS = 1
 
 # A richer candidate (e.g. more views per image) must beat a simpler one by this much CV
 # log-loss to be chosen: it costs forward passes at every prediction, so ties go to the cheap.
@@ -71,11 +70,12 @@ def inner_repeats(n_rows: int) -> int:
     return 3 if n_rows < 80 else 2 if n_rows < 134 else 1
 
 
-def repeated_folds(labels: np.ndarray, groups: np.ndarray | None, seed: int
-                    ) -> list[np.ndarray] | None:
-    """`make_folds` drawn `inner_repeats` times with different seeds, all folds in one list."""
+def repeated_folds(labels: np.ndarray, groups: np.ndarray | None, seed: int,
+                   repeats: int | None = None) -> list[np.ndarray] | None:
+    """`make_folds` drawn `repeats` (default `inner_repeats`) times with different seeds, all
+    folds in one list."""
     folds = [make_folds(labels, groups, seed=seed + 1000 * r)
-             for r in range(inner_repeats(len(labels)))]
+             for r in range(repeats or inner_repeats(len(labels)))]
     return None if folds[0] is None else [mask for draw in folds for mask in draw]
 
 
@@ -132,14 +132,15 @@ def _narrow(descent: Descent, slot_l2: np.ndarray, active: np.ndarray,
 
 
 def search_all(searches: list[Search], labels: np.ndarray, n_classes: int,
-                kind: str = "linear") -> list[dict]:
-    """Run every search's CV in one batched descent of heads of `kind`; each stops on its own.
+               tick: Tick | None = None) -> list[dict]:
+    """Run every search's CV in one batched descent of linear heads; each stops on its own.
 
     Per search: validation log-loss at each step checkpoint, strongest penalty winning ties,
     then the shortest run; from PRUNE_FROM steps on, strengths far behind the best stop
     (`survivors`); a search stops after two doublings of the run length without a better
     model, or when no strength survives. Returns {"l2", "steps", "cv_log_loss"} per search
-    (DEFAULT_PARAMS and None where CV is impossible).
+    (DEFAULT_PARAMS and None where CV is impossible). `tick(fraction)` is called every
+    TICK_STEPS steps with the share of the longest possible run done.
     """
     results: list[dict | None] = [None] * len(searches)
     folds, xs, train_masks, val_masks, owner = [], [], [], [], []
@@ -158,9 +159,9 @@ def search_all(searches: list[Search], labels: np.ndarray, n_classes: int,
         return results
     onehot = np.eye(n_classes)[labels]
     rank = common_rank(folds)
-    descent = DESCENTS[kind](gather(folds, xs, np.array(train_masks), onehot, rank),
-                             np.array([f.lipschitz for f in folds]),
-                             np.tile(L2_GRID, (len(folds), 1)), np.float32)
+    descent = LinearDescent(gather(folds, xs, np.array(train_masks), onehot, rank),
+                            np.array([f.lipschitz for f in folds]),
+                            np.tile(L2_GRID, (len(folds), 1)), np.float32)
     held = gather(folds, xs, np.array(val_masks), onehot, rank)
     held.data = held.data.astype(np.float32)
     owner = np.array(owner)
@@ -171,8 +172,11 @@ def search_all(searches: list[Search], labels: np.ndarray, n_classes: int,
     best: dict[int, tuple[float, float, int]] = {}
     stale = dict.fromkeys(live.tolist(), 0)
     alive: dict[int, list[int]] = {}
-    for step in HIDDEN_STEP_GRID if kind == "hidden" else STEP_GRID:
-        descent.run_to(step)
+    for step in STEP_GRID:
+        while descent.step < step:
+            descent.run_to(min(step, descent.step + TICK_STEPS))
+            if tick:
+                tick(descent.step / STEP_GRID[-1])
         per_problem = _held_out_loss(descent, held, active)
         for s in live.tolist():
             mine = owner[active] == s
@@ -213,11 +217,3 @@ def pick(candidates: Candidates, params: list[dict]) -> tuple[str, dict]:
         if loss is None:  # CV impossible: no ground to prefer a costlier input
             break
     return best_name, best
-
-
-def pick_kind(linear: dict, hidden: dict | None) -> dict:
-    """The params of the head to fit: the hidden head's only if its CV log-loss beats the
-    linear head's by HIDDEN_MARGIN (`hidden` is None where it was not tried)."""
-    if hidden is not None and hidden["cv_log_loss"] < linear["cv_log_loss"] - HIDDEN_MARGIN:
-        return dict(hidden, head="hidden")
-    return dict(linear, head="linear")
