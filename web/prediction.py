@@ -78,6 +78,7 @@ class PredictionService:
         # shared by a greenlet and a native thread is what deadlocks under gevent).
         self._queue: deque[_Request] = deque()
         self._warming: set[int] = set()  # iterations a background warm-up is loading
+        self._backbones_warm: set[str] = set()  # backbones loaded or being loaded ahead
         self.warmed: dict[int, float] = {}  # iteration id -> seconds its warm-up took
 
     def warm(self, iteration_id: int, folder: str | Path) -> bool:
@@ -116,6 +117,34 @@ class PredictionService:
 
         predictor = self.predictor(iteration_id, folder)
         predictor.probabilities([Image.new("RGB", (32, 32), (128, 128, 128))])
+
+    def warm_backbones(self, names: Sequence[str]) -> bool:
+        """Load (and convert for the fastest runtime) backbones ahead, in the background:
+        called while a project trains, so that when its iteration is ready only the heads
+        are left to load. Only with the default loader, whose backbones stay cached per
+        process (`models.backbones.load_backbone`); backbones without weights are skipped.
+        Returns whether a warm-up started."""
+        if self._load_backbone is not None:
+            return False
+        todo = [n for n in names if n in BACKBONES and n not in self._backbones_warm
+                and availability(n, self.weights_dir).available]
+        if not todo:
+            return False
+        self._backbones_warm.update(todo)
+        threading.Thread(target=self._warm_backbones, args=(todo,), daemon=True,
+                         name="warm-backbones").start()
+        return True
+
+    def _warm_backbones(self, names: list[str]) -> None:
+        import logging
+
+        for name in names:
+            try:
+                offload_tf(self._make_backbone, name)
+            except Exception as exc:  # noqa: BLE001 - a later request reports it
+                self._backbones_warm.discard(name)
+                logging.getLogger("transferlab.prediction").warning(
+                    "could not warm backbone %s: %s", name, exc)
 
     def is_warm(self, iteration_id: int) -> bool:
         """Whether the iteration's predictor is loaded in this process."""

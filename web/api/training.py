@@ -43,7 +43,7 @@ def _refuse_missing_weights(project: Project) -> None:
     raise ApiError(422, f"cannot train: weights missing for "
                         f"{', '.join(m['backbone'] for m in missing)}. {details}. Or change the "
                         "project's backbones to ones whose weights are here.",
-                   weights_missing=missing)
+                   kind="weights-missing", weights_missing=missing)
 
 
 def _unchanged_iteration(project: Project) -> Iteration | None:
@@ -114,9 +114,15 @@ def get_job(job_id: int):
 
 
 def warm_finished(job: Job | None) -> None:
-    """A job that succeeded: load its iteration's predictor in this (web) process now, in
-    the background, so the first prediction does not wait for it."""
-    if job is not None and job.state == "succeeded" and job.iteration is not None:
+    """Get this (web) process ready to predict with a job's iteration, in the background, as
+    the job's status is polled: its backbones while it runs, the iteration's predictor (heads
+    and one tiny image through it) once it succeeded. The first prediction then waits for
+    neither."""
+    if job is None:
+        return
+    if job.state == "running":
+        get_predictions().warm_backbones(job.backbones or [])
+    elif job.state == "succeeded" and job.iteration is not None:
         get_predictions().warm(job.iteration.id, get_storage().resolve(job.iteration.folder))
 
 
