@@ -27,6 +27,9 @@ DEFAULTS: dict = {
     # `python app.py` loads the latest iteration of this many recently trained projects at
     # start, in the background, so their first prediction after a restart is quick
     "WARM_AT_START": 2,
+    # polling a job loads its backbones (while it runs) and its iteration (once it
+    # succeeded) in the web process, so the first prediction does not wait (false: on demand)
+    "WARM_PREDICTORS": True,
     "MAX_CONTENT_LENGTH": 512 * 1024 * 1024,  # largest request (upload) in bytes -> 413
     "MAX_FORM_MEMORY_SIZE": 1024 * 1024,  # non-file form fields
     "THUMBNAIL_SIZE": 160,
@@ -131,6 +134,7 @@ def finalize(app) -> None:
             cfg[key] = int(cfg[key])
     cfg["WORKER"] = _truthy(cfg["WORKER"])
     cfg["DOWNLOAD_WEIGHTS"] = _truthy(cfg["DOWNLOAD_WEIGHTS"])
+    cfg["WARM_PREDICTORS"] = _truthy(cfg["WARM_PREDICTORS"])
     for key in ("TRUSTED_PROXIES", "MAX_JSON_BYTES", "PERMANENT_SESSION_LIFETIME",
                 "UPLOADS_PER_USER", "BODY_BUFFER_BYTES"):
         cfg[key] = int(cfg[key])

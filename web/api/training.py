@@ -118,7 +118,7 @@ def warm_finished(job: Job | None) -> None:
     the job's status is polled: its backbones while it runs, the iteration's predictor (heads
     and one tiny image through it) once it succeeded. The first prediction then waits for
     neither."""
-    if job is None:
+    if job is None or not current_app.config.get("WARM_PREDICTORS", True):
         return
     if job.state == "running":
         get_predictions().warm_backbones(job.backbones or [])
