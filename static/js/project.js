@@ -459,7 +459,9 @@ async function startTraining() {
     const body = await api(`${base}/train`, { method: "POST", json: {} });
     if (body.nothing_changed) {
       $("#job").hidden = true;
-      showAlert(body.message || "Nothing changed since the latest iteration.", { kind: "success", timeout: 8000 });
+      const number = body.iteration && body.iteration.number;
+      showAlert(`Nothing changed since iteration ${number ?? "the latest"}: same images, labels, backbones and settings, so its results stand.`,
+        { kind: "success", timeout: 8000 });
       updateTrainControls(classRows(state.project));
       return;
     }

@@ -25,7 +25,7 @@ from web.jobs.training_run import training_fingerprint
 
 def _train_options() -> dict:
     """The optional JSON body of `POST …/train`: {"force": bool}."""
-    if not request.get_data(cache=True).strip():
+    if not request.content_length and not request.is_json:  # no body (curl -X POST)
         return {}
     body = json_body()
     force = body.get("force", False)
