@@ -635,7 +635,9 @@ def test_missing_weights_refuse_training_in_one_message_never_another_backbone(s
     page.click("#train-btn")
     page.wait_for_selector("#train-warning:has-text('Training refused')")
     assert missing in page.inner_text("#train-warning")
-    assert page.inner_text("body").count(missing) == 1  # one message, in one place
+    body, notice = page.inner_text("body"), page.inner_text("#train-warning")
+    # one message, in one place: the file is named nowhere else on the page
+    assert body.count(missing) == notice.count(missing) and body.count("Training refused") == 1
     assert page.locator("#alerts .alert-error").count() == 0
     assert page.is_hidden("#job")  # nothing was queued
     assert page.locator(".model-card").count() == 0
