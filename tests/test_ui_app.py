@@ -588,6 +588,11 @@ def test_retrain_adds_an_iteration_and_earlier_ones_stay_viewable(session, web_p
     page.select_option("#iteration", "1")
     page.wait_for_selector(".results-about:has-text('15 training images')")
     assert page.locator(".model-card").count() == 3
+    # Training again with nothing new: answered at once, no job, iteration 2 still the latest.
+    page.click("#train-btn")
+    page.wait_for_selector(".alert-success:has-text('Nothing changed since iteration 2')")
+    assert page.is_hidden("#job")
+    assert page.locator("#iteration option").count() == 2
     session.assert_clean()
     session.passed.add("retrain")
 
