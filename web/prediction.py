@@ -23,6 +23,40 @@ from models.registry import BACKBONES, DEFAULT_BACKBONES, OFFLINE_BACKBONE, avai
 from web.concurrency import offload_tf
 
 
+_warm_threads: set[threading.Thread] = set()  # background warm-ups still running
+_stopping = threading.Event()
+
+
+def _join_warm_threads(timeout: float = 30.0) -> None:
+    """At exit: let a running warm-up finish (for at most `timeout` s) and start no more, so
+    the interpreter does not tear TensorFlow down under a thread that is loading it."""
+    import time
+
+    _stopping.set()
+    deadline = time.monotonic() + timeout
+    for thread in list(_warm_threads):
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _start_warm_thread(target, *args, name: str) -> None:
+    if not _warm_threads:
+        import atexit
+
+        atexit.unregister(_join_warm_threads)
+        atexit.register(_join_warm_threads)
+
+    def run():
+        try:
+            if not _stopping.is_set():
+                target(*args)
+        finally:
+            _warm_threads.discard(thread)
+
+    thread = threading.Thread(target=run, daemon=True, name=name)
+    _warm_threads.add(thread)
+    thread.start()
+
+
 class BackboneUnavailable(RuntimeError):
     """A backbone's weights cannot be loaded here; the message says what to do."""
 
@@ -92,8 +126,7 @@ class PredictionService:
         if iteration_id in self._predictors or iteration_id in self._warming:
             return False
         self._warming.add(iteration_id)
-        threading.Thread(target=self._warm, args=(iteration_id, folder), daemon=True,
-                         name=f"warm-{iteration_id}").start()
+        _start_warm_thread(self._warm, iteration_id, folder, name=f"warm-{iteration_id}")
         return True
 
     def _warm(self, iteration_id: int, folder: str | Path) -> None:
@@ -131,14 +164,16 @@ class PredictionService:
         if not todo:
             return False
         self._backbones_warm.update(todo)
-        threading.Thread(target=self._warm_backbones, args=(todo,), daemon=True,
-                         name="warm-backbones").start()
+        _start_warm_thread(self._warm_backbones, todo, name="warm-backbones")
         return True
 
     def _warm_backbones(self, names: list[str]) -> None:
         import logging
 
         for name in names:
+            if _stopping.is_set():
+                self._backbones_warm.discard(name)
+                continue
             try:
                 offload_tf(self._make_backbone, name)
             except Exception as exc:  # noqa: BLE001 - a later request reports it
