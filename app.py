@@ -133,6 +133,11 @@ def serve(app) -> None:
                         "account with this setup code: %s (also in %s/%s; or run `python app.py "
                         "create-user NAME --admin`)", host, port, setup_code(), app.instance_path,
                         SETUP_CODE_FILE)
+    from web.prediction import warm_recent_iterations
+
+    warming = warm_recent_iterations(app)  # in the background: serving starts at once
+    if warming:
+        log.info("warming the predictors of iterations %s", ", ".join(map(str, warming)))
     server.serve_forever()
 
 

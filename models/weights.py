@@ -49,6 +49,12 @@ def _package_file(weights: WeightsFile) -> Path | None:
     return None
 
 
+def where_to_put(weights: WeightsFile, weights_dir: str | Path | None = None) -> str:
+    """How to make `weights` local: the folders to put the file in (or the package to
+    install), e.g. "download <url> and put it in /data/weights or ~/.keras/models"."""
+    return _where_to_put(weights, configured_dir(weights_dir))
+
+
 def _where_to_put(weights: WeightsFile, weights_dir: Path | None) -> str:
     folders = [str(p) for p in (weights_dir, keras_cache_dir()) if p is not None]
     where = " or ".join(folders)

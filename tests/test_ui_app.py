@@ -296,21 +296,26 @@ def test_home_lists_backbones_and_creates_project(session, live):
     page = session.page
     page.goto("/")
     page.wait_for_selector("#backbone-list input[value=efficientnet_lite0]")
-    # Defaults are checked; an unavailable backbone says why and what to do.
-    assert page.is_checked("#bb-resnet50") and page.is_checked("#bb-vgg16") and page.is_checked("#bb-xception")
-    assert not page.is_checked("#bb-efficientnet_lite0")
+    # Offline, the backbones whose weights are here are pre-selected (EfficientNet-Lite0/1/2);
+    # the others are off, and each says which file is missing and where to put it.
+    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+        assert page.is_checked(f"#bb-{name}"), name
+    for name in ("resnet50", "vgg16", "xception"):
+        assert not page.is_checked(f"#bb-{name}"), name
     resnet = page.locator(".backbone-option", has=page.locator("#bb-resnet50"))
     assert "weights missing" in resnet.inner_text()
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in resnet.inner_text()
     assert str(live.keras_home) in resnet.inner_text()
-    assert page.is_visible("#backbone-warning")
+    assert "Pre-selected" in page.inner_text("#backbone-defaults-note")
+    assert page.is_hidden("#backbone-warning")  # nothing chosen lacks weights
     lite = page.locator(".backbone-option", has=page.locator("#bb-efficientnet_lite0"))
     assert "available" in lite.inner_text()
+    page.check("#bb-resnet50")
+    assert page.is_visible("#backbone-warning")  # choosing one without weights: said at once
+    assert "refused" in page.inner_text("#backbone-warning")
+    page.uncheck("#bb-resnet50")
 
-    for name in ("resnet50", "vgg16", "xception"):
-        page.uncheck(f"#bb-{name}")
-    page.check("#bb-efficientnet_lite0")
-    page.check("#bb-efficientnet_lite1")  # two real backbones, so the ensemble has a vote
+    page.uncheck("#bb-efficientnet_lite2")  # two real backbones: the ensemble has a vote
     assert page.is_hidden("#backbone-warning")
     page.fill("#project-name", PROJECT)
     page.click("#create-btn")
@@ -594,6 +599,11 @@ def test_retrain_adds_an_iteration_and_earlier_ones_stay_viewable(session, web_p
     page.select_option("#iteration", "1")
     page.wait_for_selector(".results-about:has-text('15 training images')")
     assert page.locator(".model-card").count() == 3
+    # Training again with nothing new: answered at once, no job, iteration 2 still the latest.
+    page.click("#train-btn")
+    page.wait_for_selector(".alert-success:has-text('Nothing changed since iteration 2')")
+    assert page.is_hidden("#job")
+    assert page.locator("#iteration option").count() == 2
     session.assert_clean()
     session.passed.add("retrain")
 
@@ -620,26 +630,32 @@ def test_all_rejected_upload_shows_error_and_reasons(session):
     session.passed.add("rejected")
 
 
-def test_missing_weights_fail_with_the_reason_never_another_backbone(session, data, worker):
-    """A project on ResNet50 without its weights file: training fails and says which file
-    is missing and where it goes; nothing is swapped in silently."""
-    session.needs("train")  # the worker is up
+def test_missing_weights_refuse_training_in_one_message_never_another_backbone(session, data):
+    """A project on ResNet50 without its weights file: training is refused before it queues,
+    and the page says which file is missing and where it goes, once, in one place; nothing
+    is swapped in silently."""
     page = session.page
     page.goto("/")
     page.wait_for_selector("#bb-resnet50")
-    for name in ("vgg16", "xception"):
+    page.check("#bb-resnet50")
+    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
         page.uncheck(f"#bb-{name}")
     page.fill("#project-name", "No weights")
     page.click("#create-btn")
     page.wait_for_url("**/projects/*")
     page.wait_for_selector("#train-warning:not([hidden])")
-    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in page.inner_text("#train-warning")
+    missing = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    assert missing in page.inner_text("#train-warning")
     drop_files(page, "#train-drop", [("photos.zip", data["train_zip"], "application/zip")])
     page.wait_for_selector(".class-card[data-label=coffee]")
     page.click("#train-btn")
-    page.wait_for_selector("#job-state:has-text('Failed')", timeout=TRAIN_TIMEOUT)
-    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in page.inner_text("#job-stage")
-    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in page.inner_text("#alerts")
+    page.wait_for_selector("#train-warning:has-text('Training refused')")
+    assert missing in page.inner_text("#train-warning")
+    body, notice = page.inner_text("body"), page.inner_text("#train-warning")
+    # one message, in one place: the file is named nowhere else on the page
+    assert body.count(missing) == notice.count(missing) and body.count("Training refused") == 1
+    assert page.locator("#alerts .alert-error").count() == 0
+    assert page.is_hidden("#job")  # nothing was queued
     assert page.locator(".model-card").count() == 0
     assert page.is_enabled("#train-btn")  # fix it and try again
     # The fix: change the project's backbones right here.
@@ -1037,10 +1053,9 @@ def test_readme_screenshots(browser, tmp_path_factory, web_photos):
         page = s.page
         sign_in(page, live)
         page.wait_for_selector("#backbone-list input[value=efficientnet_lite0]")
-        for name in ("resnet50", "vgg16", "xception"):
-            page.uncheck(f"#bb-{name}")
-        page.check("#bb-efficientnet_lite0")
+        page.check("#bb-efficientnet_lite0")  # (pre-selected: Lite0/1/2, weights here)
         page.check("#bb-efficientnet_lite1")
+        page.uncheck("#bb-efficientnet_lite2")
         page.fill("#project-name", "Cat, coffee or rocket")
         page.click("#create-btn")
         page.wait_for_url("**/projects/*")

@@ -9,6 +9,7 @@ import io
 import json
 
 import pytest
+import sqlalchemy as sa
 from helpers import logged_in, make_zip
 from PIL import Image
 
@@ -64,7 +65,35 @@ def test_backbones_availability(client, empty_keras_home):
     assert resnet["available"] is False
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in resnet["reason"]
     assert str(empty_keras_home) in resnet["reason"]  # says where to put it
-    assert {b["name"] for b in r.json if b["default"]} == {"resnet50", "vgg16", "xception"}
+    assert resnet["weights_file"] == "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    assert str(empty_keras_home) in resnet["remedy"] and lite["remedy"] is None
+    # offline, the defaults are the backbones whose weights are here: EfficientNet-Lite0/1/2
+    assert {b["name"] for b in r.json if b["default"]} == {
+        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
+
+
+TRIO_FILES = [f"{n}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+              for n in ("resnet50", "vgg16", "xception")]
+
+
+def test_defaults_are_the_trio_when_its_weights_are_here(tmp_path, empty_keras_home):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for name in TRIO_FILES:
+        (weights / name).write_bytes(b"x")
+    app = create_app({"INSTANCE_PATH": str(tmp_path / "i"), "WEIGHTS_DIR": str(weights),
+                      "TESTING": True})
+    client = logged_in(app.test_client())
+    listed = client.get("/api/v1/backbones").json
+    assert {b["name"] for b in listed if b["default"]} == {"resnet50", "vgg16", "xception"}
+    r = client.post("/api/v1/projects", json={"name": "online"})
+    assert r.status_code == 201 and r.json["backbones"] == ["resnet50", "vgg16", "xception"]
+    assert r.json["warnings"] == [] and r.json["weights_missing"] == []
+    # one of the trio missing: the others and the offline Lite backbones
+    (weights / TRIO_FILES[1]).unlink()
+    r = client.post("/api/v1/projects", json={"name": "partial"})
+    assert r.json["backbones"] == ["resnet50", "xception", "efficientnet_lite0",
+                                   "efficientnet_lite1", "efficientnet_lite2"]
 
 
 def test_weights_dir_config_makes_a_backbone_available(tmp_path, empty_keras_home):
@@ -77,12 +106,14 @@ def test_weights_dir_config_makes_a_backbone_available(tmp_path, empty_keras_hom
     assert by_name["resnet50"]["available"] is False
 
 
-def test_create_list_get_update_delete_project(client):
+def test_create_list_get_update_delete_project(client, empty_keras_home):
     r = client.post("/api/v1/projects", json={"name": "  Birds  "})
     assert r.status_code == 201
     body = r.json
     assert body["name"] == "Birds"
-    assert body["backbones"] == ["resnet50", "vgg16", "xception"]  # the defaults
+    # the defaults: offline, the backbones whose weights are here
+    assert body["backbones"] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert body["warnings"] == []
     assert [b["name"] for b in body["backbone_status"]] == body["backbones"]
     assert r.headers["Location"].endswith(f"/api/v1/projects/{body['id']}")
     assert body["classes"] == {} and body["iterations"] == [] and body["latest_job"] is None
@@ -93,7 +124,12 @@ def test_create_list_get_update_delete_project(client):
 
     r = client.patch(f"/api/v1/projects/{pid}", json={"name": "Pets 2",
                                                        "backbones": ["efficientnet_lite0", "vgg16"]})
+    # allowed, but flagged: the file, where to put it, and that training waits for it
     assert r.status_code == 200 and r.json["backbones"] == ["efficientnet_lite0", "vgg16"]
+    [missing] = r.json["weights_missing"]
+    assert missing["backbone"] == "vgg16" and missing["file"] == TRIO_FILES[1]
+    assert str(empty_keras_home) in missing["remedy"]
+    assert TRIO_FILES[1] in r.json["warnings"][0] and "refused" in r.json["warnings"][0]
     assert client.get(f"/api/v1/projects/{pid}").json["name"] == "Pets 2"
 
     assert client.delete(f"/api/v1/projects/{pid}").status_code == 200
@@ -110,10 +146,11 @@ def test_create_list_get_update_delete_project(client):
     ({"name": "ok", "backbones": ["mobilenet"]}, "mobilenet"),
     ({"name": "ok", "backbones": "resnet50"}, None),  # a comma list is accepted
 ])
-def test_create_project_validation(client, body, fragment):
+def test_create_project_validation(client, body, fragment, empty_keras_home):
     r = client.post("/api/v1/projects", json=body)
     if fragment is None:
         assert r.status_code == 201 and r.json["backbones"] == ["resnet50"]
+        assert r.json["weights_missing"][0]["file"] == TRIO_FILES[0]  # allowed, flagged
         return
     assert r.status_code == 400
     assert fragment in r.json["error"]
@@ -337,6 +374,137 @@ def test_train_needs_two_classes(client, web_photos):
     upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
     r = client.post(f"/api/v1/projects/{pid}/train")
     assert r.status_code == 400 and "cat (1)" in r.json["error"]
+
+
+def test_train_is_refused_before_queuing_when_weights_are_missing(app, client, web_photos,
+                                                                  empty_keras_home):
+    pid = new_project(client, backbones=("efficientnet_lite0", "vgg16"))
+    upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
+    upload(client, pid, [("k.jpg", web_photos["coffee"][0])], label="coffee")
+    r = client.post(f"/api/v1/projects/{pid}/train")
+    assert r.status_code == 422
+    assert r.json["type"] == "urn:transferlab:problem:weights-missing"
+    assert "vgg16" in r.json["error"] and TRIO_FILES[1] in r.json["error"]
+    assert str(empty_keras_home) in r.json["error"]  # where to put it
+    [missing] = r.json["weights_missing"]
+    assert missing["backbone"] == "vgg16" and missing["file"] == TRIO_FILES[1]
+    assert client.get(f"/api/v1/projects/{pid}/jobs").json == []  # nothing was queued
+    assert app.extensions["transferlab.jobs"].huey.pending_count() == 0
+    # the file put in place: training is queued
+    (empty_keras_home / "models").mkdir()
+    (empty_keras_home / "models" / TRIO_FILES[1]).write_bytes(b"x")
+    assert client.post(f"/api/v1/projects/{pid}/train").status_code == 202
+
+
+def test_train_with_downloads_on_queues_with_warnings(tmp_path, empty_keras_home, web_photos):
+    app = create_app({"INSTANCE_PATH": str(tmp_path / "i"), "TESTING": True,
+                      "DOWNLOAD_WEIGHTS": True})
+    client = logged_in(app.test_client())
+    pid = new_project(client, backbones=("vgg16",))
+    upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
+    upload(client, pid, [("k.jpg", web_photos["coffee"][0])], label="coffee")
+    r = client.post(f"/api/v1/projects/{pid}/train")
+    assert r.status_code == 202 and "vgg16" in r.json["warnings"][0]
+
+
+def _fake_iteration(app, pid, *, number=1, job_id=None, fingerprint=None):
+    """An iteration row as a finished training leaves it (no files: nothing loads it)."""
+    from web.db import Iteration, Project
+    from web.jobs import load_samples
+    from web.jobs.training_run import training_fingerprint
+
+    with app.app_context():
+        project = db.session.get(Project, pid)
+        if fingerprint is None:
+            samples = load_samples(app.extensions["transferlab.storage"], pid)
+            fingerprint = training_fingerprint(samples, list(project.backbones),
+                                               fine_tune=bool(project.fine_tune))
+        it = Iteration(project_id=pid, number=number, job_id=job_id, folder=f"p{pid}/it{number}",
+                       classes=["cat", "coffee"], backbones=list(project.backbones), n_train=2,
+                       n_test=0, summary={}, fingerprint=fingerprint)
+        db.session.add(it)
+        db.session.commit()
+        return it.id
+
+
+@pytest.fixture
+def warmed(app, monkeypatch):
+    """The iterations and backbones the web process was asked to warm (recorded, not loaded)."""
+    calls = {"iterations": [], "backbones": []}
+    service = app.extensions["transferlab.prediction"]
+    monkeypatch.setattr(service, "warm", lambda i, folder: calls["iterations"].append(i))
+    monkeypatch.setattr(service, "warm_backbones", lambda names: calls["backbones"].append(names))
+    return calls
+
+
+def test_retraining_with_nothing_new_answers_at_once(app, client, web_photos, warmed):
+    pid = new_project(client)
+    upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
+    upload(client, pid, [("k.jpg", web_photos["coffee"][0])], label="coffee")
+    it_id = _fake_iteration(app, pid)
+    r = client.post(f"/api/v1/projects/{pid}/train")
+    assert r.status_code == 200 and r.json["nothing_changed"] is True
+    assert r.json["iteration"]["number"] == 1 and "Nothing changed" in r.json["message"]
+    assert client.get(f"/api/v1/projects/{pid}/jobs").json == []  # no job
+    assert warmed["iterations"] == [it_id]
+    assert client.post(f"/api/v1/projects/{pid}/train", json={"force": "yes"}).status_code == 400
+
+    # each change makes it train: a setting, the backbones, a split, a label, an image
+    sha = client.get(f"/api/v1/projects/{pid}/images").json
+    sha = (sha["images"] if isinstance(sha, dict) else sha)[0]["sha256"]
+    changes = [
+        (f"/api/v1/projects/{pid}", {"fine_tune": True}, {"fine_tune": False}),
+        (f"/api/v1/projects/{pid}", {"backbones": ["efficientnet_lite1"]},
+         {"backbones": ["efficientnet_lite0"]}),
+        (f"/api/v1/projects/{pid}/images/{sha}", {"label": "kitty"}, {"label": "cat"}),
+    ]
+    for url, change, undo in changes:
+        assert client.patch(url, json=change).status_code == 200, change
+        r = client.post(f"/api/v1/projects/{pid}/train")
+        assert r.status_code == 202, change
+        client.post(f"/api/v1/jobs/{r.json['job_id']}/cancel")
+        assert client.patch(url, json=undo).status_code == 200
+        assert client.post(f"/api/v1/projects/{pid}/train").json["nothing_changed"] is True
+    upload(client, pid, [("k2.jpg", web_photos["coffee"][1])], label="coffee")
+    r = client.post(f"/api/v1/projects/{pid}/train")
+    assert r.status_code == 202
+    client.post(f"/api/v1/jobs/{r.json['job_id']}/cancel")
+    # force: trains anyway
+    r = client.post(f"/api/v1/projects/{pid}/train", json={"force": True})
+    assert r.status_code == 202
+
+
+def test_an_iteration_without_fingerprint_or_another_recipe_trains_again(app, client,
+                                                                         web_photos, warmed):
+    pid = new_project(client)
+    upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
+    upload(client, pid, [("k.jpg", web_photos["coffee"][0])], label="coffee")
+    _fake_iteration(app, pid, fingerprint="0" * 64)  # e.g. trained by an older recipe
+    r = client.post(f"/api/v1/projects/{pid}/train")
+    assert r.status_code == 202 and "nothing_changed" not in r.json
+
+
+def test_polling_a_job_warms_its_backbones_then_its_iteration(app, client, web_photos, warmed):
+    pid = new_project(client)
+    upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
+    upload(client, pid, [("k.jpg", web_photos["coffee"][0])], label="coffee")
+    job_id = client.post(f"/api/v1/projects/{pid}/train").json["job_id"]
+    client.get(f"/api/v1/jobs/{job_id}")
+    assert warmed == {"iterations": [], "backbones": []}  # queued: nothing yet
+    with app.app_context():
+        db.session.execute(sa.update(Job).where(Job.id == job_id).values(state="running"))
+        db.session.commit()
+    client.get(f"/api/v1/jobs/{job_id}")
+    assert warmed["backbones"] == [["efficientnet_lite0"]]
+    it_id = _fake_iteration(app, pid, job_id=job_id)
+    with app.app_context():
+        db.session.execute(sa.update(Job).where(Job.id == job_id).values(
+            state="succeeded", iteration_id=it_id, active_project=None))
+        db.session.commit()
+    client.get(f"/api/v1/jobs/{job_id}")
+    assert warmed["iterations"] == [it_id]
+    client.get(f"/api/v1/projects/{pid}")  # the project's page polls this too
+    assert warmed["iterations"] == [it_id, it_id]  # (warm itself skips a loaded one)
 
 
 def test_train_conflict_and_cancel_queued(app, client, web_photos):

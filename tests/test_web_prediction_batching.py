@@ -134,3 +134,27 @@ def test_under_gevent_concurrent_requests_share_a_batch(trained_folder, photo_te
     for alone, together in zip(result["alone"], result["together"]):
         assert together["ensemble"]["label"] == alone["ensemble"]["label"]
         np.testing.assert_allclose(_scores(together), _scores(alone), rtol=0, atol=1e-4 + 1e-9)
+
+
+def test_warm_loads_an_iteration_in_the_background_once(trained_folder, images, tmp_path):
+    """`warm` (called when the web process sees a job succeed, or at start) loads the
+    predictor off the caller's thread; the first request then only runs the image."""
+    service = PredictionService()
+    assert service.warm(7, trained_folder) is True
+    assert service.warm(7, trained_folder) is False  # already loading: not twice
+    deadline = time.monotonic() + 120
+    while service.warming():
+        assert time.monotonic() < deadline, "the warm-up did not finish"
+        time.sleep(0.02)
+    assert service.is_warm(7) and 7 in service.warmed
+    assert service.warm(7, trained_folder) is False  # loaded: nothing to do
+    began = time.perf_counter()
+    service.classify(7, trained_folder, images[0])
+    assert time.perf_counter() - began < 2.0
+    # A warm-up that fails says so in the log and leaves it to the first request.
+    assert service.warm(8, tmp_path / "nothing here") is True
+    deadline = time.monotonic() + 60
+    while service.warming():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert not service.is_warm(8)

@@ -21,6 +21,15 @@ DEFAULTS: dict = {
     "STORAGE_DIR": None,  # images, thumbnails, iterations; default: the instance folder
     "FEATURE_CACHE_DIR": None,  # the shared bottleneck cache; default <instance>/features
     "WEIGHTS_DIR": None,  # extra folder holding backbone weights under Keras's file names
+    # false: a training whose backbone's weights are not here is refused (422) before it
+    # queues; true: it is queued and the worker tries to download them through Keras
+    "DOWNLOAD_WEIGHTS": False,
+    # `python app.py` loads the latest iteration of this many recently trained projects at
+    # start, in the background, so their first prediction after a restart is quick
+    "WARM_AT_START": 2,
+    # polling a job loads its backbones (while it runs) and its iteration (once it
+    # succeeded) in the web process, so the first prediction does not wait (false: on demand)
+    "WARM_PREDICTORS": True,
     "MAX_CONTENT_LENGTH": 512 * 1024 * 1024,  # largest request (upload) in bytes -> 413
     "MAX_FORM_MEMORY_SIZE": 1024 * 1024,  # non-file form fields
     "THUMBNAIL_SIZE": 160,
@@ -124,6 +133,8 @@ def finalize(app) -> None:
         if cfg.get(key) is not None:
             cfg[key] = int(cfg[key])
     cfg["WORKER"] = _truthy(cfg["WORKER"])
+    cfg["DOWNLOAD_WEIGHTS"] = _truthy(cfg["DOWNLOAD_WEIGHTS"])
+    cfg["WARM_PREDICTORS"] = _truthy(cfg["WARM_PREDICTORS"])
     for key in ("TRUSTED_PROXIES", "MAX_JSON_BYTES", "PERMANENT_SESSION_LIFETIME",
                 "UPLOADS_PER_USER", "BODY_BUFFER_BYTES"):
         cfg[key] = int(cfg[key])

@@ -210,6 +210,9 @@ class Iteration(db.Model):
     features_computed: Mapped[int] = mapped_column(sa.Integer, default=0)
     features_total: Mapped[int] = mapped_column(sa.Integer, default=0)
     summary: Mapped[dict] = mapped_column(sa.JSON)  # {backbone|"ensemble": {cv_accuracy, ...}}
+    # what it was trained from (web.jobs.training_run.training_fingerprint): a retraining
+    # with the same fingerprint is answered "nothing changed" instead of running again
+    fingerprint: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
 
 

@@ -23,6 +23,40 @@ from models.registry import BACKBONES, DEFAULT_BACKBONES, OFFLINE_BACKBONE, avai
 from web.concurrency import offload_tf
 
 
+_warm_threads: set[threading.Thread] = set()  # background warm-ups still running
+_stopping = threading.Event()
+
+
+def _join_warm_threads(timeout: float = 30.0) -> None:
+    """At exit: let a running warm-up finish (for at most `timeout` s) and start no more, so
+    the interpreter does not tear TensorFlow down under a thread that is loading it."""
+    import time
+
+    _stopping.set()
+    deadline = time.monotonic() + timeout
+    for thread in list(_warm_threads):
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _start_warm_thread(target, *args, name: str) -> None:
+    if not _warm_threads:
+        import atexit
+
+        atexit.unregister(_join_warm_threads)
+        atexit.register(_join_warm_threads)
+
+    def run():
+        try:
+            if not _stopping.is_set():
+                target(*args)
+        finally:
+            _warm_threads.discard(thread)
+
+    thread = threading.Thread(target=run, daemon=True, name=name)
+    _warm_threads.add(thread)
+    thread.start()
+
+
 class BackboneUnavailable(RuntimeError):
     """A backbone's weights cannot be loaded here; the message says what to do."""
 
@@ -77,6 +111,83 @@ class PredictionService:
         # deque's append/popleft are atomic, so no lock is shared between the two (a lock
         # shared by a greenlet and a native thread is what deadlocks under gevent).
         self._queue: deque[_Request] = deque()
+        self._warming: set[int] = set()  # iterations a background warm-up is loading
+        self._backbones_warm: set[str] = set()  # backbones loaded or being loaded ahead
+        self.warmed: dict[int, float] = {}  # iteration id -> seconds its warm-up took
+
+    def warm(self, iteration_id: int, folder: str | Path) -> bool:
+        """Load one iteration's predictor ahead of its first request, in the background (a
+        greenlet under gevent, else a daemon thread; the TensorFlow work goes through
+        `offload_tf`), and run one tiny image through it so the runtime has compiled it.
+        Returns whether a warm-up started (False: already loaded or loading). Never raises:
+        a warm-up that fails leaves the first request to load it and report the error."""
+        # No lock here: this runs on the event loop, and a lock shared with the TensorFlow
+        # thread is what deadlocks under gevent (membership tests and set.add are atomic).
+        if iteration_id in self._predictors or iteration_id in self._warming:
+            return False
+        self._warming.add(iteration_id)
+        _start_warm_thread(self._warm, iteration_id, folder, name=f"warm-{iteration_id}")
+        return True
+
+    def _warm(self, iteration_id: int, folder: str | Path) -> None:
+        import logging
+        import time
+
+        start = time.perf_counter()
+        try:
+            offload_tf(self._warm_now, iteration_id, folder)
+            self.warmed[iteration_id] = time.perf_counter() - start
+            logging.getLogger("transferlab.prediction").info(
+                "iteration %s warmed in %.1f s", iteration_id, self.warmed[iteration_id])
+        except Exception as exc:  # noqa: BLE001 - the first request retries and reports it
+            logging.getLogger("transferlab.prediction").warning(
+                "could not warm iteration %s: %s", iteration_id, exc)
+        finally:
+            self._warming.discard(iteration_id)
+
+    def _warm_now(self, iteration_id: int, folder: str | Path) -> None:
+        from PIL import Image
+
+        predictor = self.predictor(iteration_id, folder)
+        predictor.probabilities([Image.new("RGB", (32, 32), (128, 128, 128))])
+
+    def warm_backbones(self, names: Sequence[str]) -> bool:
+        """Load (and convert for the fastest runtime) backbones ahead, in the background:
+        called while a project trains, so that when its iteration is ready only the heads
+        are left to load. Only with the default loader, whose backbones stay cached per
+        process (`models.backbones.load_backbone`); backbones without weights are skipped.
+        Returns whether a warm-up started."""
+        if self._load_backbone is not None:
+            return False
+        todo = [n for n in names if n in BACKBONES and n not in self._backbones_warm
+                and availability(n, self.weights_dir).available]
+        if not todo:
+            return False
+        self._backbones_warm.update(todo)
+        _start_warm_thread(self._warm_backbones, todo, name="warm-backbones")
+        return True
+
+    def _warm_backbones(self, names: list[str]) -> None:
+        import logging
+
+        for name in names:
+            if _stopping.is_set():
+                self._backbones_warm.discard(name)
+                continue
+            try:
+                offload_tf(self._make_backbone, name)
+            except Exception as exc:  # noqa: BLE001 - a later request reports it
+                self._backbones_warm.discard(name)
+                logging.getLogger("transferlab.prediction").warning(
+                    "could not warm backbone %s: %s", name, exc)
+
+    def is_warm(self, iteration_id: int) -> bool:
+        """Whether the iteration's predictor is loaded in this process."""
+        return iteration_id in self._predictors
+
+    def warming(self) -> bool:
+        """Whether a background warm-up is still running."""
+        return bool(self._warming)
 
     def _make_backbone(self, name: str):
         from models.weights import WeightsNotFound
@@ -187,6 +298,31 @@ class PredictionService:
         with self._lock:
             for iteration_id in iteration_ids:
                 self._predictors.pop(iteration_id, None)
+
+
+def warm_recent_iterations(app, count: int | None = None) -> list[int]:
+    """At start (`python app.py`): warm, in the background, the latest iteration of the
+    `count` (`WARM_AT_START`, default 2) most recently trained projects, so the first
+    prediction after a restart does not load them. Returns the iteration ids started."""
+    import sqlalchemy as sa
+
+    from web.db import Iteration, db
+
+    count = int(app.config.get("WARM_AT_START", 2) if count is None else count)
+    if count <= 0:
+        return []
+    service: PredictionService = app.extensions["transferlab.prediction"]
+    storage = app.extensions["transferlab.storage"]
+    with app.app_context():
+        latest = (sa.select(Iteration.project_id, sa.func.max(Iteration.number).label("n"))
+                  .group_by(Iteration.project_id).subquery())
+        rows = db.session.scalars(
+            sa.select(Iteration).join(latest, sa.and_(Iteration.project_id == latest.c.project_id,
+                                                      Iteration.number == latest.c.n))
+            .order_by(Iteration.created_at.desc()).limit(count)).all()
+        targets = [(it.id, storage.resolve(it.folder)) for it in rows]
+        db.session.remove()
+    return [iteration_id for iteration_id, folder in targets if service.warm(iteration_id, folder)]
 
 
 def imagenet_candidates() -> list[str]:

@@ -18,7 +18,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 TYPE_PREFIX = "urn:transferlab:problem:"
 KINDS = {
     400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
-    405: "method-not-allowed", 408: "request-timeout", 409: "conflict", 413: "too-large", 429: "too-many-requests",
+    405: "method-not-allowed", 408: "request-timeout", 409: "conflict", 413: "too-large", 422: "unprocessable", 429: "too-many-requests",
     500: "internal-error", 503: "unavailable", 507: "no-room",
 }
 

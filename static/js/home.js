@@ -2,7 +2,6 @@
 import { api, reportError, showAlert } from "./api.js";
 import { $, h, pct, plural } from "./dom.js";
 
-const DEFAULTS = ["resnet50", "vgg16", "xception"];
 const TITLES = { resnet50: "ResNet50", vgg16: "VGG16", xception: "Xception", efficientnet_lite0: "EfficientNet-Lite0",
   efficientnet_lite1: "EfficientNet-Lite1", efficientnet_lite2: "EfficientNet-Lite2" };
 let backbones = [];
@@ -55,14 +54,16 @@ function backboneRow(b) {
   if (b.offline) facts.push("weights ship with the app");
   if (b.gflops) facts.push(`${b.gflops} GFLOPs`);
   return h("div", { class: `backbone-option${b.available ? "" : " unavailable"}` },
-    h("input", { type: "checkbox", id, name: "backbones", value: b.name, checked: b.default ?? DEFAULTS.includes(b.name),
+    h("input", { type: "checkbox", id, name: "backbones", value: b.name, checked: Boolean(b.default) && b.available,
       "aria-describedby": `${id}-status`, onchange: updateWarning }),
     h("label", { for: id },
       h("span", { class: "backbone-title", text: title }),
       facts.length ? h("span", { class: "backbone-facts", text: facts.join(" · ") }) : null),
     h("p", { id: `${id}-status`, class: `backbone-status ${b.available ? "ok" : "missing"}` },
       h("span", { class: "badge", text: b.available ? "available" : "weights missing" }),
-      b.available ? null : h("span", { class: "reason", text: b.reason || "The weights file was not found." })));
+      b.available ? null : h("span", { class: "reason",
+        text: b.weights_file && b.remedy ? `Off: ${b.weights_file} is not on this server. To enable it, ${b.remedy}.`
+          : b.reason || "The weights file was not found." })));
 }
 
 function chosen() {
@@ -81,8 +82,7 @@ function updateWarning() {
   const offline = backbones.filter((b) => b.offline && b.available).map((b) => b.title || TITLES[b.name] || b.name);
   box.replaceChildren(
     h("p", null, h("strong", { text: `Weights not found for ${missing.map((b) => b.title || TITLES[b.name] || b.name).join(", ")}.` }),
-      " Training downloads them through Keras if this server can reach the internet; otherwise it stops with this error. ",
-      "Put the file where its note above says, or uncheck the backbone.",
+      " Training is refused until the file is where its note above says; or uncheck the backbone.",
       offline.length ? ` ${offline.join(", ")} ${offline.length === 1 ? "works" : "work"} offline.` : ""));
 }
 
@@ -90,7 +90,9 @@ async function loadBackbones() {
   const list = $("#backbone-list");
   try {
     backbones = asList(await api("/backbones"), "backbones");
-    list.replaceChildren(...backbones.map(backboneRow));
+    const off = backbones.filter((b) => !b.available);
+    list.replaceChildren(...backbones.map(backboneRow), ...(off.length ? [h("p", { id: "backbone-defaults-note", class: "hint",
+        text: `Pre-selected: the backbones whose weights are on this server. ${off.map((b) => b.title || TITLES[b.name] || b.name).join(", ")} ${off.length === 1 ? "is" : "are"} off until ${off.length === 1 ? "its weights file is" : "their weights files are"} in place (see each note).` })] : []));
     updateWarning();
   } catch (err) {
     list.replaceChildren(h("p", { class: "muted", text: "Could not load the backbones." }));

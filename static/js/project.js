@@ -185,13 +185,8 @@ function updateTrainControls(rows) {
   $("#train-backbones").textContent = names.length
     ? `Trains a classifier head on ${names.map((n) => TITLES[n] || n).join(", ")}, then ensembles them.`
     : "";
-  const missing = (state.project.backbone_status || []).filter((b) => !b.available);
-  const warn = $("#train-warning");
-  warn.hidden = !missing.length;
-  fill(warn, missing.length ? [
-    h("strong", { text: `Weights not found for ${missing.map((b) => b.title || TITLES[b.name] || b.name).join(", ")}.` }),
-    " Training will try to download them and fails without internet access. Put the file where it says, or change the backbones.",
-    h("ul", null, missing.map((b) => h("li", { text: `${b.title || TITLES[b.name] || b.name}: ${b.reason}` })))] : null);
+  renderWeightsWarning((state.project.backbone_status || []).filter((b) => !b.available).map((b) => ({
+    backbone: b.name, title: b.title || TITLES[b.name] || b.name, file: b.weights_file, remedy: b.remedy, reason: b.reason })));
   const trainable = rows.filter((r) => r.train > 0);
   const running = state.job && !TERMINAL.has(state.job.state);
   const button = $("#train-btn");
@@ -200,6 +195,18 @@ function updateTrainControls(rows) {
   $("#train-hint").textContent = trainable.length < 2
     ? "Add images of at least two classes to train."
     : running ? "Training in the background; you can keep using the page." : "Features are cached, so retraining after adding images is quick.";
+}
+
+/** The one place that says a backbone's weights are missing (before training, and when the
+ * server refuses to train): the file and where to put it, per backbone. */
+function renderWeightsWarning(missing, refused = false) {
+  const warn = $("#train-warning");
+  warn.hidden = !missing.length;
+  fill(warn, missing.length ? [
+    h("strong", { text: `${refused ? "Training refused: w" : "W"}eights missing for ${missing.map((m) => m.title || m.backbone).join(", ")}.` }),
+    " Put each file where it says (then train again), or change the backbones to ones whose weights are here.",
+    h("ul", null, missing.map((m) => h("li", { class: "missing-weights",
+      text: m.file ? `${m.title || m.backbone}: ${m.file} — ${m.remedy || m.reason}` : `${m.title || m.backbone}: ${m.reason}` })))] : null);
 }
 
 async function loadProject() {
@@ -537,6 +544,14 @@ async function startTraining() {
   $("#cancel-btn").disabled = true; // until the server has said which job it is
   try {
     const body = await api(`${base}/train`, { method: "POST", json: {} });
+    if (body.nothing_changed) {
+      $("#job").hidden = true;
+      const number = body.iteration && body.iteration.number;
+      showAlert(`Nothing changed since iteration ${number ?? "the latest"}: same images, labels, backbones and settings, so its results stand.`,
+        { kind: "success", timeout: 8000 });
+      updateTrainControls(classRows(state.project));
+      return;
+    }
     const jobId = body.job_id ?? body.id;
     if ((body.warnings || []).length) showAlert("Some backbones' weights are missing:", { kind: "warn", details: body.warnings });
     state.job = { ...body, id: jobId, state: body.state || "queued", progress: body.progress || 0 };
@@ -545,9 +560,16 @@ async function startTraining() {
     updateTrainControls(classRows(state.project));
     pollJob(jobId);
   } catch (err) {
-    reportError(err);
     $("#job").hidden = true;
     lastLine.job = null; // nothing to tick for
+    if (err.status === 422 && err.body && Array.isArray(err.body.weights_missing)) {
+      // Refused before queuing: said once, in the weights notice above the job box.
+      updateTrainControls(classRows(state.project));
+      renderWeightsWarning(err.body.weights_missing, true);
+      $("#train-warning").scrollIntoView({ block: "nearest" });
+      return;
+    }
+    reportError(err);
     if (err.status === 409 && err.body && err.body.job) {
       // Already training (another tab?): follow that job.
       state.job = { ...err.body.job, state: "running" };

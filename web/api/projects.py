@@ -8,7 +8,7 @@ import logging
 import sqlalchemy as sa
 from flask import jsonify, url_for
 
-from models.registry import BACKBONES, DEFAULT_BACKBONES
+from models.registry import BACKBONES, default_backbones
 from web import auth
 from web.api import bp
 from web.api.errors import ApiError, frees_space
@@ -18,9 +18,11 @@ from web.api.helpers import (
     get_project,
     get_storage,
     json_body,
+    latest_job,
     project_iterations,
+    weights_dir,
 )
-from web.api.serializers import backbone_json, project_json
+from web.api.serializers import backbone_json, missing_weights, project_json
 from web.db import Iteration, Job, Project, ProjectImage, Upload, db, utcnow
 from web.jobs import collect_garbage
 
@@ -66,7 +68,8 @@ def _check_fine_tune(value) -> bool:
 
 @bp.get("/backbones")
 def list_backbones():
-    return jsonify([backbone_json(name) for name in BACKBONES])
+    defaults = default_backbones(weights_dir())
+    return jsonify([backbone_json(name, defaults) for name in BACKBONES])
 
 
 @bp.get("/projects")
@@ -79,11 +82,14 @@ def list_projects():
 def create_project():
     body = json_body()
     name = _check_name(body.get("name"))
-    backbones = _check_backbones(body.get("backbones", list(DEFAULT_BACKBONES)))
+    if "backbones" in body:
+        backbones = _check_backbones(body["backbones"])
+    else:  # the backbones whose weights are here (models.registry.default_backbones)
+        backbones = default_backbones(weights_dir())
     project = Project(name=name, backbones=backbones, owner_id=auth.current_user().id)
     db.session.add(project)
     db.session.commit()
-    response = jsonify(project_json(project))
+    response = jsonify(_with_warnings(project_json(project), backbones))
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_project_route", project_id=project.id)
     return response
@@ -91,7 +97,11 @@ def create_project():
 
 @bp.get("/projects/<int:project_id>")
 def get_project_route(project_id: int):
-    return jsonify(project_json(get_project(project_id)))
+    from web.api.training import warm_finished
+
+    project = get_project(project_id)
+    warm_finished(latest_job(project.id))
+    return jsonify(project_json(project))
 
 
 @bp.patch("/projects/<int:project_id>")
@@ -108,7 +118,18 @@ def update_project(project_id: int):
         project.fine_tune = _check_fine_tune(body["fine_tune"])
     project.updated_at = utcnow()
     db.session.commit()
-    return jsonify(project_json(project))
+    return jsonify(_with_warnings(project_json(project), project.backbones))
+
+
+def _with_warnings(body: dict, backbones: list[str]) -> dict:
+    """Backbones without weights are allowed in a project (the file may be put in place
+    later) but flagged: `weights_missing` lists them with the file and where to put it, and
+    `warnings` says it in words; training is refused (422) until they are there."""
+    missing = missing_weights(backbones)
+    body["weights_missing"] = missing
+    body["warnings"] = [f"{m['backbone']}: weights file {m['file']} is missing; {m['remedy']}. "
+                        "Training is refused until it is there." for m in missing]
+    return body
 
 
 @bp.delete("/projects/<int:project_id>")

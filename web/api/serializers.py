@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import url_for
 
-from models.registry import BACKBONES, DEFAULT_BACKBONES, availability
+from models.registry import BACKBONES, availability, default_backbones
 from web.api.helpers import latest_job, project_iterations, weights_dir
 from web.db import Iteration, Job, Project, ProjectImage, iso, utcnow
 from web.jobs import class_counts, live_workers
@@ -21,15 +21,36 @@ def image_url(sha256: str) -> str:
     return url_for("api.image_file", sha256=sha256)
 
 
-def backbone_json(name: str) -> dict:
+def backbone_json(name: str, defaults: list[str] | None = None) -> dict:
+    """A backbone and whether its weights are here; when they are not, `reason` says so,
+    `weights_file` names the file and `remedy` where to put it. `default`: a new project on
+    this machine starts with it (`models.registry.default_backbones`)."""
     spec = BACKBONES[name]
     status = availability(name, weights_dir())
+    if defaults is None:
+        defaults = default_backbones(weights_dir())
     return {
         "name": name, "title": spec.title, "available": status.available,
-        "reason": status.reason, "input_size": spec.input_size,
-        "feature_dim": spec.feature_dim, "default": name in DEFAULT_BACKBONES,
+        "reason": status.reason, "weights_file": status.filename,
+        "remedy": status.remedy or None, "input_size": spec.input_size,
+        "feature_dim": spec.feature_dim, "default": name in defaults,
         "offline": spec.offline, "gflops": spec.gflops,
     }
+
+
+def missing_weights(names) -> list[dict]:
+    """The backbones of `names` whose weights are not here: {backbone, title, file, remedy,
+    reason} each (empty when all are here)."""
+    out = []
+    for name in names:
+        if name not in BACKBONES:
+            continue
+        status = availability(name, weights_dir())
+        if not status.available:
+            out.append({"backbone": name, "title": BACKBONES[name].title,
+                        "file": status.filename, "remedy": status.remedy,
+                        "reason": status.reason})
+    return out
 
 
 def job_json(job: Job | None) -> dict | None:
@@ -88,7 +109,9 @@ def project_json(project: Project, *, full: bool = True) -> dict:
         "can_train": len(train) >= 2 and not (latest and latest.state in ("queued", "running")),
     }
     if full:
-        out["backbone_status"] = [backbone_json(n) for n in project.backbones if n in BACKBONES]
+        defaults = default_backbones(weights_dir())
+        out["backbone_status"] = [backbone_json(n, defaults) for n in project.backbones
+                                  if n in BACKBONES]
         out["iterations"] = [iteration_json(it) for it in iterations]
     return out
 

@@ -13,10 +13,13 @@ app's feature cache and weights) and `save_iteration` (the stored result plus it
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import traceback
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -61,6 +64,30 @@ def load_samples(storage: Storage, project_id: int) -> dict[str, list[StoredSamp
                     for r in rows if r.split == split] for split in ("train", "test")}
 
 
+@lru_cache(maxsize=1)
+def recipe_version() -> str:
+    """A hash of the training recipe's code (every module of the `models` package): a
+    retraining after an upgrade that changed it is not "nothing changed"."""
+    import models
+
+    root = Path(models.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def training_fingerprint(samples: dict[str, list], backbones: list[str], *,
+                         fine_tune: bool) -> str:
+    """What a training is made of, as one sha256: the images (sha256 with label and split,
+    as `load_samples` gives them), the backbones, the settings and `recipe_version`."""
+    images = sorted((s.sha256, s.label, split) for split, items in samples.items()
+                    for s in items)
+    payload = {"images": images, "backbones": list(backbones),
+               "settings": {"fine_tune": bool(fine_tune)}, "recipe": recipe_version()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
 def feature_cache(config):
     """The feature cache shared by every worker (computed features survive a crash)."""
     from models.features import FeatureCache
@@ -82,7 +109,8 @@ def train_samples(config, samples: dict[str, list], backbones: list[str], cache,
 
 
 def save_iteration(storage: Storage, project_id: int, result, backbones: list[str], *,
-                   features_computed: int, job_id: int | None = None) -> Iteration:
+                   features_computed: int, job_id: int | None = None,
+                   fingerprint: str | None = None) -> Iteration:
     """Store `result` as the project's next iteration and add its row to the session,
     flushed but not committed: the caller commits it, or rolls back and removes
     `storage.resolve(iteration.folder)`."""
@@ -94,7 +122,7 @@ def save_iteration(storage: Storage, project_id: int, result, backbones: list[st
         n_test=report["n_test"], features_computed=features_computed,
         features_total=(report["n_train"] + report["n_test"])
         * views_extracted(report, backbones),
-        summary=summarize(report))
+        summary=summarize(report), fingerprint=fingerprint)
     db.session.add(iteration)
     db.session.flush()
     return iteration
@@ -151,6 +179,7 @@ def _train_job(app, job: Job, project: Project, me: str) -> str:
     samples = load_samples(storage, project.id)
     backbones = list(job.backbones or project.backbones)
     fine_tune = bool(project.fine_tune)
+    fingerprint = training_fingerprint(samples, backbones, fine_tune=fine_tune)
     cache = feature_cache(app.config)
     db.session.commit()  # end the read transaction: the progress callback writes
     on_progress = _progress_reporter(job_id, me, cache)
@@ -159,7 +188,8 @@ def _train_job(app, job: Job, project: Project, me: str) -> str:
                            progress=on_progress)
     on_progress(_Start("saving", 1.0))  # last chance to cancel
     iteration = save_iteration(storage, project.id, result, backbones,
-                               features_computed=cache.computed, job_id=job_id)
+                               features_computed=cache.computed, job_id=job_id,
+                               fingerprint=fingerprint)
     report = result.report
     if not state.mark_succeeded(
             job_id, me, iteration_id=iteration.id, features_computed=cache.computed,
