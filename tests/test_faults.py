@@ -140,7 +140,8 @@ def test_worker_killed_during_head_fitting(env):
     client, pid = env["client"], env["pid"]
     storage = env["app"].extensions["transferlab.storage"]
     before = check_cache(cache_root(env))
-    job_id = client.post(f"/api/v1/projects/{pid}/train").json["job_id"]
+    # force: the project is unchanged since the fixture trained it (else "nothing changed")
+    job_id = client.post(f"/api/v1/projects/{pid}/train", json={"force": True}).json["job_id"]
     job = wait_for(env, job_id, lambda j: j["state"] in FINAL
                    or j["stage"].startswith("fitting head"), interval=0.005)
     assert job["state"] == "running", job  # all features cached: the run is all head fitting
@@ -220,7 +221,8 @@ def test_two_trainings_at_once_for_one_project_one_runs_the_others_409(env):
         def train():
             session = _session(server.instance)
             barrier.wait()
-            r = session.post(f"{server.url}/api/v1/projects/{pid}/train", timeout=60)
+            r = session.post(f"{server.url}/api/v1/projects/{pid}/train", json={"force": True},
+                             timeout=60)
             answers.append((r.status_code, r.json()))
 
         threads = [threading.Thread(target=train) for _ in range(8)]

@@ -31,7 +31,7 @@ from tests.servers import PostgresServer, RedisServer, free_port
 pytestmark = [pytest.mark.servers, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 BACKBONE = "efficientnet_lite0"  # real offline weights: predictions must be right
-IMPATIENT = {"TRANSFERLAB_WORKER_SHUTDOWN_SECONDS": "0.5"}  # a worker with a short grace
+IMPATIENT = {"TRANSFERLAB_WORKER_SHUTDOWN_SECONDS": "0.05"}  # a worker with a short grace
 HTTP = requests.Session()
 HTTP.trust_env = False  # loopback only: never through a proxy from the environment
 
@@ -214,7 +214,8 @@ def test_two_workers_share_the_work_and_a_killed_workers_job_is_retried(cluster,
     assert survivor.proc.wait(30) == 0
     assert "stopped" in survivor.log()
     third = cluster["start_worker"]("worker-machine-3", **IMPATIENT).wait_ready()
-    job_id = api(cluster, "POST", f"/projects/{projects['b']}/train", 202)["job_id"]
+    job_id = api(cluster, "POST", f"/projects/{projects['b']}/train", 202,
+                 json={"force": True})["job_id"]  # unchanged since its first training
     job = wait_for(cluster, job_id, finished, "finished", [third])
     assert job["state"] == "succeeded" and job["iteration"] == 2, job
     assert job["worker"].endswith(f":{third.proc.pid}")
@@ -236,7 +237,7 @@ def test_sigterm_past_the_grace_period_queues_the_job_again(cluster, web_photos)
              "progress", [impatient])
     impatient.proc.send_signal(signal.SIGTERM)
     assert impatient.proc.wait(60) == 0, impatient.log()[-3000:]
-    job = api(cluster, "GET", f"/jobs/{job_id}")  # a 10-image job lasts well over 0.5 s
+    job = api(cluster, "GET", f"/jobs/{job_id}")  # a 10-image job lasts well over 0.05 s
     assert job["state"] == "queued" and "queued again" in job["stage"], job
     assert job["attempts"] == 0 and api(cluster, "GET", "/status")["pending"] == 1
     other = cluster["start_worker"]("worker-machine-4").wait_ready()
