@@ -56,16 +56,12 @@ def frees_space(route):
     a 507 with everything rolled back (nothing deleted)."""
     @functools.wraps(route)
     def run(*args, **kwargs):
-        try:
-            return route(*args, **kwargs)
-        except sa.exc.OperationalError as exc:
-            full = exc
-            db.session.rollback()
-            if not is_disk_full(exc):
-                raise
-        if give_up_reserve(current_app.config):
-            log.warning("disk full on %s %s: the disk reserve was given up", request.method,
-                        request.path)
+        for attempt in range(2):
+            if attempt:  # the first try found the disk full
+                if not give_up_reserve(current_app.config):
+                    break
+                log.warning("disk full on %s %s: the disk reserve was given up",
+                            request.method, request.path)
             try:
                 return route(*args, **kwargs)
             except sa.exc.OperationalError as exc:
