@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -38,15 +37,12 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: bench/ is sys.path[0], not the repository
+    sys.path.insert(0, str(REPO))
+from bench.server import launch_app, stop_app  # noqa: E402, F401 (stop_app: for importers)
 PASSWORD = "correct horse battery staple"
 ATTACKERS = ("mallory", "eve", "trudy")
 VICTIM = "ann"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_accounts(instance: Path, names) -> dict[str, str]:
@@ -65,38 +61,9 @@ def start_app(instance: Path, log_path: Path, timeout: float = 60.0, **env) -> t
         subprocess.Popen, str]:
     """`python app.py` without a worker on 127.0.0.1; (process, base URL) once /healthz is 200.
     `env` adds `TRANSFERLAB_*` settings (e.g. tight limits)."""
-    port = free_port()
-    full_env = {**os.environ, "TRANSFERLAB_INSTANCE_PATH": str(instance),
-                "TRANSFERLAB_PORT": str(port), "TRANSFERLAB_HOST": "127.0.0.1",
-                "TRANSFERLAB_WORKER": "false", "PYTHONUNBUFFERED": "1",
-                "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-                "NO_PROXY": "127.0.0.1,localhost", **{k: str(v) for k, v in env.items()}}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env=full_env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return proc, base
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise TimeoutError(f"server not ready:\n{log_path.read_text()[-3000:]}")
-
-
-def stop_app(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return launch_app(instance, log_path, {"TRANSFERLAB_WORKER": "false", **env},
+                      lambda base: requests.get(f"{base}/healthz", timeout=2).status_code == 200,
+                      timeout)
 
 
 def bearer(token: str) -> requests.Session:

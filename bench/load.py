@@ -25,9 +25,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +38,9 @@ import numpy as np
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: bench/ is sys.path[0], not the repository
+    sys.path.insert(0, str(REPO))
+from bench.server import launch_app, stop_app  # noqa: E402
 BACKBONE = "efficientnet_lite0"
 
 
@@ -66,53 +66,25 @@ def make_token(instance: Path) -> str:
 # -- the server -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(instance: Path, log_path: Path, timeout: float = 120.0) -> tuple[
         subprocess.Popen, str]:
     """`python app.py` on 127.0.0.1 (with its worker child); returns (process, base URL) once
     the API answers and the worker is ready."""
-    port = free_port()
     AUTH["Authorization"] = f"Bearer {make_token(instance)}"
-    env = {**os.environ, "TRANSFERLAB_INSTANCE_PATH": str(instance), "TRANSFERLAB_PORT": str(port),
-           "TRANSFERLAB_HOST": "127.0.0.1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
-           "TRANSFERLAB_WORKER_POLL_SECONDS": "0.2",
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2", "TRANSFERLAB_WORKER_POLL_SECONDS": "0.2",
            # one account stands in for 40 users here: no per-account caps or rate limits
-           "TRANSFERLAB_UPLOADS_PER_USER": "1000", "TRANSFERLAB_RATELIMIT_ENABLED": "false",
-           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-           "NO_PROXY": "127.0.0.1,localhost"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+           "TRANSFERLAB_UPLOADS_PER_USER": "1000", "TRANSFERLAB_RATELIMIT_ENABLED": "false"}
     session = _session()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            if (session.get(f"{base}/api/v1/backbones", timeout=5).status_code == 200
-                    and "ready (queue" in log_path.read_text(errors="replace")):
-                return proc, base
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise TimeoutError(f"server not ready:\n{log_path.read_text()[-3000:]}")
+
+    def ready(base: str) -> bool:
+        return (session.get(f"{base}/api/v1/backbones", timeout=5).status_code == 200
+                and "ready (queue" in log_path.read_text(errors="replace"))
+
+    return launch_app(instance, log_path, env, ready, timeout)
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_app(proc, timeout=30)
 
 
 def rss_mb(pid: int) -> float | None:
