@@ -6,6 +6,7 @@ import { dropzone } from "./dropzone.js";
 import { renderPrediction } from "./predictions.js";
 import { formatElapsed, ProgressClock, progressParts } from "./progress.js";
 import { cellImages, learnTitles, renderResults, SOURCE_TITLES, thumb, TITLES } from "./results.js";
+import { webcam } from "./webcam.js";
 
 const projectId = document.getElementById("main").dataset.projectId;
 const base = `/projects/${projectId}`;
@@ -686,10 +687,12 @@ async function loadIterations(showLatest) {
 // ---- classify ------------------------------------------------------------------------------
 
 let classifyZone;
+let camera; // static/js/webcam.js: live classification and captures
 let lastObjectUrl = null;
 
 function setClassifyEnabled(on) {
   classifyZone.setEnabled(on);
+  camera.setTrained(on);
   $("#classify-hint").textContent = on
     ? `Uses iteration ${state.iterations.length ? Math.max(...state.iterations.map(iterationNumber)) : ""} (the latest).`
     : "Train the project first.";
@@ -725,6 +728,7 @@ async function main() {
   dropzone($("#test-drop"), (files) => sendFiles(files, "test"));
   classifyZone = dropzone($("#classify-drop"), classify);
   classifyZone.setEnabled(false);
+  camera = webcam($("#camera"), { base, titles: TITLES, onCaptured: () => loadProject().catch(reportError) });
   $("#train-btn").addEventListener("click", startTraining);
   $("#backbone-edit").addEventListener("toggle", (e) => { if (e.target.open) fillBackboneEditor(); });
   $("#backbone-form").addEventListener("submit", saveBackbones);
