@@ -7,6 +7,7 @@ import { renderPrediction } from "./predictions.js";
 import { formatElapsed, ProgressClock, progressParts } from "./progress.js";
 import { cellImages, learnTitles, renderResults, SOURCE_TITLES, thumb, TITLES } from "./results.js";
 import { webcam } from "./webcam.js";
+import { manage } from "./manage.js";
 
 const projectId = document.getElementById("main").dataset.projectId;
 const base = `/projects/${projectId}`;
@@ -218,6 +219,7 @@ async function loadProject() {
   const rows = renderClasses(project);
   updateTrainControls(rows);
   loadNearDuplicates();
+  manager.refresh(project);
   if (document.activeElement !== $("#threshold")) $("#threshold").value = Math.round((project.threshold || 0) * 100);
   $("#fine-tune").checked = Boolean(project.fine_tune);
   return project;
@@ -688,6 +690,7 @@ async function loadIterations(showLatest) {
 
 let classifyZone;
 let camera; // static/js/webcam.js: live classification and captures
+let manager; // static/js/manage.js: rename/delete the project, change images and classes
 let lastObjectUrl = null;
 
 function setClassifyEnabled(on) {
@@ -728,6 +731,8 @@ async function main() {
   dropzone($("#test-drop"), (files) => sendFiles(files, "test"));
   classifyZone = dropzone($("#classify-drop"), classify);
   classifyZone.setEnabled(false);
+  manager = manage({ base, actionsRoot: $("#project-actions"), panelRoot: $("#manage"),
+    onChanged: () => loadProject().catch(reportError) });
   camera = webcam($("#camera"), { base, titles: TITLES, onCaptured: () => loadProject().catch(reportError) });
   $("#train-btn").addEventListener("click", startTraining);
   $("#backbone-edit").addEventListener("toggle", (e) => { if (e.target.open) fillBackboneEditor(); });
