@@ -9,6 +9,7 @@ import pytest
 from helpers import logged_in, make_zip
 
 from web import create_app
+from web.db import db
 
 pytestmark = pytest.mark.unit
 
@@ -174,3 +175,25 @@ def test_an_expired_undo_is_410(app, client, project):
     undo = bulk(client, project["id"], **r.json["undo"])
     assert undo.status_code == 410 and "expired" in undo.json["error"]
     assert state(client, project["id"])[project["cat"][0]] == ("cat", "test")
+
+
+def test_a_database_failure_halfway_changes_nothing(app, client, project):
+    """The database refuses the third image's change (a trigger, i.e. a real failure inside
+    the transaction, after the first two rows were written): the answer is an error and all
+    the images keep their labels; the same change then succeeds once the fault is gone."""
+    pid, cats = project["id"], project["cat"]
+    before = state(client, pid)
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # answer the failure as a server would
+    with app.app_context():
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE UPDATE ON project_images "
+                f"WHEN NEW.sha256 = '{cats[2]}' BEGIN SELECT RAISE(ABORT, 'disk gone'); END")
+    for action, extra in (("relabel", {"label": "dog"}), ("move", {"split": "test"})):
+        r = bulk(client, pid, action=action, images=cats, **extra)
+        assert r.status_code >= 500 and r.is_json, (r.status_code, r.get_data(as_text=True)[:300])
+        assert state(client, pid) == before
+    with app.app_context():
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER refuse")
+    assert bulk(client, pid, action="relabel", images=cats, label="dog").json["changed"] == 3

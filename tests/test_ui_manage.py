@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 from helpers import make_zip
 from test_ui_app import TRAIN_TIMEOUT, Session, class_card, drop_files, new_context, sign_in, start_live
+from test_ui_app import browser  # noqa: F401  (the fixture: Chromium with the standard flags)
 
 pytestmark = pytest.mark.browser
 
@@ -20,19 +21,6 @@ def live(tmp_path_factory):
     live = start_live(tmp_path_factory.mktemp("manage"))
     yield live
     live.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright import sync_api
-    from test_ui_app import CHROMIUM
-
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
