@@ -5,8 +5,8 @@
 // Contract:
 // - manage({ base, actionsRoot, panelRoot, onChanged }) builds the project's Rename/Delete
 //   buttons in actionsRoot and a collapsed "Manage images" panel in panelRoot; returns
-//   { refresh(project) }, to call whenever the project was (re)loaded: it updates the class
-//   lists and, when the panel is open, its images.
+//   { refresh(project) }, to call whenever the project was (re)loaded: when the panel is
+//   open, it updates its class lists and images (a closed panel fills them when opened).
 // - Image changes go through POST {base}/images/bulk (one transaction on the server: all or
 //   nothing); its answer's undo token backs the Undo button (then Redo), for the last change.
 // - Deleting images or the project, and merging a class into another, ask first (dialogs.js);
@@ -277,14 +277,19 @@ export function manage({ base, actionsRoot, panelRoot, onChanged = () => {} }) {
   classFilter.addEventListener("change", () => { shown = PAGE; loadImages(); });
   splitFilter.addEventListener("change", () => { shown = PAGE; loadImages(); });
   more.addEventListener("click", () => { shown += PAGE; drawGrid(); });
-  panel.addEventListener("toggle", () => { if (panel.open) loadImages(); });
+  panel.addEventListener("toggle", () => {
+    if (!panel.open) return;
+    if (project) fillClasses();
+    loadImages();
+  });
   selectionChanged();
 
   return {
     refresh(p) {
       project = p;
+      if (!panel.open) return; // filled when opened: with hundreds of classes, its lists are large
       fillClasses();
-      if (panel.open) loadImages();
+      loadImages();
     },
   };
 }
