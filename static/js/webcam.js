@@ -78,7 +78,14 @@ export function webcam(root, { base, titles = {}, onCaptured = () => {} }) {
     problem.hidden = !text;
   }
 
-  async function start() {
+  let starting = null; // the pending getUserMedia, so a quick off/on asks only once
+
+  function start() {
+    if (!starting) starting = open().finally(() => { starting = null; });
+    return starting;
+  }
+
+  async function open() {
     if (stream) return;
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       // Browsers offer the camera only to secure pages (HTTPS, or localhost).
@@ -99,7 +106,6 @@ export function webcam(root, { base, titles = {}, onCaptured = () => {} }) {
     generation += 1;
     clearTimeout(timer);
     timer = null;
-    inFlight = false;
     if (stream) stream.getTracks().forEach((t) => t.stop());
     stream = null;
     video.srcObject = null;
@@ -123,7 +129,8 @@ export function webcam(root, { base, titles = {}, onCaptured = () => {} }) {
     timer = setTimeout(tick, ms);
   }
 
-  /** One frame: classify it, draw the answer, then schedule the next (never two at once). */
+  /** One frame: classify it, draw the answer, then schedule the next (never two at once:
+   * a request of a stopped run still counts until it ends, and its answer is dropped). */
   async function tick() {
     timer = null;
     if (!stream || !trained || inFlight || document.hidden) return;
@@ -137,26 +144,27 @@ export function webcam(root, { base, titles = {}, onCaptured = () => {} }) {
         const body = new FormData();
         body.append("file", blob, "camera.jpg");
         const answer = await api(`${base}/predict`, { method: "POST", form: body });
-        if (run !== generation) return;
-        renderPrediction(result, Array.isArray(answer.results) ? answer.results[0] : answer, { titles });
-        result.dataset.frames = String(Number(result.dataset.frames) + 1);
-        say(`Live: iteration ${answer.iteration ?? "latest"}, a frame every ${FRAME_MS / 1000} s`);
+        if (run === generation) {
+          renderPrediction(result, Array.isArray(answer.results) ? answer.results[0] : answer, { titles });
+          result.dataset.frames = String(Number(result.dataset.frames) + 1);
+          say(`Live: iteration ${answer.iteration ?? "latest"}, a frame every ${FRAME_MS / 1000} s`);
+        }
       }
     } catch (err) {
-      if (run !== generation) return;
-      if (err.status === 429) {
+      if (run === generation && err.status === 429) {
         wait = 1000 * Math.max(1, Number(err.body && err.body.retry_after) || 1);
         say(`Too many predictions: waiting ${Math.round(wait / 1000)} s.`);
-      } else {
-        // Say it once in the panel and stop the live loop; the camera stays on for captures.
+      } else if (run === generation) {
+        // Said once, in the panel and as an alert; the camera stays on for captures.
         say(`Live classification stopped: ${err.message}`);
         reportError(err);
-        return;
+        wait = null;
       }
     } finally {
-      if (run === generation) inFlight = false;
+      inFlight = false;
     }
-    if (run === generation) schedule(Math.max(0, wait - (performance.now() - started)));
+    if (run !== generation) wait = 0; // stopped meanwhile: a restarted run goes on at once
+    if (wait != null) schedule(Math.max(0, wait - (performance.now() - started)));
   }
 
   async function resume() {
