@@ -6,6 +6,8 @@ import { dropzone } from "./dropzone.js";
 import { renderPrediction } from "./predictions.js";
 import { formatElapsed, ProgressClock, progressParts } from "./progress.js";
 import { cellImages, learnTitles, renderResults, SOURCE_TITLES, thumb, TITLES } from "./results.js";
+import { webcam } from "./webcam.js";
+import { manage } from "./manage.js";
 
 const projectId = document.getElementById("main").dataset.projectId;
 const base = `/projects/${projectId}`;
@@ -217,6 +219,7 @@ async function loadProject() {
   const rows = renderClasses(project);
   updateTrainControls(rows);
   loadNearDuplicates();
+  manager.refresh(project);
   if (document.activeElement !== $("#threshold")) $("#threshold").value = Math.round((project.threshold || 0) * 100);
   $("#fine-tune").checked = Boolean(project.fine_tune);
   return project;
@@ -686,10 +689,13 @@ async function loadIterations(showLatest) {
 // ---- classify ------------------------------------------------------------------------------
 
 let classifyZone;
+let camera; // static/js/webcam.js: live classification and captures
+let manager; // static/js/manage.js: rename/delete the project, change images and classes
 let lastObjectUrl = null;
 
 function setClassifyEnabled(on) {
   classifyZone.setEnabled(on);
+  camera.setTrained(on);
   $("#classify-hint").textContent = on
     ? `Uses iteration ${state.iterations.length ? Math.max(...state.iterations.map(iterationNumber)) : ""} (the latest).`
     : "Train the project first.";
@@ -725,6 +731,9 @@ async function main() {
   dropzone($("#test-drop"), (files) => sendFiles(files, "test"));
   classifyZone = dropzone($("#classify-drop"), classify);
   classifyZone.setEnabled(false);
+  manager = manage({ base, actionsRoot: $("#project-actions"), panelRoot: $("#manage"),
+    onChanged: () => loadProject().catch(reportError) });
+  camera = webcam($("#camera"), { base, titles: TITLES, onCaptured: () => loadProject().catch(reportError) });
   $("#train-btn").addEventListener("click", startTraining);
   $("#backbone-edit").addEventListener("toggle", (e) => { if (e.target.open) fillBackboneEditor(); });
   $("#backbone-form").addEventListener("submit", saveBackbones);
