@@ -247,7 +247,7 @@ def main(argv=None) -> int:
                         cal["test_brier_uncalibrated"], entry["test"]["n"])
                     hp = entry["hyperparameters"]
                     picks[name]["l2"].append(hp["l2"])
-                    picks[name]["steps"].append(hp["steps"])
+                    picks[name]["steps"].append(hp.get("steps", hp.get("solver")))
                     picks[name]["temperature_kept"].append(cal.get("temperature_kept", True))
                     views[name].append(entry["hyperparameters"]["views"])
                     kinds[name].append(entry["hyperparameters"]["head"])
