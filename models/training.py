@@ -109,9 +109,28 @@ def _entry(probs: dict[str, np.ndarray | None], y: dict[str, np.ndarray],
         out["per_class"], out["confusion"] = {}, {"labels": [], "matrix": [], "source": None}
         return out
     out["per_class"] = out[shown]["per_class"]
+    if len(classes) > DENSE_CONFUSION_CLASSES:
+        for split in ("cv", "train", "test"):
+            if out[split] is not None:
+                out[split]["confusion"] = _sparse(out[split]["confusion"])
     # Moved, not copied: at 300 classes one matrix is 90,000 numbers (issue 14).
     out["confusion"] = dict(out[shown].pop("confusion"), source=shown)
     return out
+
+
+# Beyond this many classes a confusion matrix is written as its non-zero cells: at 300 classes
+# a dense one is 90,000 numbers for at most as many images as were scored (static/js/results.js
+# `confusionMatrix` reads either form).
+DENSE_CONFUSION_CLASSES = 30
+
+
+def _sparse(confusion: dict) -> dict:
+    """{"labels", "cells": [[true index, predicted index, count], ...]}, non-zero cells in
+    row-major order, for {"labels", "matrix"}."""
+    matrix = np.asarray(confusion["matrix"])
+    rows, cols = np.nonzero(matrix)
+    return {"labels": confusion["labels"],
+            "cells": [[int(i), int(j), int(matrix[i, j])] for i, j in zip(rows, cols)]}
 
 
 # What the report's "ensemble" (the chosen one) repeats of its entry in "ensembles": the

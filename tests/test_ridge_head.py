@@ -103,3 +103,35 @@ def test_views_are_not_offered_past_the_training_budget():
     edge = int(TRAINING_VIEW_BUDGET_GFLOPS // (8 * lite0))
     assert view_policies_for(lite0, n_images=edge) == ("none", "dihedral")
     assert view_policies_for(lite0, n_images=edge + 1) == ("none",)
+
+
+@pytest.mark.unit
+def test_many_class_reports_write_confusions_as_their_non_zero_cells():
+    from models.training import DENSE_CONFUSION_CLASSES, _entry
+
+    rng = np.random.default_rng(0)
+    for n in (DENSE_CONFUSION_CLASSES, DENSE_CONFUSION_CLASSES + 1):
+        classes = [f"c{i}" for i in range(n)]
+        y = np.repeat(np.arange(n), 3)
+        probs = softmax(rng.normal(size=(len(y), n)) + 2.0 * np.eye(n)[y])
+        folds = make_folds(y, seed=0)
+        samples = [type("S", (), {"sha256": f"{i:064x}", "source": f"{i}.jpg"})() for i in range(len(y))]
+        entry = _entry({"cv": probs, "train": probs, "test": None}, {"cv": y, "train": y,
+                       "test": np.zeros(0, int)}, {"cv": samples, "train": samples, "test": []},
+                       classes, folds)
+        dense = np.zeros((n, n), int)
+        np.add.at(dense, (y, probs.argmax(axis=1)), 1)
+        shown, other = entry["confusion"], entry["train"]["confusion"]
+        assert shown["source"] == "cv" and "confusion" not in entry["cv"]  # moved, not copied
+        for confusion in (shown, other):
+            if n <= DENSE_CONFUSION_CLASSES:
+                assert confusion["matrix"] == dense.tolist() and "cells" not in confusion
+            else:
+                assert "matrix" not in confusion and confusion["labels"] == classes
+                rebuilt = np.zeros((n, n), int)
+                for i, j, count in confusion["cells"]:
+                    assert count > 0
+                    rebuilt[i, j] = count
+                np.testing.assert_array_equal(rebuilt, dense)
+        # The per-image out-of-fold rows stay, one per image.
+        assert [p["pred"] for p in entry["predictions"]["cv"]] == [classes[k] for k in probs.argmax(1)]
