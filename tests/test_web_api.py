@@ -678,3 +678,64 @@ def test_near_duplicates_are_listed_at_upload_including_across_train_and_test(cl
     assert all(i["thumbnail"].endswith("/thumbnail") for i in group["images"])
     listed = client.get(f"/api/v1/projects/{pid}/near-duplicates").json["groups"]
     assert [sorted(i["name"] for i in g["images"]) for g in listed] == [["cat-big.jpg", "cat.jpg"]]
+
+
+# -- the published (live) iteration ------------------------------------------------------------
+
+
+def test_publish_pins_the_live_iteration_and_rolls_back(app, client, web_photos, warmed):
+    pid = new_project(client)
+    upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
+    first = _fake_iteration(app, pid, number=1)
+    second = _fake_iteration(app, pid, number=2)
+    project = client.get(f"/api/v1/projects/{pid}").json
+    # nothing published: the latest is live
+    assert project["published_iteration"] is None and project["live_iteration"] == 2
+    assert [i["live"] for i in client.get(f"/api/v1/projects/{pid}/iterations").json] == [
+        False, True]
+
+    r = client.post(f"/api/v1/projects/{pid}/iterations/1/publish")  # roll back
+    assert r.status_code == 200, r.json
+    assert r.json["published_iteration"] == 1 and r.json["iteration"]["number"] == 1
+    assert warmed["iterations"][-1] == first  # the rolled-back one is loaded ahead
+    project = client.get(f"/api/v1/projects/{pid}").json
+    assert project["published_iteration"] == 1 and project["live_iteration"] == 1
+    assert [i["live"] for i in client.get(f"/api/v1/projects/{pid}/iterations").json] == [
+        True, False]
+    # a third training does not go live while 1 is pinned
+    _fake_iteration(app, pid, number=3)
+    assert client.get(f"/api/v1/projects/{pid}").json["live_iteration"] == 1
+
+    # PATCH publishes too, and null goes back to serving the latest
+    r = client.patch(f"/api/v1/projects/{pid}", json={"published_iteration": 2})
+    assert r.status_code == 200 and r.json["live_iteration"] == 2
+    with app.app_context():
+        job = Job(project_id=pid, state="succeeded", backbones=["efficientnet_lite0"],
+                  iteration_id=first)
+        db.session.add(job)
+        db.session.commit()
+        job_id = job.id
+    client.get(f"/api/v1/jobs/{job_id}")  # a finished job's poll warms the live one
+    assert warmed["iterations"][-1] == second
+    r = client.patch(f"/api/v1/projects/{pid}", json={"published_iteration": None})
+    assert r.status_code == 200 and r.json["published_iteration"] is None
+    assert r.json["live_iteration"] == 3
+
+
+def test_publish_errors_and_other_users_projects(app, client, web_photos):
+    pid = new_project(client)
+    r = client.post(f"/api/v1/projects/{pid}/iterations/1/publish")
+    assert r.status_code == 404 and "no iteration 1" in r.json["error"]
+    _fake_iteration(app, pid, number=1)
+    for bad in ("1", True, 1.5):
+        r = client.patch(f"/api/v1/projects/{pid}", json={"published_iteration": bad})
+        assert r.status_code == 400 and "published_iteration" in r.json["error"], bad
+    r = client.patch(f"/api/v1/projects/{pid}", json={"published_iteration": 7})
+    assert r.status_code == 404 and "no iteration 7" in r.json["error"]
+    assert client.post(f"/api/v1/projects/999/iterations/1/publish").status_code == 404
+
+    bob = logged_in(app.test_client(), "bob")
+    r = bob.post(f"/api/v1/projects/{pid}/iterations/1/publish")
+    assert r.status_code == 404 and r.json["error"] == f"no project with id {pid}"
+    assert bob.patch(f"/api/v1/projects/{pid}", json={"published_iteration": 1}).status_code == 404
+    assert client.get(f"/api/v1/projects/{pid}").json["published_iteration"] is None

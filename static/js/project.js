@@ -4,6 +4,7 @@ import { api, learnThumbnailUrl, reportError, showAlert, thumbnailUrl, upload } 
 import { $, fill, h, pct, plural } from "./dom.js";
 import { dropzone } from "./dropzone.js";
 import { renderPrediction } from "./predictions.js";
+import { setupPublish, showLive } from "./publish.js";
 import { formatElapsed, ProgressClock, progressParts } from "./progress.js";
 import { cellImages, learnTitles, renderResults, SOURCE_TITLES, thumb, TITLES } from "./results.js";
 
@@ -16,6 +17,7 @@ const state = {
   project: null,
   iterations: [],
   iteration: null,
+  live: null, // the iteration predictions use (published, else latest)
   job: null,
   pollTimer: null,
 };
@@ -639,6 +641,8 @@ async function loadResults(iteration) {
     $("#cell-detail").hidden = true;
     renderResults(container, report, ctx);
     performance.mark("results-rendered"); // how long a big report takes to draw (tests/test_ui_app.py)
+    state.live = report.live_iteration ?? null;
+    showLive({ shown: state.iteration, live: state.live, published: report.published_iteration ?? null });
     setClassifyEnabled(true);
   } catch (err) {
     if (err.status === 404) {
@@ -669,6 +673,7 @@ async function loadIterations(showLatest) {
     const acc = it && (it.cv_accuracy ?? (it.ensemble && it.ensemble.cv_accuracy));
     const bits = [`Iteration ${n}`];
     if (i === 0) bits.push("latest");
+    if (it && it.live) bits.push("live");
     if (acc != null) bits.push(`CV ${pct(acc)}`);
     if (when) bits.push(new Date(when).toLocaleString());
     return h("option", { value: String(n), text: bits.join(" · ") });
@@ -691,7 +696,7 @@ let lastObjectUrl = null;
 function setClassifyEnabled(on) {
   classifyZone.setEnabled(on);
   $("#classify-hint").textContent = on
-    ? `Uses iteration ${state.iterations.length ? Math.max(...state.iterations.map(iterationNumber)) : ""} (the latest).`
+    ? `Uses iteration ${state.live ?? Math.max(...state.iterations.map(iterationNumber))} (the live one).`
     : "Train the project first.";
 }
 
@@ -732,6 +737,7 @@ async function main() {
   setupThreshold();
   setupFineTune();
   $("#iteration").addEventListener("change", (e) => loadResults(Number(e.target.value)));
+  setupPublish(base, { current: () => state.iteration, onPublished: () => loadIterations(false) });
 
   let project;
   try {
