@@ -20,6 +20,7 @@ from web.api.helpers import (
     release_connection,
     weights_dir,
 )
+from web.api.batches import is_batch, start_batch
 from web.api.serializers import backbone_json, iteration_json, thumbnail_url
 from web.concurrency import offload, offload_tf
 from web.db import Iteration, db, iso
@@ -126,6 +127,9 @@ def _uploaded_image():
 def predict(project_id: int):
     project = get_project(project_id)
     it = _iteration(project_id)
+    uploads = [f for f in request.files.getlist("file") if f and f.filename is not None]
+    if is_batch(uploads):  # a zip or several files: a background job (web.api.batches)
+        return start_batch(project, it, uploads)
     live = request.values.get("iteration") is None or it.id == getattr(
         live_iteration(project), "id", None)
     top_k = int_arg(request.values, "top_k", current_app.config["TOP_K"], 1, 20)

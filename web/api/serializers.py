@@ -60,6 +60,7 @@ def job_json(job: Job | None) -> dict | None:
     now = utcnow()
     return {
         "id": job.id, "job_id": job.id, "project_id": job.project_id, "state": job.state,
+        "kind": job.kind or "train",
         "progress": round(float(job.progress or 0.0), 4), "stage": job.stage,
         "done": job.done, "total": job.total, "error": job.error,
         "iteration": job.iteration.number if job.iteration is not None else None,

@@ -54,6 +54,18 @@ def create(project: Project, n_train: int, n_test: int) -> Job:
     return job
 
 
+def create_batch(project: Project, iteration, total: int) -> Job:
+    """A new `queued` batch prediction job (kind "batch") of `project` with `iteration`. It
+    is not the project's active job (`active_project` stays NULL): batches never block a
+    training, nor each other."""
+    job = Job(project_id=project.id, kind="batch", state="queued", active_project=None,
+              backbones=list(iteration.backbones), iteration_id=iteration.id, progress=0.0,
+              stage="queued", done=0, total=total)
+    db.session.add(job)
+    db.session.commit()
+    return job
+
+
 def set_queue_id(job_id: int, queue_id: str) -> None:
     """Remember the id of the job's queue message (to revoke it, to find it lost)."""
     db.session.execute(sa.update(Job).where(Job.id == job_id).values(queue_id=queue_id))
