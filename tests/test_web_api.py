@@ -739,3 +739,56 @@ def test_publish_errors_and_other_users_projects(app, client, web_photos):
     assert r.status_code == 404 and r.json["error"] == f"no project with id {pid}"
     assert bob.patch(f"/api/v1/projects/{pid}", json={"published_iteration": 1}).status_code == 404
     assert client.get(f"/api/v1/projects/{pid}").json["published_iteration"] is None
+
+
+# -- batch predictions (queued here: test_batch_predict.py runs them through the worker) ------
+
+
+def test_a_zip_sent_to_predict_queues_a_batch_job_beside_training(app, client, web_photos):
+    pid = new_project(client)
+    upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
+    upload(client, pid, [("k.jpg", web_photos["coffee"][0])], label="coffee")
+    _fake_iteration(app, pid, number=1)
+    batch = make_zip({"cat/1.jpg": web_photos["cat"][1], "coffee/2.jpg": web_photos["coffee"][2]})
+    r = client.post(f"/api/v1/projects/{pid}/predict",
+                    data={"file": (io.BytesIO(batch), "mixed.zip")})
+    assert r.status_code == 202, r.json
+    job_id = r.json["job_id"]
+    assert r.json["job"]["kind"] == "batch" and r.json["job"]["state"] == "queued"
+    assert r.json["job"]["total"] == 2 and r.json["iteration"] == 1
+    jobs = app.extensions["transferlab.jobs"]
+    assert [t.name for t in jobs.huey.pending()] == ["transferlab.batch"]
+    # not ready yet: the results say so instead of answering something half done
+    r = client.get(f"/api/v1/batches/{job_id}/results.csv")
+    assert r.status_code == 409 and "queued" in r.json["error"]
+    assert client.get(f"/api/v1/batches/{job_id}").json["job"]["state"] == "queued"
+    # a batch is not the project's training job: the project can still train
+    project = client.get(f"/api/v1/projects/{pid}").json
+    assert project["latest_job"] is None and project["can_train"] is True
+    r = client.post(f"/api/v1/projects/{pid}/train", json={"force": True})
+    assert r.status_code == 202
+    assert client.get(f"/api/v1/batches/{r.json['job_id']}").status_code == 404  # training's
+    # many loose files make a batch too; one image is still an ordinary prediction
+    r = client.post(f"/api/v1/projects/{pid}/predict", content_type="multipart/form-data",
+                    data={"file": [(io.BytesIO(web_photos["cat"][3]), "a.jpg"),
+                                   (io.BytesIO(web_photos["cat"][4]), "b.jpg")]})
+    assert r.status_code == 202 and r.json["job"]["total"] == 2
+    # cancelled while queued: it never runs
+    r = client.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json["state"] == "cancelled"
+    r = client.get(f"/api/v1/batches/{job_id}/results.json")
+    assert r.status_code == 409 and "cancelled" in r.json["error"]
+    with app.app_context():
+        from web.jobs.batch_run import run_batch
+
+        assert run_batch(app, job_id) == "skipped"
+
+
+def test_a_batch_needs_a_trained_iteration(client, web_photos):
+    pid = new_project(client)
+    z = make_zip({"cat/1.jpg": web_photos["cat"][1]})
+    r = client.post(f"/api/v1/projects/{pid}/predict", data={"file": (io.BytesIO(z), "b.zip")})
+    assert r.status_code == 404 and "train it first" in r.json["error"]
+    r = client.post(f"/api/v1/projects/{pid}/predict?iteration=3",
+                    data={"file": (io.BytesIO(z), "b.zip")})
+    assert r.status_code == 404 and "no iteration 3" in r.json["error"]

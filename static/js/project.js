@@ -2,6 +2,7 @@
 // compare results, and classify a dropped image.
 import { api, learnThumbnailUrl, reportError, showAlert, thumbnailUrl, upload } from "./api.js";
 import { $, fill, h, pct, plural } from "./dom.js";
+import { isBatch, runBatch } from "./batch.js";
 import { dropzone } from "./dropzone.js";
 import { renderPrediction } from "./predictions.js";
 import { setupPublish, showLive } from "./publish.js";
@@ -701,6 +702,7 @@ function setClassifyEnabled(on) {
 }
 
 async function classify(files) {
+  if (isBatch(files)) return runBatch(base, files, { titles: TITLES });
   const file = files.find((f) => !f.type || f.type.startsWith("image/")) || files[0];
   if (files.length > 1) showAlert("Classifying the first image only.", { kind: "info", timeout: 4000 });
   const busy = $("#classify-busy");
