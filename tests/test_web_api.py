@@ -702,9 +702,13 @@ def test_publish_pins_the_live_iteration_and_rolls_back(app, client, web_photos,
     assert project["published_iteration"] == 1 and project["live_iteration"] == 1
     assert [i["live"] for i in client.get(f"/api/v1/projects/{pid}/iterations").json] == [
         True, False]
-    # a third training does not go live while 1 is pinned
+    # a third training does not go live while 1 is pinned; a restart warms the pinned one
     _fake_iteration(app, pid, number=3)
     assert client.get(f"/api/v1/projects/{pid}").json["live_iteration"] == 1
+    from web.prediction import warm_recent_iterations
+
+    warm_recent_iterations(app, count=5)
+    assert warmed["iterations"][-1] == first
 
     # PATCH publishes too, and null goes back to serving the latest
     r = client.patch(f"/api/v1/projects/{pid}", json={"published_iteration": 2})
