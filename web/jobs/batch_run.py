@@ -18,12 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import traceback
 from pathlib import Path
 
 from web.db import Iteration, Job, Project, db
 from web.jobs import state
-from web.jobs.state import JobCancelled, worker_id
+from web.jobs.state import JobCancelled
 from web.storage import Storage, atomic_write
 
 log = logging.getLogger("transferlab.worker")
@@ -77,25 +76,8 @@ def read_result(storage: Storage, job: Job, kind: str = "json") -> Path:
 
 def run_batch(app, job_id: int) -> str:
     """Run one batch job in this (worker) process; returns its final state."""
-    me = worker_id()
-    if not state.claim(job_id, me):
-        log.info("job %s is not queued any more (cancelled?): skipped", job_id)
-        return "skipped"
-    job = db.session.get(Job, job_id)
-    log.info("job %s: batch prediction for project %s", job_id, job.project_id)
-    try:
-        return _batch_job(app, job, me)
-    except JobCancelled:
-        db.session.rollback()
-        state.finish(job_id, "cancelled", owner=me)
-        log.info("job %s cancelled", job_id)
-        return "cancelled"
-    except Exception as exc:
-        db.session.rollback()
-        message = f"{type(exc).__name__}: {exc}"
-        log.error("job %s failed: %s\n%s", job_id, message, traceback.format_exc())
-        state.finish(job_id, "failed", error=message, owner=me)
-        return "failed"
+    return state.run_claimed(job_id, lambda job, me: _batch_job(app, job, me),
+                             describe="batch prediction")
 
 
 def _batch_job(app, job: Job, me: str) -> str:
