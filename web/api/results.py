@@ -1,6 +1,8 @@
 """What training produced, and using it: a trained iteration's report (`results`), the list of
-iterations, publishing one (the live iteration, `web.publishing`), predicting one uploaded image with a project's iteration, and predicting with
-the backbones' own ImageNet heads. Only the predict routes run TensorFlow, off the gevent loop.
+iterations, publishing one (the live iteration, `web.publishing`), predicting one uploaded
+image with a project's iteration (a zip or several files: a batch job, `web.api.batches`), and
+predicting with the backbones' own ImageNet heads. Only the predict routes run TensorFlow, off
+the gevent loop.
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ from web.api.serializers import backbone_json, iteration_json, thumbnail_url
 from web.concurrency import offload, offload_tf
 from web.db import Iteration, db, iso
 from web.inputs import float_arg, int_arg
-from web.publishing import live_iteration
 from web.prediction import BackboneUnavailable, imagenet_backbones, imagenet_candidates
+from web.publishing import live_iteration
 
 
 def _iteration(project_id: int, *, default: str = "live") -> Iteration:
