@@ -27,7 +27,8 @@ BACKBONE = "efficientnet_lite0"
 def env(tmp_path_factory, start_worker):
     instance = tmp_path_factory.mktemp("batch") / "instance"
     app = create_app({"INSTANCE_PATH": str(instance), "TESTING": True})
-    worker = start_worker(instance)
+    # small forward passes, so a batch reports progress (and notices a cancel) every 4 images
+    worker = start_worker(instance, TRANSFERLAB_BATCH_PREDICT_CHUNK=4)
     return {"app": app, "client": logged_in(app.test_client()), "worker": worker}
 
 
@@ -222,3 +223,35 @@ def test_batches_are_the_callers_own(env, pinned, test_images):
         assert app.test_client().get(url).status_code == 401, url
     assert post_batch(bob, pinned, [("one.zip", b"PK\x03\x04")]).status_code == 404
     assert client.get(f"/api/v1/batches/{job_id}/results.xml").status_code == 404
+
+
+def test_a_running_batch_is_cancelled(env, pinned):
+    """Cancelling a running batch stops it at its next forward pass: no results, and the
+    worker takes the next job."""
+    from helpers import photo_variants
+    from skimage import data
+
+    client = env["client"]
+    members = {}
+    for i, im in enumerate(photo_variants(data.chelsea(), 80, 7)):
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=90)
+        members[f"cat/{i}.jpg"] = buf.getvalue()
+    r = post_batch(client, pinned, [("many.zip", make_zip(members))])
+    job_id = r.json["job_id"]
+    deadline = time.monotonic() + 180
+    while True:
+        job = client.get(f"/api/v1/jobs/{job_id}").json
+        if job["state"] == "running" and (job["done"] or 0) > 0:
+            break
+        assert job["state"] in ("queued", "running"), job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.02)
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 202
+    body, _ = wait_batch(env, job_id)
+    assert body["job"]["state"] == "cancelled" and body["job"]["done"] < 80
+    r = client.get(f"/api/v1/batches/{job_id}/results.csv")
+    assert r.status_code == 409 and "cancelled" in r.json["error"]
+    # the worker is free for the next one
+    r = post_batch(client, pinned, [("one.zip", make_zip({"cat/x.jpg": members["cat/0.jpg"]}))])
+    assert wait_batch(env, r.json["job_id"])[0]["job"]["state"] == "succeeded"
