@@ -2,8 +2,10 @@
 // compare results, and classify a dropped image.
 import { api, learnThumbnailUrl, reportError, showAlert, thumbnailUrl, upload } from "./api.js";
 import { $, fill, h, pct, plural } from "./dom.js";
+import { isBatch, runBatch } from "./batch.js";
 import { dropzone } from "./dropzone.js";
 import { renderPrediction } from "./predictions.js";
+import { setupPublish, showLive } from "./publish.js";
 import { formatElapsed, ProgressClock, progressParts } from "./progress.js";
 import { cellImages, learnTitles, renderResults, SOURCE_TITLES, thumb, TITLES } from "./results.js";
 import { webcam } from "./webcam.js";
@@ -18,6 +20,7 @@ const state = {
   project: null,
   iterations: [],
   iteration: null,
+  live: null, // the iteration predictions use (published, else latest)
   job: null,
   pollTimer: null,
 };
@@ -642,6 +645,8 @@ async function loadResults(iteration) {
     $("#cell-detail").hidden = true;
     renderResults(container, report, ctx);
     performance.mark("results-rendered"); // how long a big report takes to draw (tests/test_ui_app.py)
+    state.live = report.live_iteration ?? null;
+    showLive({ shown: state.iteration, live: state.live, published: report.published_iteration ?? null });
     setClassifyEnabled(true);
   } catch (err) {
     if (err.status === 404) {
@@ -672,6 +677,7 @@ async function loadIterations(showLatest) {
     const acc = it && (it.cv_accuracy ?? (it.ensemble && it.ensemble.cv_accuracy));
     const bits = [`Iteration ${n}`];
     if (i === 0) bits.push("latest");
+    if (it && it.live) bits.push("live");
     if (acc != null) bits.push(`CV ${pct(acc)}`);
     if (when) bits.push(new Date(when).toLocaleString());
     return h("option", { value: String(n), text: bits.join(" · ") });
@@ -697,11 +703,12 @@ function setClassifyEnabled(on) {
   classifyZone.setEnabled(on);
   camera.setTrained(on);
   $("#classify-hint").textContent = on
-    ? `Uses iteration ${state.iterations.length ? Math.max(...state.iterations.map(iterationNumber)) : ""} (the latest).`
+    ? `Uses iteration ${state.live ?? Math.max(...state.iterations.map(iterationNumber))} (the live one).`
     : "Train the project first.";
 }
 
 async function classify(files) {
+  if (isBatch(files)) return runBatch(base, files, { titles: TITLES });
   const file = files.find((f) => !f.type || f.type.startsWith("image/")) || files[0];
   if (files.length > 1) showAlert("Classifying the first image only.", { kind: "info", timeout: 4000 });
   const busy = $("#classify-busy");
@@ -741,6 +748,7 @@ async function main() {
   setupThreshold();
   setupFineTune();
   $("#iteration").addEventListener("change", (e) => loadResults(Number(e.target.value)));
+  setupPublish(base, { current: () => state.iteration, onPublished: () => loadIterations(false) });
 
   let project;
   try {
