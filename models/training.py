@@ -215,7 +215,8 @@ def train(
     for b, name in enumerate(backbones):
         began = time.perf_counter()
         views = list(dict.fromkeys(v for p in policies[name] for v in VIEW_POLICIES[p]))
-        stage = f"extracting features ({get_spec(name).title}, {len(views)} views)"
+        stage = (f"extracting features ({get_spec(name).title}, "
+                 f"{len(views)} view{'' if len(views) == 1 else 's'})")
         start = 0.8 * b / len(backbones)
         per_view[name] = cache.get_or_compute_views(
             name, todo, lambda: make_backbone(name), views,
