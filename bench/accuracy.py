@@ -183,6 +183,8 @@ def main(argv=None) -> int:
     parser.add_argument("--recipes", default="transferlab,transferlab_ensemble,poets,tm,keras20")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "transferlab" / "features"))
     parser.add_argument("--weights-dir")
+    parser.add_argument("--partial", help="after every draw, write the rows of the draws done "
+                        "so far to this file (JSON lines), so a run cut short still reports")
     args = parser.parse_args(argv)
 
     from models.backbones import load_backbone
@@ -217,6 +219,49 @@ def main(argv=None) -> int:
     kinds = {name: [] for name in chosen}  # the head kind CV chose ("linear" or "hidden")
     picks = {name: {"l2": [], "steps": [], "temperature_kept": []} for name in chosen}
     pools = {name: {"calibrated": Pool(), "uncalibrated": Pool()} for name in chosen}
+
+    def rows() -> list[dict]:
+        out = []
+        for name in chosen:
+            row = {
+                "dataset": Path(args.dataset).name,
+                "backbone": args.backbone if name != "transferlab_ensemble" else "+".join(ensemble),
+                "recipe": name,
+                "n_train": args.train,
+                "n_test": args.test,
+                "classes": len(classes),
+                "draws": len(scores[name]),
+                "mean": round(float(np.mean(scores[name])), 4),
+                "std": round(float(np.std(scores[name])), 4),
+                "fit_seconds_per_draw": round(float(np.mean(draw_seconds[name])), 3),
+                "fit_seconds_range": [round(min(draw_seconds[name]), 1),
+                                      round(max(draw_seconds[name]), 1)],
+            }
+            for kind, values in ece[name].items():
+                if values:
+                    row[f"test_ece_{kind}"] = round(float(np.mean(values)), 4)
+            row["paired_minus"] = {other: paired(scores[name], scores[other])
+                                   for other in chosen if other != name}
+            row["pooled_test"] = {kind: pool.figures() for kind, pool in pools[name].items()
+                                  if pool.n}
+            for key, values in picks[name].items():
+                if values:
+                    row[f"{key}_choices"] = {str(v): values.count(v) for v in sorted(set(values))}
+            if kept[name]:
+                row["fine_tuning_kept"] = f"{sum(kept[name])}/{len(kept[name])}"
+                figures = cv_figures[name]
+                row["fine_tuning_mean_cv"] = {
+                    f"{model}_{key}": round(float(np.mean([f[model][key] for f in figures])), 4)
+                    for model in ("frozen", "tuned") for key in ("cv_accuracy", "cv_log_loss")}
+            if views[name]:
+                row["choices"] = {c: views[name].count(c) for c in sorted(set(views[name]))}
+            if kinds[name]:
+                row["head_choices"] = {k: kinds[name].count(k) for k in sorted(set(kinds[name]))}
+            row["feature_seconds"] = round(extract_seconds, 2)
+            row["machine"] = machine()
+            out.append(row)
+        return out
+
     rng = np.random.default_rng(args.seed)
     for draw in range(args.draws):
         train_idx, test_idx = draw_split(labels, args.train, args.test, rng)
@@ -266,44 +311,11 @@ def main(argv=None) -> int:
         print(f"draw {draw + 1}/{args.draws}: " + ", ".join(
             f"{n} {scores[n][-1]:.3f} ({draw_seconds[n][-1]:.0f} s)" for n in chosen)
             + "".join(f", {n} kept {kept[n][-1]}" for n in chosen if kept[n]), file=sys.stderr)
+        if args.partial:
+            Path(args.partial + ".tmp").write_text("".join(json.dumps(r) + "\n" for r in rows()))
+            Path(args.partial + ".tmp").replace(args.partial)
 
-    for name in chosen:
-        row = {
-            "dataset": Path(args.dataset).name,
-            "backbone": args.backbone if name != "transferlab_ensemble" else "+".join(ensemble),
-            "recipe": name,
-            "n_train": args.train,
-            "n_test": args.test,
-            "classes": len(classes),
-            "draws": args.draws,
-            "mean": round(float(np.mean(scores[name])), 4),
-            "std": round(float(np.std(scores[name])), 4),
-            "fit_seconds_per_draw": round(float(np.mean(draw_seconds[name])), 3),
-            "fit_seconds_range": [round(min(draw_seconds[name]), 1),
-                                  round(max(draw_seconds[name]), 1)],
-        }
-        for kind, values in ece[name].items():
-            if values:
-                row[f"test_ece_{kind}"] = round(float(np.mean(values)), 4)
-        row["paired_minus"] = {other: paired(scores[name], scores[other])
-                               for other in chosen if other != name}
-        row["pooled_test"] = {kind: pool.figures() for kind, pool in pools[name].items()
-                              if pool.n}
-        for key, values in picks[name].items():
-            if values:
-                row[f"{key}_choices"] = {str(v): values.count(v) for v in sorted(set(values))}
-        if kept[name]:
-            row["fine_tuning_kept"] = f"{sum(kept[name])}/{len(kept[name])}"
-            figures = cv_figures[name]
-            row["fine_tuning_mean_cv"] = {
-                f"{model}_{key}": round(float(np.mean([f[model][key] for f in figures])), 4)
-                for model in ("frozen", "tuned") for key in ("cv_accuracy", "cv_log_loss")}
-        if views[name]:
-            row["choices"] = {c: views[name].count(c) for c in sorted(set(views[name]))}
-        if kinds[name]:
-            row["head_choices"] = {k: kinds[name].count(k) for k in sorted(set(kinds[name]))}
-        row["feature_seconds"] = round(extract_seconds, 2)
-        row["machine"] = machine()
+    for row in rows():
         print(json.dumps(row))
     return 0
 

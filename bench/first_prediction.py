@@ -16,7 +16,10 @@ through the JSON API only:
      and, with `{"force": true}`, the full retraining   -> forced_retrain_s;
   4. uploads 5 more images and trains                   -> plus5_retrain_s, plus5_features;
   5. restarts the server, waits until it answers, waits `--think` s, times the first
-     prediction                                         -> first_after_restart_s.
+     prediction                                         -> first_after_restart_s
+     (the start-up warm-ups' seconds from its log       -> restart_warmups_s),
+     then the same after emptying the OpenVINO conversion cache
+                                                        -> first_after_restart_uncached_s.
 `--cold` turns the warm-ups off (TRANSFERLAB_WARM_PREDICTORS=false, WARM_AT_START=0): today's
 on-demand loading, for the "before" figures. Prints one JSON object with the machine.
 """
@@ -26,6 +29,8 @@ import argparse
 import io
 import json
 import os
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -51,6 +56,11 @@ def zip_of(files: dict[str, list[Path]]) -> bytes:
             for p in paths:
                 archive.write(p, f"{label}/{p.name}")
     return buf.getvalue()
+
+
+def warmups(log: str) -> list[float]:
+    """The web process's "iteration N warmed in S s" figures, from its log."""
+    return [float(m) for m in re.findall(r"iteration \d+ warmed in ([0-9.]+) s", log)]
 
 
 def timed(call):
@@ -112,6 +122,15 @@ def run(args, workdir: Path) -> dict:
         time.sleep(args.think)
         _, out["first_after_restart_s"] = timed(predict)
         _, out["warm_after_restart_s"] = timed(predict)
+        out["restart_warmups_s"] = warmups(server.log())
+        # The same restart without the OpenVINO conversion cache (what it saves, same load).
+        server.stop()
+        shutil.rmtree(instance / "openvino", ignore_errors=True)
+        server.start()
+        server.wait_ready(api, 600)
+        time.sleep(args.think)
+        _, out["first_after_restart_uncached_s"] = timed(predict)
+        out["restart_uncached_warmups_s"] = warmups(server.log())
     finally:
         server.stop()
     out["machine"] = machine()

@@ -6,6 +6,8 @@ each family's own preprocessing runs inside the model as a `Preprocess` layer, s
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
 from functools import lru_cache
@@ -127,15 +129,18 @@ class FeatureModel:
         The pass runs on TensorFlow, or on the runtime `use_fastest_runtime` chose."""
         return _run(self.features_model, pixels, batch_size, self._forward or self._tf_forward)
 
-    def use_fastest_runtime(self) -> None:
+    def use_fastest_runtime(self, cache_dir: str | Path | None = None) -> None:
         """Run every later pass on OpenVINO if it reproduces TensorFlow within 1e-4 (checked
         here, once; see `models.runtime`). Converting costs about as much as a few hundred
         passes, so callers ask for it before long runs of images (`worth_converting`) or
-        where each image's latency matters (serving)."""
+        where each image's latency matters (serving). With `cache_dir`, the checked
+        conversion is reused from (or kept in) that folder, keyed by `network_identity`."""
         with self._lock:
             if self._forward is None:
                 shape = (self.input_size, self.input_size, 3)
-                self._forward = fastest_forward(self._tf_forward, shape, self.name)
+                identity = network_identity(self.features_model) if cache_dir else None
+                self._forward = fastest_forward(self._tf_forward, shape, self.name,
+                                                cache_dir, identity)
 
 
 class Backbone(FeatureModel):
@@ -169,6 +174,51 @@ class Backbone(FeatureModel):
     def imagenet_probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """(n, S, S, 3) pixels -> (n, 1000) ImageNet class probabilities."""
         return _run(self.classifier(), pixels, 32)
+
+
+def network_identity(model) -> str:
+    """A digest of everything a Keras model computes with: its architecture (layer classes,
+    settings and wiring) and its weights' values, and the Keras version that builds it.
+
+    Keras names layers it was not given a name for with a per-process counter (the second
+    `Preprocess` built is `preprocess_1`), so layer names are replaced by their order of
+    appearance first: the same network built in any process has the same identity."""
+    config = json.loads(model.to_json())
+    names: dict[str, str] = {}
+
+    def collect(node):
+        if isinstance(node, dict):
+            for layer in node.get("layers", []) if isinstance(node.get("layers"), list) else []:
+                if isinstance(layer, dict):
+                    for name in (layer.get("name"), (layer.get("config") or {}).get("name")):
+                        if isinstance(name, str):
+                            names.setdefault(name, f"#{len(names)}")
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    def rename(node):
+        if isinstance(node, str):
+            return names.get(node, node)
+        if isinstance(node, dict):
+            return {k: rename(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [rename(v) for v in node]
+        return node
+
+    for root in (config, config.get("config") or {}):  # the model's own name
+        if isinstance(root.get("name"), str):
+            names.setdefault(root["name"], f"#{len(names)}")
+    collect(config)
+    digest = hashlib.sha256(keras.__version__.encode())
+    digest.update(json.dumps(rename(config), sort_keys=True).encode())
+    for weight in model.weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+        digest.update(f"{value.dtype}{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
 
 
 def compiled_call(model):

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from models.registry import BACKBONES, DEFAULT_BACKBONES, availability
+from models.registry import BACKBONES, availability, default_backbones
 from models.result import REPORT_FILE
 
 DEFAULT_CACHE = Path(os.environ.get("TRANSFERLAB_CACHE", Path.home() / ".cache" / "transferlab"))
@@ -73,13 +73,17 @@ def cmd_train(args) -> int:
         for r in ds.rejected:
             print(f"skipped {r.source}: {r.reason}", file=sys.stderr)
     cache = FeatureCache(Path(args.cache) / "features")
+    backbones = args.backbones or default_backbones(args.weights_dir)
+    if not args.backbones:
+        print(f"backbones: {','.join(backbones)} (the defaults whose weights are here)",
+              file=sys.stderr)
 
     def show(p):
         print(f"\r{p.stage}: {p.done}/{p.total} ({100 * p.fraction:.0f}%)   ", end="",
               file=sys.stderr, flush=True)
 
     try:
-        result = train(data.samples, args.backbones, cache, _loader(args.weights_dir),
+        result = train(data.samples, backbones, cache, _loader(args.weights_dir),
                        test_samples=test.samples if test else (), progress=show,
                        fine_tune=args.fine_tune)
     except TrainingError as exc:
@@ -151,9 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train heads from a dataset folder or zip")
     p.add_argument("dataset", help="folder of class folders, folder of per-class zips, or a zip")
     p.add_argument("--test", help="a separate test set, in the same forms")
-    p.add_argument("--backbones", type=_backbone_list, default=list(DEFAULT_BACKBONES),
-                   help=f"comma-separated (default {','.join(DEFAULT_BACKBONES)}; "
-                        f"offline: efficientnet_lite0)")
+    p.add_argument("--backbones", type=_backbone_list, default=None,
+                   help="comma-separated (default: as a new project in the app, the backbones "
+                        "whose weights are here: ResNet50, VGG16 and Xception when all three "
+                        "are, else those of them that are plus the offline EfficientNet-Lite0/1/2;"
+                        " see `python -m models backbones`)")
     p.add_argument("--out", default="transferlab-result", help="output folder")
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="cache folder (features)")
     p.add_argument("--json", action="store_true", help="print the full report JSON to stdout")

@@ -160,8 +160,9 @@ class FeatureCache:
     """Feature vectors on disk under `root/<backbone key>/<view>/<sha[:2]>/<sha>.npy` (the key
     is the registry's `cache_key`, which changes whenever a backbone's feature vector does)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, runtime_cache_dir: str | Path | None = None):
         self.root = Path(root)
+        self.runtime_cache_dir = runtime_cache_dir  # where conversions are kept (runtime.py)
         self.computed = 0  # forward passes this instance has run (for tests and benchmarks)
 
     def path(self, backbone: str, view: str, sha256: str) -> Path:
@@ -239,7 +240,7 @@ class FeatureCache:
             model = make_backbone()
             size = model.input_size
             if worth_converting(total - done) and hasattr(model, "use_fastest_runtime"):
-                model.use_fastest_runtime()
+                model.use_fastest_runtime(self.runtime_cache_dir)
 
             def pixels(index: int) -> list[tuple[int, str, np.ndarray]]:
                 image = items[index].load()

@@ -350,17 +350,24 @@ def _ensembles(all_probs, backbones, y, samples, classes, val_masks) -> dict:
 
 
 def _choose_ensemble(ensembles: dict, n_backbones: int) -> tuple[str, str]:
-    """The ensemble to use, by CV accuracy (ties: CV log-loss), and why, in words."""
+    """The ensemble to use, and why, in words: the lowest cross-validated log-loss (ties:
+    CV accuracy). Log-loss, a proper scoring rule, charges both wrong answers and confident
+    ones: chosen by CV accuracy, the majority vote (whose probabilities are vote shares, near
+    0 or 1) won 2 of 10 galaxy draws and made the pooled test log-loss 1.29 against 0.95 for
+    its best backbone alone. Without CV: the mean probability, which keeps the backbones'
+    probabilities."""
     if n_backbones == 1:
         return "mean", "one backbone: the ensemble is that backbone's answer"
     scored = {k: e for k, e in ensembles.items() if e["cv_accuracy"] is not None}
     if not scored:
-        return "vote", "no cross-validation possible (a class has one image): majority vote"
-
-    key = max(scored, key=lambda k: (round(scored[k]["cv_accuracy"], 6),
-                                     -scored[k]["cv"]["log_loss"]))
-    figures = ", ".join(f"{ENSEMBLE_NAMES[k]} {scored[k]['cv_accuracy']:.1%}" for k in scored)
-    return key, f"highest cross-validated accuracy ({figures})"
+        return "mean", ("no cross-validation possible (a class has one image): mean "
+                        "probability, which keeps the backbones' probabilities")
+    key = min(scored, key=lambda k: (round(scored[k]["cv"]["log_loss"], 9),
+                                     -scored[k]["cv_accuracy"]))
+    figures = ", ".join(f"{ENSEMBLE_NAMES[k]} {scored[k]['cv']['log_loss']:.3f} "
+                        f"({scored[k]['cv_accuracy']:.1%} accurate)" for k in scored)
+    return key, ("lowest cross-validated log-loss, which counts confident mistakes as well as "
+                 f"wrong answers ({figures})")
 
 
 def _near_duplicate_report(groups: np.ndarray, samples: dict, n_train: int) -> list[dict]:

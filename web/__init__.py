@@ -46,7 +46,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["transferlab.storage"] = Storage(app.config["STORAGE_DIR"],
                                                     app.config["FEATURE_CACHE_DIR"])
     app.extensions["transferlab.prediction"] = PredictionService(
-        app.config.get("WEIGHTS_DIR"), app.config["PREDICTOR_CACHE_SIZE"])
+        app.config.get("WEIGHTS_DIR"), app.config["PREDICTOR_CACHE_SIZE"],
+        runtime_cache_dir=app.config["OPENVINO_CACHE_DIR"])
     Jobs(app)
 
     from web import api

@@ -20,6 +20,9 @@ DEFAULTS: dict = {
     "HUEY_DB": None,  # SqliteHuey file, default <instance>/huey.db
     "STORAGE_DIR": None,  # images, thumbnails, iterations; default: the instance folder
     "FEATURE_CACHE_DIR": None,  # the shared bottleneck cache; default <instance>/features
+    # backbones converted to OpenVINO and checked (models.runtime.ConvertedCache), shared by
+    # the web process and the workers; default <instance>/openvino
+    "OPENVINO_CACHE_DIR": None,
     "WEIGHTS_DIR": None,  # extra folder holding backbone weights under Keras's file names
     # false: a training whose backbone's weights are not here is refused (422) before it
     # queues; true: it is queued and the worker tries to download them through Keras
@@ -118,6 +121,7 @@ def finalize(app) -> None:
     storage = Path(cfg["STORAGE_DIR"] or app.instance_path)
     cfg["STORAGE_DIR"] = str(storage)
     cfg["FEATURE_CACHE_DIR"] = str(cfg["FEATURE_CACHE_DIR"] or storage / "features")
+    cfg["OPENVINO_CACHE_DIR"] = str(cfg["OPENVINO_CACHE_DIR"] or storage / "openvino")
     cfg["HUEY_DB"] = str(cfg["HUEY_DB"] or Path(app.instance_path) / "huey.db")
     uri = cfg["SQLALCHEMY_DATABASE_URI"] or f"sqlite:///{Path(app.instance_path) / 'transferlab.db'}"
     if uri.startswith("postgres://"):  # Heroku-style URLs; SQLAlchemy wants postgresql://

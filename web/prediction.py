@@ -94,12 +94,15 @@ class PredictionService:
 
     `load_backbone(name)` builds a backbone for a trained iteration; by default the ImageNet
     weights found as `models.weights` resolves them (benchmarks pass random-weight ones).
-    `max_batch` caps how many queued requests run as one batch.
+    `max_batch` caps how many queued requests run as one batch. `runtime_cache_dir` keeps the
+    backbones' OpenVINO conversions for the next process (`models.runtime.ConvertedCache`).
     """
 
     def __init__(self, weights_dir: str | None = None, cache_size: int = 4,
-                 load_backbone: Callable[[str], object] | None = None, max_batch: int = 16):
+                 load_backbone: Callable[[str], object] | None = None, max_batch: int = 16,
+                 runtime_cache_dir: str | Path | None = None):
         self.weights_dir = weights_dir
+        self.runtime_cache_dir = runtime_cache_dir
         self.cache_size = max(1, int(cache_size))
         self.max_batch = max(1, int(max_batch))
         self.stats = BatchStats()
@@ -202,7 +205,7 @@ class PredictionService:
         except WeightsNotFound as exc:
             raise BackboneUnavailable(f"{name}: {exc}") from exc
         if hasattr(backbone, "use_fastest_runtime"):  # every request's latency counts here
-            backbone.use_fastest_runtime()
+            backbone.use_fastest_runtime(self.runtime_cache_dir)
         return backbone
 
     def predictor(self, iteration_id: int, folder: str | Path):

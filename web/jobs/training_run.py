@@ -91,7 +91,7 @@ def feature_cache(config):
     """The feature cache shared by every worker (computed features survive a crash)."""
     from models.features import FeatureCache
 
-    return FeatureCache(config["FEATURE_CACHE_DIR"])
+    return FeatureCache(config["FEATURE_CACHE_DIR"], config.get("OPENVINO_CACHE_DIR"))
 
 
 def train_samples(config, samples: dict[str, list], backbones: list[str], cache, *,
