@@ -40,12 +40,19 @@ def write(model, fmt: str, folder: str | Path) -> list[Path]:
         elif fmt == "tflite":
             model.export(str(target), format="litert", verbose=False)
         elif fmt == "onnx":
+            _call_once(model)  # Keras's ONNX export refuses a model that never ran
             model.export(str(target), format="onnx", verbose=False)
         else:
             _write_openvino(model, target)
     if fmt == "openvino":
         return [target, target.with_suffix(".bin")]
     return [target]
+
+
+def _call_once(model) -> None:
+    import numpy as np
+
+    model([np.zeros((1, 32, 32, 3), np.uint8) for _ in model.inputs])
 
 
 def _write_openvino(model, target: Path) -> None:

@@ -117,9 +117,11 @@ def head_probabilities(backbone, head, pixels: Mapping[bool, object]):
 
     views, transform = head_views(head)
     mode, base = _base(backbone.features_model)
-    features = [base(preprocess(keras_view(pixels[v in TRANSPOSED_VIEWS], v), mode))
-                for v in views]
-    pooled = features[0] if len(features) == 1 else keras.layers.Average()(features)
+    ops = keras.ops
+    # Every view as one batch through the network: one copy of it in the exported graph.
+    batch = ops.concatenate([keras_view(pixels[v in TRANSPOSED_VIEWS], v) for v in views], 0)
+    features = base(preprocess(batch, mode))  # (V * n, d), view-major like the server's
+    pooled = ops.mean(ops.reshape(features, (len(views), -1, features.shape[-1])), axis=0)
     head_model = head.to_keras()  # renamed: an ensemble holds several heads
     head_model = keras.Model(head_model.inputs, head_model.outputs, name=f"head_{backbone.name}")
     return head_model(head_input(pooled, transform, backbone.spec.blocks))
