@@ -123,7 +123,8 @@ def head_probabilities(backbone, head, pixels: Mapping[bool, object]):
     features = base(preprocess(batch, mode))  # (V * n, d), view-major like the server's
     pooled = ops.mean(ops.reshape(features, (len(views), -1, features.shape[-1])), axis=0)
     head_model = head.to_keras()  # renamed: an ensemble holds several heads
-    head_model = keras.Model(head_model.inputs, head_model.outputs, name=f"head_{backbone.name}")
+    head_model = keras.Model(head_model.inputs[0], head_model.outputs[0],
+                             name=f"head_{backbone.name}")
     return head_model(head_input(pooled, transform, backbone.spec.blocks))
 
 
@@ -140,8 +141,11 @@ def combine(method: str, parts: Sequence, weights: Sequence[float] | None = None
         w = ops.convert_to_tensor(np.asarray(weights, np.float32).reshape(-1, 1, 1))
         return ops.sum(stacked * w, axis=0)
     if method == "vote":
-        classes = parts[0].shape[-1]
-        votes = ops.sum(ops.one_hot(ops.argmax(stacked, axis=-1), classes), axis=0)
+        # Each backbone's top-1 as a one-hot row: the first maximum, as numpy's argmax picks
+        # (not keras.ops.argmax: its TensorFlow form has a Bitcast OpenVINO cannot read).
+        is_max = ops.cast(stacked >= ops.max(stacked, axis=-1, keepdims=True), "float32")
+        first = is_max * ops.cast(ops.cumsum(is_max, axis=-1) == 1.0, "float32")
+        votes = ops.sum(first, axis=0)
         return votes / float(len(parts)) + 1e-6 * mean
     raise ValueError(f"unknown ensemble method {method!r}")
 
