@@ -10,13 +10,15 @@ the bottom (microblog's `app/api/` shape):
     images        a project's images, uploads, near-duplicates; image files and thumbnails
     training      /projects/<id>/train, jobs, cancel
     results       results, iterations, predict, ImageNet predict and backbones
+    exports       /projects/<id>/iterations/<n>/export: a portable model as a zip
     account       /me, /tokens, /status, /openapi.yaml
 
 Errors are RFC 9457 problem details plus `{"error": "..."}` (`web.problems`): 400 bad input
 (naming the file and the reason), 401 no or bad credentials, 403 refused, 404 unknown ids (and
 other users' ids: every project query is scoped to the caller, see `web.auth.owned`), 409
 conflicts, 413 too large, 503 queue/database/backbone unavailable, 507 no room. Nothing
-here imports TensorFlow except the two predict routes, and those run it off the gevent loop.
+here imports TensorFlow except the two predict routes and the export route, and those run
+it off the gevent loop.
 
 `web.create_app` registers `bp` and calls `register_error_handlers(app)`.
 """
