@@ -73,6 +73,31 @@ def server_probabilities(folder: Path, images: dict[str, Path]) -> dict[str, np.
     return probs
 
 
+def add_trained_project(app, result: Path, name: str, copy_exports: bool = True) -> int:
+    """A project of user ann on `app`'s instance whose iteration 1 is `result` (copied, with
+    the exports already built unless not `copy_exports`), as a finished training leaves it."""
+    import json
+
+    from web.db import Iteration, Project, User, db
+
+    report = json.loads((result / "report.json").read_text())
+    with app.app_context():
+        owner = db.session.scalar(db.select(User).where(User.username == "ann"))
+        project = Project(name=name, backbones=list(BACKBONES), owner_id=owner.id)
+        db.session.add(project)
+        db.session.flush()
+        storage = app.extensions["transferlab.storage"]
+        relpath = storage.iteration_relpath(project.id, 1)
+        storage.resolve(relpath).parent.mkdir(parents=True)
+        shutil.copytree(result, storage.resolve(relpath),
+                        ignore=None if copy_exports else shutil.ignore_patterns("exports"))
+        db.session.add(Iteration(project_id=project.id, number=1, folder=relpath,
+                                 classes=report["classes"], backbones=list(BACKBONES),
+                                 n_train=report["n_train"], n_test=0, summary={}))
+        db.session.commit()
+        return project.id
+
+
 def unzip(data: bytes, folder: Path) -> Path:
     import zipfile
 

@@ -3,11 +3,10 @@ each format downloads as a zip holding that format's model and what runs it."""
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 
 import pytest
-from export_fixtures import BACKBONES, trained_result
+from export_fixtures import BACKBONES, add_trained_project, trained_result
 from test_ui_app import browser, new_context, sign_in, start_live  # noqa: F401  (fixture)
 
 from models.exporting.formats import FORMATS
@@ -22,37 +21,16 @@ def live(tmp_path_factory):
     live.stop()
 
 
-def add_trained_project(live, result) -> int:
-    """A project of user ann whose iteration 1 is `result` (copied with any exports already
-    built, as a finished training run would leave it)."""
-    from web import create_app
-    from web.db import Iteration, Project, User, db
-
-    report = json.loads((result / "report.json").read_text())
-    app = create_app({"INSTANCE_PATH": str(live.instance), "TESTING": True})
-    with app.app_context():
-        owner = db.session.scalar(db.select(User).where(User.username == "ann"))
-        project = Project(name="Exportable", backbones=list(BACKBONES), owner_id=owner.id)
-        db.session.add(project)
-        db.session.flush()
-        storage = app.extensions["transferlab.storage"]
-        relpath = storage.iteration_relpath(project.id, 1)
-        storage.resolve(relpath).parent.mkdir(parents=True)
-        shutil.copytree(result, storage.resolve(relpath))
-        db.session.add(Iteration(project_id=project.id, number=1, folder=relpath,
-                                 classes=report["classes"], backbones=list(BACKBONES),
-                                 n_train=report["n_train"], n_test=0, summary={}))
-        db.session.commit()
-        return project.id
-
-
 def test_download_model_gives_a_zip_for_every_format(browser, live, tmp_path_factory,  # noqa: F811
                                                      photo_folder):
     result = trained_result(tmp_path_factory, photo_folder)
     context = new_context(browser, live)
     page = context.new_page()
     sign_in(page, live)
-    pid = add_trained_project(live, result)
+    from web import create_app
+
+    app = create_app({"INSTANCE_PATH": str(live.instance), "TESTING": True})
+    pid = add_trained_project(app, result, "Exportable")
     page.goto(f"/projects/{pid}")
     page.wait_for_selector("#export-link")
     targets = page.eval_on_selector_all("#export-target option", "els => els.map(e => e.value)")

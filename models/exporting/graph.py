@@ -7,7 +7,7 @@ H = W = size, which is how the bundled predict.py feeds it; other sizes are appr
 the backbone's preprocessing, the head's views (features averaged over them), its feature
 transform, the head (temperature folded into its weights) and, for the ensemble, the
 combination `models.result.combine_ensemble` makes. Only stock Keras layers and ops (the
-backbone's `Preprocess` and `HeadInput` layers are rebuilt here from the same arithmetic), so
+backbone's `Preprocess` and `HeadInput` layers' own functions, applied as ops), so
 the `.keras` file loads with `safe_mode=True` and no Transferlab code, and every converter sees
 one plain graph.
 """
@@ -74,38 +74,6 @@ def _base(features_model):
     return layers[1].mode, layers[2]
 
 
-def preprocess(x, mode: str):
-    """`models.backbones.Preprocess.call` in stock ops (the same arithmetic, so equal bits)."""
-    import keras
-
-    from models.backbones import _CAFFE_MEAN_BGR
-
-    if mode == "caffe":
-        return x[..., ::-1] - keras.ops.convert_to_tensor(_CAFFE_MEAN_BGR, "float32")
-    if mode == "tf":
-        return x / 127.5 - 1.0
-    return (x - 127.0) / 128.0
-
-
-def head_input(x, transform: str, blocks: Sequence[int]):
-    """`models.backbones.HeadInput.call` in stock ops."""
-    import keras
-
-    ops = keras.ops
-    top = x[..., :blocks[0]]
-    if transform == "raw":
-        return top
-    top = ops.sqrt(ops.relu(top))
-    if transform == "sqrt":
-        return top
-    parts, start = [top], blocks[0]
-    for width in blocks[1:]:
-        parts.append(x[..., start:start + width])
-        start += width
-    unit = [p / ops.maximum(ops.norm(p, axis=-1, keepdims=True), 1e-12) for p in parts]
-    return ops.concatenate(unit, axis=-1)
-
-
 def head_probabilities(backbone, head, pixels: Mapping[bool, object]):
     """The head's probabilities (n, C) as `models.predictor.Predictor.probabilities` makes
     them: the mean feature over the head's views, its transform, the head. `pixels`:
@@ -113,6 +81,7 @@ def head_probabilities(backbone, head, pixels: Mapping[bool, object]):
     resized (then transposed back, so each view is `keras_view` of one of them)."""
     import keras
 
+    from models.backbones import head_input, preprocess_pixels
     from models.predictor import keras_view
 
     views, transform = head_views(head)
@@ -120,7 +89,7 @@ def head_probabilities(backbone, head, pixels: Mapping[bool, object]):
     ops = keras.ops
     # Every view as one batch through the network: one copy of it in the exported graph.
     batch = ops.concatenate([keras_view(pixels[v in TRANSPOSED_VIEWS], v) for v in views], 0)
-    features = base(preprocess(batch, mode))  # (V * n, d), view-major like the server's
+    features = base(preprocess_pixels(batch, mode))  # (V * n, d), view-major like the server's
     pooled = ops.mean(ops.reshape(features, (len(views), -1, features.shape[-1])), axis=0)
     head_model = head.to_keras()  # renamed: an ensemble holds several heads
     head_model = keras.Model(head_model.inputs[0], head_model.outputs[0],
@@ -143,8 +112,9 @@ def combine(method: str, parts: Sequence, weights: Sequence[float] | None = None
     if method == "vote":
         # Each backbone's top-1 as a one-hot row: the first maximum, as numpy's argmax picks
         # (not keras.ops.argmax: its TensorFlow form has a Bitcast OpenVINO cannot read).
-        is_max = ops.cast(stacked >= ops.max(stacked, axis=-1, keepdims=True), "float32")
-        first = is_max * ops.cast(ops.cumsum(is_max, axis=-1) == 1.0, "float32")
+        is_max = ops.cast(ops.greater_equal(stacked, ops.max(stacked, axis=-1, keepdims=True)),
+                          "float32")
+        first = is_max * ops.cast(ops.equal(ops.cumsum(is_max, axis=-1), 1.0), "float32")
         votes = ops.sum(first, axis=0)
         return votes / float(len(parts)) + 1e-6 * mean
     raise ValueError(f"unknown ensemble method {method!r}")
