@@ -28,7 +28,7 @@ _DECODE = """\
 def load(path):
     \"\"\"The image as the server decodes it: EXIF orientation, transparency on white, RGB.\"\"\"
     im = ImageOps.exif_transpose(Image.open(path))
-    if im.mode in ("RGBA", "LA", "PA", "P") or "transparency" in im.info:
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
         rgba = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255,) * 4), rgba)
     return im.convert("RGB")
@@ -158,7 +158,9 @@ def describe(result, target: str, fmt: str, backbones: dict, threshold: float) -
                        "with Pillow's BILINEAR filter to size x size, without keeping the "
                        "aspect ratio; an input marked transposed gets the transposed picture "
                        "(Image.Transpose.TRANSPOSE) resized. Other sizes are resized inside "
-                       "the model by TensorFlow's bilinear filter: close, not equal. The "
+                       "the model by TensorFlow's bilinear filter, without antialiasing: "
+                       "a convenience only, it can change answers on large downscales "
+                       "(bench/RESULTS.md). The "
                        "server reduces images over 12 Mpixel before resizing; predict.py "
                        "does not."),
         "output": {"name": OUTPUT_NAME, "shape": ["n", len(result.classes)]},
