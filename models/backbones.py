@@ -25,6 +25,33 @@ import keras  # noqa: E402  (this module is the TensorFlow boundary; importing i
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
+def preprocess_pixels(x, mode: str):
+    """float32 RGB pixels in [0, 255] as backbone family `mode` expects them (in Keras ops, so
+    the exported models of `models.exporting` repeat it without this module's layers)."""
+    if mode == "caffe":
+        return x[..., ::-1] - keras.ops.convert_to_tensor(_CAFFE_MEAN_BGR, "float32")
+    if mode == "tf":
+        return x / 127.5 - 1.0
+    return (x - 127.0) / 128.0
+
+
+def head_input(x, transform: str, blocks):
+    """`models.features.transform(x, transform, blocks)` in Keras ops (see `HeadInput`)."""
+    ops = keras.ops
+    top = x[..., :blocks[0]]
+    if transform == "raw":
+        return top
+    top = ops.sqrt(ops.relu(top))
+    if transform == "sqrt":
+        return top
+    parts, start = [top], blocks[0]
+    for width in blocks[1:]:
+        parts.append(x[..., start:start + width])
+        start += width
+    unit = [p / ops.maximum(ops.norm(p, axis=-1, keepdims=True), 1e-12) for p in parts]
+    return ops.concatenate(unit, axis=-1)
+
+
 @keras.saving.register_keras_serializable(package="transferlab")
 class Preprocess(keras.layers.Layer):
     """Maps RGB pixels in [0, 255] to what a backbone family expects (see BackboneSpec)."""
@@ -36,12 +63,7 @@ class Preprocess(keras.layers.Layer):
         self.mode = mode
 
     def call(self, x):
-        x = keras.ops.cast(x, "float32")
-        if self.mode == "caffe":
-            return x[..., ::-1] - keras.ops.convert_to_tensor(_CAFFE_MEAN_BGR, "float32")
-        if self.mode == "tf":
-            return x / 127.5 - 1.0
-        return (x - 127.0) / 128.0
+        return preprocess_pixels(keras.ops.cast(x, "float32"), self.mode)
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
@@ -59,19 +81,7 @@ class HeadInput(keras.layers.Layer):
         self.transform, self.blocks = transform, tuple(int(b) for b in blocks)
 
     def call(self, x):
-        ops = keras.ops
-        top = x[..., :self.blocks[0]]
-        if self.transform == "raw":
-            return top
-        top = ops.sqrt(ops.relu(top))
-        if self.transform == "sqrt":
-            return top
-        parts, start = [top], self.blocks[0]
-        for width in self.blocks[1:]:
-            parts.append(x[..., start:start + width])
-            start += width
-        unit = [p / ops.maximum(ops.norm(p, axis=-1, keepdims=True), 1e-12) for p in parts]
-        return ops.concatenate(unit, axis=-1)
+        return head_input(x, self.transform, self.blocks)
 
     def get_config(self):
         return {**super().get_config(), "transform": self.transform, "blocks": list(self.blocks)}

@@ -86,6 +86,7 @@ DEFAULTS: dict = {
     "TOKEN_LIMIT": "30/hour",  # new API tokens per account and address
     "UPLOAD_LIMIT": "600/minute",  # image uploads per account and address
     "PREDICT_LIMIT": "1200/minute",  # predictions (trained and ImageNet) per account and address
+    "EXPORT_LIMIT": "30/hour",  # model exports (zips; a new one converts for up to minutes)
     "UPLOADS_PER_USER": 4,  # uploads one account may have running at once per web process
 }
 

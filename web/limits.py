@@ -9,6 +9,7 @@ Contract:
     TOKEN_LIMIT     POST /api/v1/tokens and /account/tokens, per account and address
     UPLOAD_LIMIT    POST /api/v1/projects/<id>/images, per account and address
     PREDICT_LIMIT   POST /api/v1/projects/<id>/predict and /api/v1/imagenet/predict, likewise
+    EXPORT_LIMIT    GET /api/v1/projects/<id>/iterations/<n>/export, likewise
   Counters live in RATELIMIT_STORAGE_URI: REDIS_URL when that is set (every web process
   shares them), else this process's memory; while Redis is unreachable, this process's memory
   (logged). RATELIMIT_ENABLED=false turns them off.
@@ -44,6 +45,7 @@ LIMITED: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "api.upload_images": ("UPLOAD_LIMIT", "uploads", ("address", "account")),
     "api.predict": ("PREDICT_LIMIT", "predictions", ("address", "account")),
     "api.imagenet_predict": ("PREDICT_LIMIT", "predictions", ("address", "account")),
+    "api.export_iteration": ("EXPORT_LIMIT", "model exports", ("address", "account")),
 }
 CONCURRENT_UPLOADS = ("api.upload_images",)
 

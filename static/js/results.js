@@ -2,6 +2,7 @@
 // whose cells open the images behind them, and the misclassified images.
 import { thumbnailUrl } from "./api.js";
 import { fill, h, pct, plural, seconds } from "./dom.js";
+import { exportControl } from "./exports.js";
 
 /** Display names of the backbones; pages add what the API says (`title`) with learnTitles. */
 export const TITLES = { resnet50: "ResNet50", vgg16: "VGG16", xception: "Xception", efficientnet_lite0: "EfficientNet-Lite0",
@@ -510,7 +511,8 @@ export function renderResults(container, report, ctx) {
       h("p", { text: `${plural(skipped.length, "test image")} left out of the test metrics:` }),
       h("ul", null, skipped.map((s) => h("li", { text: `${s.source}: ${s.reason}` })))) : null,
     h("p", { class: "hint", text: "Click a cell of a confusion matrix, or a top confusion, to see the images behind it." }),
-    cards);
+    cards,
+    exportControl(report, title));
 }
 
 /** The images behind one confusion cell. */

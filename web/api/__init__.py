@@ -11,6 +11,7 @@ the bottom (microblog's `app/api/` shape):
     training      /projects/<id>/train, jobs, cancel
     results       results, iterations, publishing, predict, ImageNet predict and backbones
     batches       batch predictions (a zip or many files sent to predict): follow, download
+    exports       /projects/<id>/iterations/<n>/export: a portable model as a zip
     account       /me, /tokens, /status, /openapi.yaml
     manage        /projects/<id>/images/bulk: relabel, move, delete many images; undo
 
@@ -18,7 +19,8 @@ Errors are RFC 9457 problem details plus `{"error": "..."}` (`web.problems`): 40
 (naming the file and the reason), 401 no or bad credentials, 403 refused, 404 unknown ids (and
 other users' ids: every project query is scoped to the caller, see `web.auth.owned`), 409
 conflicts, 413 too large, 503 queue/database/backbone unavailable, 507 no room. Nothing
-here imports TensorFlow except the two predict routes, and those run it off the gevent loop.
+here imports TensorFlow except the two predict routes and the export route, and those run
+it off the gevent loop.
 
 `web.create_app` registers `bp` and calls `register_error_handlers(app)`.
 """
@@ -31,6 +33,7 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 from web.api import account, images, projects, results, training  # noqa: F401  (routes)
 from web.api import manage  # noqa: F401,E402  (routes: bulk image changes and their undo)
 from web.api import batches  # noqa: F401,E402  (routes)
+from web.api import exports  # noqa: F401,E402  (routes)
 from web.api.errors import register_error_handlers
 
 __all__ = ["bp", "register_error_handlers"]
