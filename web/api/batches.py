@@ -18,7 +18,7 @@ from web.api.errors import ApiError
 from web.api.helpers import get_jobs, get_project, get_storage, release_connection
 from web.api.serializers import job_json
 from web.concurrency import offload
-from web.db import Iteration, Job, Project, db
+from web.db import Iteration, Job, Project, ProjectImage, db
 from web.inputs import MAX_ID
 from web.jobs import QueueUnavailable
 from web.jobs.batch_run import read_result, store_batch
@@ -91,7 +91,19 @@ def get_batch(job_id: int):
     if job.state == "succeeded":
         path = _finished(job)
         body.update(json.loads(offload(path.read_text)))
+        _mark_in_project(job.project_id, body.get("suggestions") or [])
     return jsonify(body)
+
+
+def _mark_in_project(project_id: int, suggestions: list[dict]) -> None:
+    """Each suggestion's `in_project`: {"label", "split"} once the image is in the project
+    (labelled since, or before), else None."""
+    shas = [s["sha256"] for s in suggestions]
+    found = {r.sha256: r for r in db.session.scalars(sa.select(ProjectImage).where(
+        ProjectImage.project_id == project_id, ProjectImage.sha256.in_(shas)))} if shas else {}
+    for s in suggestions:
+        row = found.get(s["sha256"])
+        s["in_project"] = {"label": row.label, "split": row.split} if row else None
 
 
 @bp.get("/batches/<int:job_id>/results.<fmt>")
