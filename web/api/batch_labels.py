@@ -135,8 +135,8 @@ def label_batch(job_id: int):
     from models.datasets import Sample
     from models.images import ImageRejected, decode_image
 
+    body = json_body()  # a malformed body is a 400 whatever the batch
     job = _get_batch(job_id)
-    body = json_body()
     split = body.get("split", "train")
     try:
         split = check_split(split if isinstance(split, str) else repr(split))
