@@ -65,11 +65,10 @@ def batch_thumbnail(job_id: int, index: int):
     row = _row(_result(job)["images"], index)
     path = get_storage().resolve(batch_relpath(job.project_id, job.id)) / "thumbs" / f"{index}.jpg"
     if not path.is_file():
-        data = _image_bytes(job, row)
+        data, size = _image_bytes(job, row), current_app.config["THUMBNAIL_SIZE"]
 
-        def make() -> None:
+        def make() -> None:  # off the loop, so outside the app context
             path.parent.mkdir(exist_ok=True)
-            size = current_app.config["THUMBNAIL_SIZE"]
             atomic_write(path, thumbnail_jpeg(decode_image(data), size))
         try:
             offload(make)
