@@ -33,7 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.active import embed, suggest  # noqa: E402
 from models.datasets import read_dataset  # noqa: E402
-from models.features import FeatureCache, Item, head_input, head_inputs, transforms_for  # noqa: E402
+from models.features import (  # noqa: E402
+    FeatureCache,
+    Item,
+    head_input,
+    head_inputs,
+    transforms_for,
+)
 
 from machine import machine  # noqa: E402  (bench/machine.py, beside this script)
 
@@ -128,7 +134,8 @@ def main(argv=None) -> int:
                      for s, v in acc.items()},
         "minus_random": {s: paired(acc[s], acc["random"]) for s in STRATEGIES if s != "random"},
         "active_minus_margin_only": paired(acc["active"], acc["margin_only"]),
-        "distinct_classes_added": {s: round(float(np.mean(v)), 2) for s, v in picked_classes.items()},
+        "distinct_classes_added": {s: round(float(np.mean(v)), 2)
+                                   for s, v in picked_classes.items()},
         "per_draw": {s: [round(a, 4) for a in v] for s, v in acc.items()},
         "feature_seconds": round(extract_seconds, 1),
         "cpu_seconds": round(time.process_time() - cpu, 1),

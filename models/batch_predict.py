@@ -170,7 +170,8 @@ def predict_batch(predictor, files: Sequence[BatchFile], *, chunk: int = 32,
     }
 
 
-def ensemble_probabilities(per_backbone: dict[str, np.ndarray], ensemble: dict | None) -> np.ndarray:
+def ensemble_probabilities(per_backbone: dict[str, np.ndarray],
+                           ensemble: dict | None) -> np.ndarray:
     """(n, C): the probabilities the project's ensemble (the report's {"key", "weights"})
     ranks classes by; for a vote (or none), the backbones' mean probability, since vote
     shares have no margin to speak of with one or two backbones."""

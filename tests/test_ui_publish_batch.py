@@ -141,7 +141,8 @@ def test_label_the_suggestions_of_an_unlabelled_zip(session, pinned, worker, pho
     assert page.locator(".batch-evaluation").count() == 0  # no labels, no accuracy
     assert "Label these to improve the model" in page.inner_text(".batch-active h4")
     # the thumbnails come from the batch's stored zip
-    page.wait_for_function("() => [...document.querySelectorAll('.active-thumb')].every((i) => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function("() => [...document.querySelectorAll('.active-thumb')]"
+                           ".every((i) => i.complete && i.naturalWidth > 0)")
     assert "model: " in items.first.inner_text()
 
     page.click(".active-add")  # nothing chosen yet: says so, adds nothing
@@ -151,7 +152,8 @@ def test_label_the_suggestions_of_an_unlabelled_zip(session, pinned, worker, pho
     second.locator(".active-label").select_option(label="New class…")
     second.locator(".active-new-label").fill("Mug")
     page.click(".active-add")
-    page.wait_for_function("() => /Added 2 images/.test(document.querySelector('.active-status').textContent)")
+    page.wait_for_function(
+        "() => /Added 2 images/.test(document.querySelector('.active-status').textContent)")
     assert "In the project as cat" in first.inner_text()
     assert "In the project as Mug" in second.inner_text()
     assert first.locator(".active-label").is_disabled()
@@ -165,5 +167,6 @@ def test_label_the_suggestions_of_an_unlabelled_zip(session, pinned, worker, pho
     # a reload of the batch says they are in the project
     job_id = page.request.get(f"/api/v1/projects/{pinned}/batches").json()[0]["job_id"]
     suggestions = page.request.get(f"/api/v1/batches/{job_id}").json()["suggestions"]
-    assert sorted(s["in_project"]["label"] for s in suggestions if s["in_project"]) == ["Mug", "cat"]
+    labelled = sorted(s["in_project"]["label"] for s in suggestions if s["in_project"])
+    assert labelled == ["Mug", "cat"]
     session.assert_clean()

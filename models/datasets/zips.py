@@ -281,7 +281,8 @@ def read_member(fileobj_or_path, member: str, limits: ZipLimits = ZipLimits()) -
                 if info.is_dir() or _member_name(info) != member:
                     continue
                 parts = _safe_parts(member)
-                problem = "unsafe path" if parts is None else _member_problem(info, parts[-1], limits)
+                problem = ("unsafe path" if parts is None
+                           else _member_problem(info, parts[-1], limits))
                 if problem is not None:
                     raise ValueError(problem)
                 try:
