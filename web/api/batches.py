@@ -4,6 +4,8 @@ succeeded, gives every image's answers, the rejects and, when the images carried
 evaluation; `GET /batches/<job_id>/results.csv|.json` download them; `GET
 /projects/<id>/batches` lists a project's batches. A batch runs on the training queue's
 workers (`web.jobs.batch_run`); its job is also readable and cancellable at `/jobs/<id>`.
+Its `suggestions` (images worth labelling) carry `in_project` on GET; labelling them is
+`web.api.batch_labels`.
 """
 from __future__ import annotations
 
