@@ -14,6 +14,12 @@ predictor's classes. A loose file has none. With at least one labelled image, `e
 holds the ensemble's accuracy, per-class scores and confusion matrix
 (`models.metrics.classification_report`) and each backbone's accuracy, on those images.
 
+Suggestions: the unlabelled images whose labels would help the model most
+(`models.active`: lowest margin between the ensemble's top two probabilities, spread over the
+head inputs the forward passes computed anyway), kept in a bounded pool while the batch
+streams. `read_image` gets an image's bytes back from the batch's stored files (to add it to
+a project once the user labelled it).
+
 `predict_batch` returns a JSON-ready dict (see there); `result_csv` renders it as CSV.
 """
 from __future__ import annotations
@@ -28,9 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from models.active import POOL_FACTOR, SUGGESTIONS, UncertainPool, embed, margins
 from models.datasets import ZipLimits, looks_like_zip, read_stream
-from models.images import MAX_PIXELS
+from models.datasets.zips import read_member
+from models.ensemble import mean_probability
+from models.images import MAX_PIXELS, sha256_hex
 from models.metrics import classification_report
+from models.result import combine_ensemble
 
 # any label will do for a loose file (models.datasets needs one to read it); it is dropped
 _LOOSE = "loose"
@@ -64,17 +74,22 @@ def count_candidates(files: Sequence[BatchFile]) -> int:
 
 def predict_batch(predictor, files: Sequence[BatchFile], *, chunk: int = 32,
                   threshold: float = 0.0, progress: Callable[[int, int], None] | None = None,
-                  limits: ZipLimits = ZipLimits(), max_pixels: int = MAX_PIXELS) -> dict:
+                  limits: ZipLimits = ZipLimits(), max_pixels: int = MAX_PIXELS,
+                  suggestions: int = SUGGESTIONS) -> dict:
     """Classify every image of `files` with `predictor` (`models.predictor.Predictor`), `chunk`
     images per forward pass. `progress(done, total)` is called after each pass (`done`
     counts images read so far, answered or rejected); an exception it raises stops the batch.
 
     Returns {"classes", "backbones", "images": [row, ...], "rejected": [{"name", "reason"}],
     "n_images", "n_rejected", "labelled", "evaluation" (None without labelled images),
-    "timing": {"forward_seconds", "decode_seconds", "wall_seconds", "images_per_second"}}; a
-    row is {"name", "sha256", "label" (true class or None), "prediction" (ensemble answer,
-    "unknown" below `threshold`), "score", "correct" (None without a label), "backbones":
-    {name: {"label", "score"}}, "ensemble": the full ensemble answer, "duplicate_of"}.
+    "timing": {"forward_seconds", "decode_seconds", "wall_seconds", "images_per_second"},
+    "suggestions": [{"index" (of the row), "name", "sha256", "prediction", "margin", "top":
+    the ensemble's two best [{"label", "score"}]}, ...] (up to `suggestions` unlabelled
+    images, first copies only, in the order to label them; see `models.active`)}; a row is
+    {"name", "sha256", "file" (index of its file in `files`), "label" (true class or None),
+    "prediction" (ensemble answer, "unknown" below `threshold`), "score", "correct" (None
+    without a label), "backbones": {name: {"label", "score"}}, "ensemble": the full ensemble
+    answer, "duplicate_of"}.
     """
     classes = list(predictor.classes)
     known = set(classes)
@@ -85,24 +100,31 @@ def predict_batch(predictor, files: Sequence[BatchFile], *, chunk: int = 32,
     pending: list[tuple] = []  # (sample, image, true label)
     clock = {"forward": 0.0, "start": time.perf_counter()}
     seen = [0]
+    pool = UncertainPool(POOL_FACTOR * suggestions)
+    current = {"labelled": False, "file": 0}  # the file being read: its index, whether a zip
 
     def flush() -> None:
         if not pending:
             return
         images = [image for _, image, _ in pending]
         start = time.perf_counter()
-        probabilities = predictor.probabilities(images)
+        inputs = predictor.head_inputs(images)
+        probabilities = predictor.head_probabilities(inputs)
         clock["forward"] += time.perf_counter() - start
         answers = predictor.answer(probabilities, top_k=1, threshold=threshold)
-        for (sample, _, label), answer in zip(pending, answers):
-            row = _row(sample.source, sample.sha256, label, answer)
+        ensemble = ensemble_probabilities(probabilities, predictor.result.report.get("ensemble"))
+        uncertainty, embeddings = margins(ensemble), embed(inputs)
+        for i, ((sample, _, label), answer) in enumerate(zip(pending, answers)):
+            row = _row(sample.source, sample.sha256, label, answer, file=current["file"])
+            if label is None:
+                top = [{"label": classes[c], "score": round(float(ensemble[i, c]), 4)}
+                       for c in np.argsort(-ensemble[i])[:2]]
+                pool.offer((len(rows), top), uncertainty[i], embeddings[i])
             rows.append(row)
             by_source[sample.source] = row
         pending.clear()
         if progress is not None:
             progress(seen[0], max(total, seen[0]))
-
-    current = {"labelled": False}  # whether the file being read can carry labels (a zip)
 
     def sink(sample, image) -> None:
         seen[0] += 1
@@ -111,7 +133,8 @@ def predict_batch(predictor, files: Sequence[BatchFile], *, chunk: int = 32,
         if len(pending) >= chunk:
             flush()
 
-    for f in files:
+    for index, f in enumerate(files):
+        current["file"] = index  # (nothing is pending here: each file ends with a flush)
         with open(f.path, "rb") as stream:
             labelled = current["labelled"] = looks_like_zip(f.name, stream.read(4))
             stream.seek(0)
@@ -126,7 +149,7 @@ def predict_batch(predictor, files: Sequence[BatchFile], *, chunk: int = 32,
                 continue
             label = d.label if labelled and d.label in known else None
             rows.append({**_row(d.source, first["sha256"], label, first["ensemble"],
-                                first["backbones"]), "duplicate_of": first["name"]})
+                                first["backbones"], file=index), "duplicate_of": first["name"]})
     flush()
     wall = time.perf_counter() - clock["start"]
     forward = clock["forward"]
@@ -140,17 +163,33 @@ def predict_batch(predictor, files: Sequence[BatchFile], *, chunk: int = 32,
                    "decode_seconds": round(max(wall - forward, 0.0), 3),
                    "wall_seconds": round(wall, 3),
                    "images_per_second": round(len(by_source) / forward, 2) if forward else None},
+        "suggestions": [{"index": i, "name": rows[i]["name"], "sha256": rows[i]["sha256"],
+                         "prediction": rows[i]["prediction"], "margin": round(margin, 4),
+                         "top": top}
+                        for (i, top), margin in pool.select(suggestions)],
     }
 
 
+def ensemble_probabilities(per_backbone: dict[str, np.ndarray],
+                           ensemble: dict | None) -> np.ndarray:
+    """(n, C): the probabilities the project's ensemble (the report's {"key", "weights"})
+    ranks classes by; for a vote (or none), the backbones' mean probability, since vote
+    shares have no margin to speak of with one or two backbones."""
+    key = (ensemble or {}).get("key", "vote")
+    if key == "vote":
+        return mean_probability(list(per_backbone.values()))
+    return combine_ensemble(key, per_backbone, (ensemble or {}).get("weights")).probs
+
+
 def _row(name: str, sha256: str, label: str | None, ensemble: dict,
-         backbones: dict | None = None) -> dict:
+         backbones: dict | None = None, *, file: int) -> dict:
     """One image's row; `ensemble` is `Predictor.answer`'s answer (or a row's ensemble)."""
     if backbones is None:
         backbones = {n: top[0] for n, top in ensemble["backbones"].items()}
         ensemble = ensemble["ensemble"]
     guess = ensemble.get("best_guess", ensemble["label"])
-    return {"name": name, "sha256": sha256, "label": label, "prediction": ensemble["label"],
+    return {"name": name, "sha256": sha256, "file": file, "label": label,
+            "prediction": ensemble["label"],
             "score": ensemble["score"], "correct": None if label is None else guess == label,
             "backbones": backbones, "ensemble": ensemble, "duplicate_of": None}
 
@@ -204,3 +243,30 @@ def result_csv(result: dict) -> str:
         writer.writerow([_cell(r["name"]), "", "", "", "", *[""] * (2 * len(backbones)), "",
                          _cell(r["reason"])])
     return out.getvalue()
+
+
+def read_image(files: Sequence[BatchFile], row: dict, limits: ZipLimits = ZipLimits()) -> bytes:
+    """The original bytes of a batch's image `row` (as `predict_batch` gave it), read back
+    from its stored file: the file itself for a loose file, its member for a zip (checked and
+    inflated as reading the batch did). Raises LookupError when the row's file or member is
+    not there or no longer holds that image (its sha256 differs)."""
+    index = row.get("file")
+    if not isinstance(index, int) or not 0 <= index < len(files):
+        raise LookupError(f"{row['name']}: the batch does not record which file it came from")
+    f = files[index]
+    with open(f.path, "rb") as stream:
+        if looks_like_zip(f.name, stream.read(4)):
+            prefix = f"{f.name}:"
+            if not row["name"].startswith(prefix):
+                raise LookupError(f"{row['name']}: not a member of {f.name}")
+            stream.seek(0)
+            try:
+                data = read_member(stream, row["name"][len(prefix):], limits)
+            except (KeyError, ValueError) as exc:
+                raise LookupError(f"{row['name']}: {exc}") from None
+        else:
+            stream.seek(0)
+            data = stream.read(limits.max_member_size + 1)
+    if sha256_hex(data) != row["sha256"]:
+        raise LookupError(f"{row['name']}: the stored file no longer holds this image")
+    return data

@@ -81,17 +81,25 @@ class Predictor:
     def classes(self) -> list[str]:
         return self.result.classes
 
-    def probabilities(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
-        """{backbone: (n, C)}: each head on the mean feature over the views it was trained on."""
-        probs = {}
+    def head_inputs(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
+        """{backbone: (n, d)}: the mean feature over the views each head was trained on,
+        transformed as the head expects (its input)."""
+        out = {}
         for name, backbone in self.backbones.items():
-            head = self.result.heads[name]
-            views, transform = parse_head_input(head.params.get("views", "none"))
+            views, transform = parse_head_input(self.result.heads[name].params.get("views", "none"))
             features = backbone.features(_pixels(images, backbone.input_size, views))
             mean = features.reshape(len(views), len(images), -1).mean(axis=0)
             blocks = getattr(backbone, "spec", None) and backbone.spec.blocks
-            probs[name] = head.predict_proba(transform_features(mean, transform, blocks))
-        return probs
+            out[name] = transform_features(mean, transform, blocks)
+        return out
+
+    def probabilities(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
+        """{backbone: (n, C)}: each head on its input (`head_inputs`)."""
+        return self.head_probabilities(self.head_inputs(images))
+
+    def head_probabilities(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """{backbone: (n, C)} from `head_inputs`' {backbone: (n, d)}."""
+        return {name: self.result.heads[name].predict_proba(x) for name, x in inputs.items()}
 
     def answer(self, probabilities: dict[str, np.ndarray], top_k: int = 3,
                threshold: float = 0.0) -> list[dict]:

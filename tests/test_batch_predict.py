@@ -9,6 +9,7 @@ the classes of the answer. Batch jobs go through the worker as training jobs do.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import time
@@ -156,6 +157,8 @@ def test_batch_zip_with_labels_runs_through_the_worker(env, pinned, test_images)
     assert rows["held-out.zip:batch/zebra/z.png"]["label"] is None  # not a project class
     assert rows["held-out.zip:batch/cat/cat_0.jpg"]["label"] == "cat"
     assert body["labelled"] == 10
+    # only the image without a true label is suggested for labelling
+    assert [s["name"] for s in body["suggestions"]] == ["held-out.zip:batch/zebra/z.png"]
     evaluation = body["evaluation"]
     assert evaluation["n"] == 10 and evaluation["confusion"]["labels"] == ["cat", "coffee", "rocket"]
     matrix = evaluation["confusion"]["matrix"]
@@ -255,3 +258,83 @@ def test_a_running_batch_is_cancelled(env, pinned):
     # the worker is free for the next one
     r = post_batch(client, pinned, [("one.zip", make_zip({"cat/x.jpg": members["cat/0.jpg"]}))])
     assert wait_batch(env, r.json["job_id"])[0]["job"]["state"] == "succeeded"
+
+
+def test_suggestions_of_an_unlabelled_batch_are_labelled_into_the_project(env, pinned,
+                                                                          test_images):
+    """A zip of loose images (its name is no class): every image is unlabelled, suggested
+    least certain first; labelling two adds them to the project's training images with
+    those labels, copied from the batch's stored zip."""
+    client, app, pid = env["client"], env["app"], pinned
+    members = {f"shots/{label}_{i}.jpg": data
+               for label, images in test_images.items() for i, data in enumerate(images)}
+    members["shots/again.jpg"] = test_images["cat"][0]  # a copy is never suggested twice
+    r = post_batch(client, pid, [("unsorted.zip", make_zip(members))])
+    body, _ = wait_batch(env, r.json["job_id"])
+    job_id = body["job_id"]
+    assert body["job"]["state"] == "succeeded" and body["labelled"] == 0
+    suggestions = body["suggestions"]
+    assert len(suggestions) == 9  # every first copy (20 at most)
+    rows = body["images"]
+    for s in suggestions:
+        row = rows[s["index"]]
+        assert (s["name"], s["sha256"], s["prediction"]) == (row["name"], row["sha256"],
+                                                             row["prediction"])
+        assert row["duplicate_of"] is None and s["in_project"] is None
+        assert s["margin"] == pytest.approx(s["top"][0]["score"] - s["top"][1]["score"], abs=2e-4)
+    assert suggestions[0]["margin"] == min(s["margin"] for s in suggestions)
+
+    # a thumbnail to label it by, read back from the stored zip
+    r = client.get(f"/api/v1/batches/{job_id}/images/{suggestions[0]['index']}/thumbnail")
+    assert r.status_code == 200 and r.mimetype == "image/jpeg" and r.data[:2] == b"\xff\xd8"
+
+    first, second = suggestions[0], suggestions[1]
+    r = client.post(f"/api/v1/batches/{job_id}/label", json={"images": [
+        {"index": first["index"], "label": "cat"}, {"sha256": second["sha256"], "label": "Mug"}]})
+    assert r.status_code == 200, r.json
+    assert {(a["sha256"], a["label"], a["split"]) for a in r.json["added"]} == {
+        (first["sha256"], "cat", "train"), (second["sha256"], "Mug", "train")}
+    assert r.json["classes"]["cat"] == 1 and r.json["classes"]["Mug"] == 1
+    images = {i["sha256"]: i for i in client.get(f"/api/v1/projects/{pid}/images").json}
+    assert images[first["sha256"]]["label"] == "cat" and images[first["sha256"]]["split"] == "train"
+    assert images[second["sha256"]]["name"] == second["name"]
+    stored = client.get(f"/api/v1/images/{first['sha256']}")
+    assert stored.status_code == 200
+    assert hashlib.sha256(stored.data).hexdigest() == first["sha256"]  # the very file
+    # the batch now says which suggestions are in the project
+    marked = {s["sha256"]: s["in_project"]
+              for s in client.get(f"/api/v1/batches/{job_id}").json["suggestions"]}
+    assert marked[first["sha256"]] == {"label": "cat", "split": "train"}
+    assert marked[suggestions[2]["sha256"]] is None
+    # labelling it again changes nothing: it is a duplicate, with its class in the project
+    r = client.post(f"/api/v1/batches/{job_id}/label",
+                    json={"images": [{"index": first["index"], "label": "coffee"}]})
+    assert r.status_code == 200 and r.json["added"] == []
+    assert r.json["duplicates"][0]["kept_label"] == "cat" and r.json["classes"]["cat"] == 1
+
+    # bad requests: 400 naming the item and the problem; nothing is added
+    def bad(payload, words):
+        r = client.post(f"/api/v1/batches/{job_id}/label", json=payload)
+        assert r.status_code == 400, r.json
+        for w in words:
+            assert w in r.json["error"], (w, r.json["error"])
+    third = suggestions[2]
+    bad({"images": [{"index": third["index"], "label": "cat"},
+                    {"index": suggestions[3]["index"], "label": "../etc"}]}, ["images[1].label"])
+    bad({"images": [{"index": third["index"], "label": ""}]}, ["images[0].label"])
+    bad({"images": [{"index": 99, "label": "cat"}]},
+        ["images[0].index", "not an image of this batch"])
+    bad({"images": [{"sha256": "0" * 64, "label": "cat"}]}, ["images[0].sha256"])
+    bad({"images": [{"index": 0, "sha256": rows[0]["sha256"], "label": "cat"}]}, ["either"])
+    bad({"images": []}, ["'images'"])
+    bad({"images": [{"index": third["index"], "label": "cat"}], "split": "validation"}, ["split"])
+    assert client.get(f"/api/v1/projects/{pid}/images").json.__len__() == 2
+
+    # another user's batch is not found; no session is 401
+    bob = logged_in(app.test_client(), "bob")
+    payload = {"images": [{"index": third["index"], "label": "cat"}]}
+    assert bob.post(f"/api/v1/batches/{job_id}/label", json=payload).status_code == 404
+    assert bob.get(f"/api/v1/batches/{job_id}/images/0/thumbnail").status_code == 404
+    anonymous = app.test_client().post(f"/api/v1/batches/{job_id}/label", json=payload)
+    assert anonymous.status_code == 401
+    assert client.get(f"/api/v1/batches/{job_id}/images/99/thumbnail").status_code == 404

@@ -121,3 +121,52 @@ def test_drop_a_zip_to_classify_every_image(session, pinned, worker, photo_test_
     table = list(csv.DictReader(io.StringIO(r.text())))
     assert len(table) == 7 and {t["true_label"] for t in table if not t["rejected"]} == {"cat", "coffee"}
     session.assert_clean()
+
+
+def test_label_the_suggestions_of_an_unlabelled_zip(session, pinned, worker, photo_test_folder):
+    """A zip of loose images (no class folders): the batch lists the images worth labelling
+    with thumbnails; the user picks a class for one, a new class for another, adds them, and
+    the project's training images of those classes grow (copied from the batch)."""
+    page = session.page
+    page.goto(f"/projects/{pinned}")
+    page.wait_for_selector("#results .model-card")
+    before = page.request.get(f"/api/v1/projects/{pinned}/images?split=train").json()
+    count = lambda images, label: sum(i["label"] == label for i in images)  # noqa: E731
+    members = {f"{d.name}_{p.name}": p.read_bytes()
+               for d in sorted(photo_test_folder.iterdir()) for p in sorted(d.iterdir())}
+    drop_files(page, "#classify-drop", [("unsorted.zip", make_zip(members), "application/zip")])
+    items = page.locator(".batch-active .active-item")
+    items.first.wait_for(timeout=180_000)
+    assert items.count() == 9  # every image: fewer than the 20 suggested at most
+    assert page.locator(".batch-evaluation").count() == 0  # no labels, no accuracy
+    assert "Label these to improve the model" in page.inner_text(".batch-active h4")
+    # the thumbnails come from the batch's stored zip
+    page.wait_for_function("() => [...document.querySelectorAll('.active-thumb')]"
+                           ".every((i) => i.complete && i.naturalWidth > 0)")
+    assert "model: " in items.first.inner_text()
+
+    page.click(".active-add")  # nothing chosen yet: says so, adds nothing
+    assert "Choose a class" in page.inner_text(".active-status")
+    first, second = items.nth(0), items.nth(1)
+    first.locator(".active-label").select_option("cat")
+    second.locator(".active-label").select_option(label="New class…")
+    second.locator(".active-new-label").fill("Mug")
+    page.click(".active-add")
+    page.wait_for_function(
+        "() => /Added 2 images/.test(document.querySelector('.active-status').textContent)")
+    assert "In the project as cat" in first.inner_text()
+    assert "In the project as Mug" in second.inner_text()
+    assert first.locator(".active-label").is_disabled()
+
+    after = page.request.get(f"/api/v1/projects/{pinned}/images?split=train").json()
+    assert count(after, "cat") == count(before, "cat") + 1
+    assert count(after, "Mug") == count(before, "Mug") + 1 and len(after) == len(before) + 2
+    # the page's class list shows them (refreshed after adding)
+    page.wait_for_selector(".class-card[data-label='Mug']")
+    assert "1 image" in page.inner_text(".class-card[data-label='Mug'] .class-count")
+    # a reload of the batch says they are in the project
+    job_id = page.request.get(f"/api/v1/projects/{pinned}/batches").json()[0]["job_id"]
+    suggestions = page.request.get(f"/api/v1/batches/{job_id}").json()["suggestions"]
+    labelled = sorted(s["in_project"]["label"] for s in suggestions if s["in_project"])
+    assert labelled == ["Mug", "cat"]
+    session.assert_clean()

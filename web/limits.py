@@ -7,7 +7,8 @@ Contract:
     SETUP_LIMIT     POST /setup, per address
     PASSWORD_LIMIT  POST /account/password, per account and address
     TOKEN_LIMIT     POST /api/v1/tokens and /account/tokens, per account and address
-    UPLOAD_LIMIT    POST /api/v1/projects/<id>/images, per account and address
+    UPLOAD_LIMIT    POST /api/v1/projects/<id>/images and /api/v1/batches/<id>/label, per
+                    account and address
     PREDICT_LIMIT   POST /api/v1/projects/<id>/predict and /api/v1/imagenet/predict, likewise
     EXPORT_LIMIT    GET /api/v1/projects/<id>/iterations/<n>/export, likewise
   Counters live in RATELIMIT_STORAGE_URI: REDIS_URL when that is set (every web process
@@ -43,6 +44,7 @@ LIMITED: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "auth.account_new_token": ("TOKEN_LIMIT", "new API tokens", ("address", "account")),
     "api.create_token": ("TOKEN_LIMIT", "new API tokens", ("address", "account")),
     "api.upload_images": ("UPLOAD_LIMIT", "uploads", ("address", "account")),
+    "api.label_batch": ("UPLOAD_LIMIT", "uploads", ("address", "account")),
     "api.predict": ("PREDICT_LIMIT", "predictions", ("address", "account")),
     "api.imagenet_predict": ("PREDICT_LIMIT", "predictions", ("address", "account")),
     "api.export_iteration": ("EXPORT_LIMIT", "model exports", ("address", "account")),

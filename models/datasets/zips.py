@@ -266,3 +266,29 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     if zlib.crc32(data) != info.CRC:
         raise zipfile.BadZipFile(f"bad CRC-32 for {info.filename!r}")
     return data
+
+
+def read_member(fileobj_or_path, member: str, limits: ZipLimits = ZipLimits()) -> bytes:
+    """The bytes of one file of a zip, `member` being its path as sources name it (after
+    ``"<zip name>:"``), with the checks reading the whole zip makes on it (member count,
+    unsafe path, symlink, compression, size, ratio; bounded inflation). Raises ``KeyError``
+    when the zip has no such file and ``ValueError`` (with the reason) when it is refused or
+    unreadable."""
+    try:
+        _check_declared_member_count(fileobj_or_path, limits)
+        with zipfile.ZipFile(fileobj_or_path) as archive:
+            for info in archive.infolist():
+                if info.is_dir() or _member_name(info) != member:
+                    continue
+                parts = _safe_parts(member)
+                problem = ("unsafe path" if parts is None
+                           else _member_problem(info, parts[-1], limits))
+                if problem is not None:
+                    raise ValueError(problem)
+                try:
+                    return _member_reader(archive, info)()
+                except ReadFailed as exc:
+                    raise ValueError(exc.reason) from None
+    except (_ZipTooLarge, zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ValueError(f"unreadable zip file ({exc})") from None
+    raise KeyError(f"no file {member!r} in the zip")

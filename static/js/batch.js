@@ -2,7 +2,9 @@
 // job (POST …/predict answers 202); its progress with an ETA as training's; then a table of
 // every image with each backbone's answer and the ensemble's, sortable and filterable by label
 // and confidence, CSV/JSON downloads, the rejects with their reasons and, when the zip had class
-// folders, the accuracy and confusion matrix of this extra evaluation.
+// folders, the accuracy and confusion matrix of this extra evaluation; without labels, the
+// images worth labelling (active.js).
+import { suggestionsBlock } from "./active.js";
 import { api, reportError, showAlert, upload } from "./api.js";
 import { $, fill, h, pct, plural } from "./dom.js";
 import { ProgressClock, progressText } from "./progress.js";
@@ -19,8 +21,9 @@ export function isBatch(files) {
 
 let current = null; // {jobId, timer}: the batch being followed
 
-/** Send `files` to `${base}/predict` as a batch and follow it in #batch. */
-export async function runBatch(base, files, { titles = {} } = {}) {
+/** Send `files` to `${base}/predict` as a batch and follow it in #batch; `onLabelled` runs
+ * once suggested images were added to the project. */
+export async function runBatch(base, files, { titles = {}, onLabelled = null } = {}) {
   if (current) clearTimeout(current.timer);
   const box = $("#batch");
   box.hidden = false;
@@ -76,7 +79,7 @@ export async function runBatch(base, files, { titles = {} } = {}) {
     bar.value = job.state === "succeeded" ? 100 : bar.value;
     if (job.state === "succeeded") {
       stage.textContent = `${what}: ${plural(batch.n_images, "image")} classified with iteration ${batch.iteration}`;
-      fill(out, renderBatch(batch, titles));
+      fill(out, renderBatch(batch, titles, onLabelled));
     } else {
       stage.textContent = job.state === "failed" ? `The batch failed: ${job.error || "unknown error"}` : "The batch was cancelled.";
       if (job.state === "failed") showAlert(stage.textContent);
@@ -184,7 +187,7 @@ function resultTable(batch, titles) {
       h("thead", null, h("tr", null, headers)), tbody)));
 }
 
-function renderBatch(batch, titles) {
+function renderBatch(batch, titles, onLabelled) {
   const timing = batch.timing || {};
   const rejected = batch.rejected || [];
   return [
@@ -196,6 +199,7 @@ function renderBatch(batch, titles) {
       h("a", { href: batch.downloads.csv, download: "", class: "batch-csv", text: "CSV" }), " or ",
       h("a", { href: batch.downloads.json, download: "", class: "batch-json", text: "JSON" })),
     evaluationBlock(batch, titles),
+    suggestionsBlock(batch, { onAdded: onLabelled }),
     rejected.length ? h("details", { class: "batch-rejects", open: true },
       h("summary", { text: `${plural(rejected.length, "file")} rejected` }),
       h("ul", null, rejected.map((r) => h("li", null,

@@ -708,7 +708,7 @@ function setClassifyEnabled(on) {
 }
 
 async function classify(files) {
-  if (isBatch(files)) return runBatch(base, files, { titles: TITLES });
+  if (isBatch(files)) return runBatch(base, files, { titles: TITLES, onLabelled: () => loadProject().catch(reportError) });
   const file = files.find((f) => !f.type || f.type.startsWith("image/")) || files[0];
   if (files.length > 1) showAlert("Classifying the first image only.", { kind: "info", timeout: 4000 });
   const busy = $("#classify-busy");

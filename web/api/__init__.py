@@ -34,6 +34,7 @@ from web.api import account, images, projects, results, training  # noqa: F401  
 from web.api import manage  # noqa: F401,E402  (routes: bulk image changes and their undo)
 from web.api import batches  # noqa: F401,E402  (routes)
 from web.api import exports  # noqa: F401,E402  (routes)
+from web.api import batch_labels  # noqa: F401,E402  (routes: labelling a batch's images)
 from web.api.errors import register_error_handlers
 
 __all__ = ["bp", "register_error_handlers"]

@@ -4,6 +4,8 @@ succeeded, gives every image's answers, the rejects and, when the images carried
 evaluation; `GET /batches/<job_id>/results.csv|.json` download them; `GET
 /projects/<id>/batches` lists a project's batches. A batch runs on the training queue's
 workers (`web.jobs.batch_run`); its job is also readable and cancellable at `/jobs/<id>`.
+Its `suggestions` (images worth labelling) carry `in_project` on GET; labelling them is
+`web.api.batch_labels`.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from web.api.errors import ApiError
 from web.api.helpers import get_jobs, get_project, get_storage, release_connection
 from web.api.serializers import job_json
 from web.concurrency import offload
-from web.db import Iteration, Job, Project, db
+from web.db import Iteration, Job, Project, ProjectImage, db
 from web.inputs import MAX_ID
 from web.jobs import QueueUnavailable
 from web.jobs.batch_run import read_result, store_batch
@@ -91,7 +93,19 @@ def get_batch(job_id: int):
     if job.state == "succeeded":
         path = _finished(job)
         body.update(json.loads(offload(path.read_text)))
+        _mark_in_project(job.project_id, body.get("suggestions") or [])
     return jsonify(body)
+
+
+def _mark_in_project(project_id: int, suggestions: list[dict]) -> None:
+    """Each suggestion's `in_project`: {"label", "split"} once the image is in the project
+    (labelled since, or before), else None."""
+    shas = [s["sha256"] for s in suggestions]
+    found = {r.sha256: r for r in db.session.scalars(sa.select(ProjectImage).where(
+        ProjectImage.project_id == project_id, ProjectImage.sha256.in_(shas)))} if shas else {}
+    for s in suggestions:
+        row = found.get(s["sha256"])
+        s["in_project"] = {"label": row.label, "split": row.split} if row else None
 
 
 @bp.get("/batches/<int:job_id>/results.<fmt>")

@@ -54,14 +54,14 @@ def store_batch(storage: Storage, uploads) -> tuple[Path, int]:
                 shutil.copyfileobj(upload.stream, out, 1024 * 1024)
             names.append(stream_name(upload.filename, index))
         atomic_write(folder / MANIFEST, json.dumps({"files": names}).encode())
-        total = count_candidates(_batch_files(folder))
+        total = count_candidates(batch_files(folder))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return folder, total
 
 
-def _batch_files(folder: Path) -> list:
+def batch_files(folder: Path) -> list:
     from models.batch_predict import BatchFile
 
     names = json.loads((folder / MANIFEST).read_text())["files"]
@@ -91,7 +91,7 @@ def _batch_job(app, job: Job, me: str) -> str:
     folder = storage.resolve(batch_relpath(project.id, job_id))
     threshold, number = float(project.threshold or 0.0), iteration.number
     it_id, it_folder = iteration.id, storage.resolve(iteration.folder)
-    files = _batch_files(folder)
+    files = batch_files(folder)
     db.session.commit()  # end the read transaction: the progress reports write
 
     state.report_progress(job_id, me, stage="loading the model", progress=0.0)
