@@ -264,12 +264,15 @@ class PredictionService:
 
     def _run_batch(self, requests: list[_Request]) -> None:
         try:
+            from models.predictor import slice_ood
+
             predictor = self.predictor(requests[0].iteration_id, requests[0].folder)
-            probabilities = predictor.probabilities([r.image for r in requests])
+            probabilities, ood = predictor.outputs([r.image for r in requests])
             for i, request in enumerate(requests):
                 request.answer = predictor.answer(
                     {name: p[i:i + 1] for name, p in probabilities.items()},
-                    top_k=request.top_k, threshold=request.threshold)[0]
+                    top_k=request.top_k, threshold=request.threshold,
+                    ood=slice_ood(ood, i))[0]
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets it, none hangs
             for request in requests:
                 request.error = exc
