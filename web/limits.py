@@ -8,7 +8,8 @@ Contract:
     PASSWORD_LIMIT  POST /account/password, per account and address
     TOKEN_LIMIT     POST /api/v1/tokens and /account/tokens, per account and address
     UPLOAD_LIMIT    POST /api/v1/projects/<id>/images, per account and address
-    PREDICT_LIMIT   POST /api/v1/projects/<id>/predict and /api/v1/imagenet/predict, likewise
+    PREDICT_LIMIT   POST /api/v1/projects/<id>/predict (and /explain) and /api/v1/imagenet/predict,
+                    likewise
   Counters live in RATELIMIT_STORAGE_URI: REDIS_URL when that is set (every web process
   shares them), else this process's memory; while Redis is unreachable, this process's memory
   (logged). RATELIMIT_ENABLED=false turns them off.
@@ -44,6 +45,7 @@ LIMITED: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "api.upload_images": ("UPLOAD_LIMIT", "uploads", ("address", "account")),
     "api.predict": ("PREDICT_LIMIT", "predictions", ("address", "account")),
     "api.imagenet_predict": ("PREDICT_LIMIT", "predictions", ("address", "account")),
+    "api.explain": ("PREDICT_LIMIT", "predictions", ("address", "account")),
 }
 CONCURRENT_UPLOADS = ("api.upload_images",)
 

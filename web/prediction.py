@@ -286,6 +286,14 @@ class PredictionService:
         stats.largest = max(stats.largest, size)
         stats.sizes[size] = stats.sizes.get(size, 0) + 1
 
+    def explain(self, iteration_id: int, folder: str | Path, image, backbone: str | None = None,
+                label: str | None = None) -> dict:
+        """`models.explain.explain` with this iteration's predictor, on the TensorFlow thread."""
+        from models.explain import explain
+
+        return offload_tf(lambda: explain(self.predictor(iteration_id, folder), image,
+                                          backbone, label))
+
     def imagenet(self, images: Sequence, backbones: Sequence[str], top_k: int = 3):
         from models.imagenet import imagenet_labels
         from models.predictor import imagenet_predict

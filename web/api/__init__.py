@@ -27,6 +27,7 @@ from flask import Blueprint
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 from web.api import account, images, projects, results, training  # noqa: F401  (routes)
+from web.api import explain  # noqa: F401,E402  (routes: why this answer)
 from web.api.errors import register_error_handlers
 
 __all__ = ["bp", "register_error_handlers"]
