@@ -1,5 +1,6 @@
 // Render a prediction answer: the image, each backbone's top-k with score bars, the ensemble.
 import { h, pct } from "./dom.js";
+import { attachExplain } from "./explain.js";
 
 function scoreRow(label, score, { strong = false } = {}) {
   const width = Math.max(0, Math.min(100, 100 * (score || 0)));
@@ -13,9 +14,10 @@ function scoreRow(label, score, { strong = false } = {}) {
 /**
  * answer: {"backbones": {name: [{label, score}]}, "ensemble": {label, score, method, votes}}
  *   (+ ensemble.unknown / best_guess when the image is out of distribution, see docs/API.md)
- * titles: optional {name: "Pretty name"}; imageUrl: object URL of the classified image.
+ * titles: optional {name: "Pretty name"}; imageUrl: object URL of the classified image;
+ * explain: optional {url, file}: add "Why this answer" (explain.js) for that image.
  */
-export function renderPrediction(container, answer, { imageUrl, fileName, titles = {} } = {}) {
+export function renderPrediction(container, answer, { imageUrl, fileName, titles = {}, explain } = {}) {
   const backbones = (answer && answer.backbones) || {};
   const names = Object.keys(backbones);
   const ensemble = answer && answer.ensemble;
@@ -57,4 +59,5 @@ export function renderPrediction(container, answer, { imageUrl, fileName, titles
       h("img", { src: imageUrl, alt: fileName ? `Classified image ${fileName}` : "Classified image" }),
       fileName ? h("figcaption", { text: fileName }) : null) : null,
     h("div", { class: "prediction-body" }, ensembleBox, perBackbone)));
+  if (explain) attachExplain(container.querySelector(".prediction"), answer, { ...explain, titles });
 }
