@@ -67,7 +67,7 @@ export async function attachExplain(root, answer, { url, file, titles = {} }) {
     canvas.hidden = !toggle.checked;
     redraw();
   });
-  window.addEventListener("resize", redraw);
+  new ResizeObserver(redraw).observe(img); // the page reflows: keep the map on the image
 
   const method = why.method === "grad-cam" ? "Grad-CAM" : "occlusion";
   const neighbours = why.neighbours || [];
