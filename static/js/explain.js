@@ -15,7 +15,7 @@ function paint(canvas, img, grid) {
   const pixels = ctx.createImageData(cols, rows);
   grid.flat().forEach((v, i) => {
     // hot colours for strong evidence: red, through yellow at the top; transparent for none
-    pixels.data.set([255, Math.round(220 * v), 0, Math.round(190 * Math.sqrt(v))], 4 * i);
+    pixels.data.set([255, Math.round(220 * v), 0, Math.round(200 * v)], 4 * i);
   });
   ctx.putImageData(pixels, 0, 0);
   canvas.width = img.clientWidth;
@@ -79,7 +79,9 @@ export async function attachExplain(root, answer, { url, file, titles = {} }) {
     neighbours.length ? h("p", { class: "eyebrow", text: "Most similar training images" }) : null,
     neighbours.length ? h("ul", { class: "neighbours" }, neighbours.map((n) =>
       h("li", { class: "neighbour" },
-        h("img", { src: n.thumbnail, alt: `Training image labelled ${n.label}`, loading: "lazy" }),
+        h("img", { src: n.thumbnail, alt: `Training image labelled ${n.label}`,
+          // deleted from the project since training: no thumbnail to show, keep the label
+          onerror: (e) => e.target.remove() }),
         h("span", { class: "neighbour-label", text: n.label, title: n.label }),
         h("span", { class: "muted", text: `${pct(n.similarity, 0)} alike` })))) : null);
 }
