@@ -12,8 +12,8 @@ features, see `models.features.head_input`) to the training images' embeddings:
 is calibrated by cross-validation on the project's own images: every training image is scored
 by a model fitted on the other folds, and the threshold is the `QUANTILE` (0.975) of those
 held-out scores, so about 2.5 % of in-distribution images are called unknown (measured on
-galaxy4-dev: the 0.95 quantile called 8 % of held-out images unknown, over the 5 % allowed). The ensemble's
-score is the mean of the backbones' score / threshold, calibrated the same way.
+galaxy4-dev: the 0.95 quantile called 8 % of held-out images unknown, over the 5 % allowed).
+The ensemble's score is the mean of the backbones' score / threshold, calibrated the same way.
 
 Files in an iteration folder (`models.result` layout): `embeddings/<backbone>.npz` (the
 training embeddings `x`, their class indices `y` and `sha256`, also used for the nearest

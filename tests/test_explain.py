@@ -64,7 +64,8 @@ def quadrants(tmp_path_factory):
 
 def _quadrant_mass(grid: np.ndarray) -> dict[str, float]:
     h, w = grid.shape
-    return {"top-left": grid[: h // 2, : w // 2].mean(), "top-right": grid[: h // 2, (w + 1) // 2:].mean(),
+    return {"top-left": grid[: h // 2, : w // 2].mean(),
+            "top-right": grid[: h // 2, (w + 1) // 2:].mean(),
             "bottom-left": grid[(h + 1) // 2:, : w // 2].mean(),
             "bottom-right": grid[(h + 1) // 2:, (w + 1) // 2:].mean()}
 

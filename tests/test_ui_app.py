@@ -553,8 +553,8 @@ def test_heat_map_toggles_over_the_image_and_nearest_training_images_show(sessio
     neighbours = page.locator("#classify-result .neighbour")
     assert neighbours.count() == 3
     assert page.locator("#classify-result .neighbour-label").first.inner_text() == "cat"
-    page.wait_for_function("""() => [...document.querySelectorAll('#classify-result .neighbour img')]
-        .every((im) => im.complete && im.naturalWidth > 0)""")
+    page.wait_for_function("""() => [
+        ...document.querySelectorAll('#classify-result .neighbour img')].every((im) => im.complete && im.naturalWidth > 0)""")
     toggle.uncheck()
     assert canvas.is_hidden()
     session.assert_clean()
