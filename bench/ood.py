@@ -152,7 +152,7 @@ def main() -> None:
         for name, x in x_ood.items():
             s_out = result.ood.scores({args.backbone: x})[args.backbone]
             rows["app"][f"{name}_unknown"].append(float((s_out > saved["threshold"]).mean()))
-        rows["app"]["method"] = saved["method"]
+        rows["app"]["app_method"] = saved["method"]
     load = os.getloadavg()
     for key, row in rows.items():
         out = {"bench": "ood", "method": key, "dataset": Path(args.dataset).name,
