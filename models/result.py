@@ -71,6 +71,7 @@ class Report(TypedDict, total=False):
     ensemble: Entry  # the chosen one, with "key" and "why"
     ensembles: dict[str, Entry]  # "vote", "mean", "weighted"
     backbone_titles: dict[str, str]  # {backbone: display name}
+    ood: dict | None  # "None of these" calibration (models.ood.OodModel.info), None without CV
 
 
 def head_file(folder: str | Path, backbone: str) -> Path:
