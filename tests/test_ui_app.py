@@ -555,6 +555,11 @@ def test_heat_map_toggles_over_the_image_and_nearest_training_images_show(sessio
     assert page.locator("#classify-result .neighbour-label").first.inner_text() == "cat"
     page.wait_for_function("""() => [
         ...document.querySelectorAll('#classify-result .neighbour img')].every((im) => im.complete && im.naturalWidth > 0)""")
+    # Two backbones: the second one's map and neighbours on request, the toggle kept.
+    assert "EfficientNet-Lite0, Grad-CAM" in text
+    page.select_option("#explain-backbone", "efficientnet_lite1")
+    page.wait_for_selector("#classify-result .explain:has-text('EfficientNet-Lite1, Grad-CAM')")
+    assert canvas.is_visible() and neighbours.count() == 3
     toggle.uncheck()
     assert canvas.is_hidden()
     session.assert_clean()

@@ -41,13 +41,19 @@ export async function attachExplain(root, answer, { url, file, titles = {} }) {
 
   const ensemble = answer.ensemble || {};
   const label = ensemble.best_guess ?? ensemble.label;
-  const form = new FormData();
-  form.append("file", file, file.name);
-  const query = label && label !== "unknown" && (answer.classes || []).includes(label)
-    ? `?label=${encodeURIComponent(label)}` : "";
+  const known = label && label !== "unknown" && (answer.classes || []).includes(label);
+  const explainWith = async (backbone) => {
+    const form = new FormData();
+    form.append("file", file, file.name);
+    const params = new URLSearchParams();
+    if (known) params.set("label", label);
+    if (backbone) params.set("backbone", backbone);
+    const query = params.toString();
+    return api(`${url}${query ? `?${query}` : ""}`, { method: "POST", form });
+  };
   let why;
   try {
-    why = await api(`${url}${query}`, { method: "POST", form });
+    why = await explainWith(null);
   } catch (err) {
     section.querySelector(".explain-status").textContent = "Could not explain this answer.";
     reportError(err);
@@ -69,19 +75,44 @@ export async function attachExplain(root, answer, { url, file, titles = {} }) {
   });
   new ResizeObserver(redraw).observe(img); // the page reflows: keep the map on the image
 
-  const method = why.method === "grad-cam" ? "Grad-CAM" : "occlusion";
-  const neighbours = why.neighbours || [];
+  // Several backbones: each has its own map and neighbours; the first is shown first.
+  const names = Object.keys(answer.backbones || {});
+  const picker = names.length > 1 ? h("select", { id: "explain-backbone", "aria-label": "Backbone to explain" },
+    names.map((n) => h("option", { value: n, text: titles[n] || n }))) : null;
+  const details = h("div", { class: "explain-details" });
+  const show = () => {
+    const method = why.method === "grad-cam" ? "Grad-CAM" : "occlusion";
+    const neighbours = why.neighbours || [];
+    toggle.nextSibling.textContent = ` Show what drove “${why.label}” (${pct(why.score)}) on the image`;
+    if (picker) picker.value = why.backbone;
+    details.replaceChildren(
+      h("p", { class: "muted", text: `${titles[why.backbone] || why.backbone}, ${method}: red where the evidence is strongest.` }),
+      neighbours.length ? h("p", { class: "eyebrow", text: "Most similar training images" }) : null,
+      neighbours.length ? h("ul", { class: "neighbours" }, neighbours.map((n) =>
+        h("li", { class: "neighbour" },
+          h("img", { src: n.thumbnail, alt: `Training image labelled ${n.label}`,
+            // deleted from the project since training: no thumbnail to show, keep the label
+            onerror: (e) => e.target.remove() }),
+          h("span", { class: "neighbour-label", text: n.label, title: n.label }),
+          h("span", { class: "muted", text: `${pct(n.similarity, 0)} alike` })))) : null);
+    redraw();
+  };
+  if (picker) {
+    picker.addEventListener("change", async () => {
+      picker.disabled = true;
+      try {
+        why = await explainWith(picker.value);
+        show();
+      } catch (err) {
+        reportError(err);
+      } finally {
+        picker.disabled = false;
+      }
+    });
+  }
   section.replaceChildren(
     h("h4", { text: "Why this answer" }),
-    h("label", { class: "heat-toggle-label", for: "heat-toggle" }, toggle,
-      ` Show what drove “${why.label}” (${pct(why.score)}) on the image`),
-    h("p", { class: "muted", text: `${titles[why.backbone] || why.backbone}, ${method}: red where the evidence is strongest.` }),
-    neighbours.length ? h("p", { class: "eyebrow", text: "Most similar training images" }) : null,
-    neighbours.length ? h("ul", { class: "neighbours" }, neighbours.map((n) =>
-      h("li", { class: "neighbour" },
-        h("img", { src: n.thumbnail, alt: `Training image labelled ${n.label}`,
-          // deleted from the project since training: no thumbnail to show, keep the label
-          onerror: (e) => e.target.remove() }),
-        h("span", { class: "neighbour-label", text: n.label, title: n.label }),
-        h("span", { class: "muted", text: `${pct(n.similarity, 0)} alike` })))) : null);
+    h("label", { class: "heat-toggle-label", for: "heat-toggle" }, toggle, ""),
+    picker, details);
+  show();
 }
