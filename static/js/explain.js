@@ -46,6 +46,7 @@ export async function attachExplain(root, answer, { url, file, titles = {} }) {
     const form = new FormData();
     form.append("file", file, file.name);
     const params = new URLSearchParams();
+    if (answer.iteration != null) params.set("iteration", answer.iteration); // the one that answered
     if (known) params.set("label", label);
     if (backbone) params.set("backbone", backbone);
     const query = params.toString();
