@@ -2,7 +2,8 @@
 
 A `Predictor` is built once per process (backbones and heads loaded then, never per call) and
 answers in the shape the web API returns:
-`{"backbones": {name: [{"label", "score"}, ...]}, "ensemble": {"label", "score", "method", "votes"}}`.
+`{"backbones": {name: [{"label", "score"}, ...]}, "ensemble": {"label", "score", "method", "votes"}}`,
+plus "None of these" (`with_ood`) where the iteration has an OOD model (`models.ood`).
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ class Predictor:
 
     def head_inputs(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
         """{backbone: (n, d)}: the mean feature over the views each head was trained on,
-        transformed as the head expects (its input)."""
+        transformed as the head expects (its input, and the space `models.ood` measures)."""
         out = {}
         for name, backbone in self.backbones.items():
             views, transform = parse_head_input(self.result.heads[name].params.get("views", "none"))
@@ -95,22 +96,58 @@ class Predictor:
 
     def probabilities(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
         """{backbone: (n, C)}: each head on its input (`head_inputs`)."""
-        return self.head_probabilities(self.head_inputs(images))
+        return self.outputs(images)[0]
 
     def head_probabilities(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """{backbone: (n, C)} from `head_inputs`' {backbone: (n, d)}."""
         return {name: self.result.heads[name].predict_proba(x) for name, x in inputs.items()}
 
+    def outputs(self, images: Sequence[Image.Image]) -> tuple[dict[str, np.ndarray], dict | None]:
+        """({backbone: (n, C) probabilities}, the OOD part of the answers or None): one
+        forward pass per backbone and view. The second is `OodModel.answer`'s dict, None for
+        an iteration saved without an OOD model."""
+        x = self.head_inputs(images)
+        probs = self.head_probabilities(x)
+        ood = self.result.ood
+        return probs, (ood.answer(ood.scores(x)) if ood is not None else None)
+
     def answer(self, probabilities: dict[str, np.ndarray], top_k: int = 3,
-               threshold: float = 0.0) -> list[dict]:
-        """Answers (as `predict` gives them) from `probabilities`' {backbone: (n, C)}."""
-        return answers(probabilities, self.classes, top_k, self.result.report.get("ensemble"),
-                        threshold)
+               threshold: float = 0.0, ood: dict | None = None) -> list[dict]:
+        """Answers (as `predict` gives them) from `probabilities`' {backbone: (n, C)} and the
+        OOD part `outputs` gave (see `with_ood`)."""
+        out = answers(probabilities, self.classes, top_k, self.result.report.get("ensemble"),
+                      threshold)
+        return with_ood(out, ood) if ood is not None else out
 
     def predict(self, images: Sequence[Image.Image], top_k: int = 3,
                 threshold: float = 0.0) -> list[dict]:
         """One answer per image: each backbone's top-k classes and the project's ensemble."""
-        return self.answer(self.probabilities(images), top_k, threshold)
+        probs, ood = self.outputs(images)
+        return self.answer(probs, top_k, threshold, ood)
+
+
+def slice_ood(ood: dict | None, i: int) -> dict | None:
+    """Image `i`'s part of `Predictor.outputs`' OOD dict (for answering a batch one by one)."""
+    if ood is None:
+        return None
+    return {"backbones": {n: rows[i:i + 1] for n, rows in ood["backbones"].items()},
+            "ensemble": ood["ensemble"][i:i + 1]}
+
+
+def with_ood(out: list[dict], ood: dict) -> list[dict]:
+    """Add "None of these" to answers: `answer["ood"]` = {backbone: {"score", "threshold",
+    "unknown"}}, and the ensemble's "ood_score", "ood_threshold", "unknown". An unknown
+    image's ensemble label becomes "unknown" (its label kept as "best_guess") whatever the
+    softmax says, with "reason": "unlike any class"."""
+    for i, answer in enumerate(out):
+        answer["ood"] = {n: rows[i] for n, rows in ood["backbones"].items()}
+        ens = answer["ensemble"]
+        ens.update(ood["ensemble"][i])
+        if ens["unknown"]:
+            ens.setdefault("best_guess", ens["label"])
+            ens["label"] = UNKNOWN
+            ens["reason"] = "unlike any class"
+    return out
 
 
 def imagenet_predict(images: Sequence[Image.Image], backbones: dict[str, object],

@@ -1,9 +1,10 @@
 """A training result: its folder layout, its report, the figures read from it, the ensemble rule.
 
 A result folder holds `report.json` (the `Report` below) and `heads/<backbone>.keras`, plus
-`heads/<backbone>.tuned.keras` for a fine-tuned backbone. The trainer writes it
-(`TrainResult.save`), the predictor loads it (`load_result`), the web worker and API read its
-report (`read_report`, `summarize`, `views_extracted`).
+`heads/<backbone>.tuned.keras` for a fine-tuned backbone, and `ood.json` with
+`embeddings/<backbone>.npz` ("None of these" and the nearest training images, `models.ood`).
+The trainer writes it (`TrainResult.save`), the predictor loads it (`load_result`), the web
+worker and API read its report (`read_report`, `summarize`, `views_extracted`).
 
 This module imports only numpy and the standard library at import time (Keras and the heads
 module are imported inside `load_result`), so the web process can read results cheaply.
@@ -73,6 +74,7 @@ class Report(TypedDict, total=False):
     ensemble: dict
     ensembles: dict[str, Entry]  # "vote", "mean", "weighted"
     backbone_titles: dict[str, str]  # {backbone: display name}
+    ood: dict | None  # "None of these" calibration (models.ood.OodModel.info), None without CV
 
 
 def head_file(folder: str | Path, backbone: str) -> Path:
@@ -105,6 +107,8 @@ class TrainResult:
     report: Report = field(default_factory=dict)
     # Fine-tuning (models.finetune): {backbone: pixels -> features Keras model} where it was kept.
     tuned: dict = field(default_factory=dict)
+    # "None of these" (models.ood.OodModel): None for an old iteration or one without CV.
+    ood: object | None = None
 
     def save(self, folder: str | Path) -> Path:
         """Write the report and every head (and fine-tuned network) into `folder`."""
@@ -114,6 +118,8 @@ class TrainResult:
             head.to_keras().save(head_file(folder, name))
         for name, model in self.tuned.items():
             model.save(tuned_file(folder, name))
+        if self.ood is not None:
+            self.ood.save(folder)
         write_report(folder, self.report)
         return folder
 
@@ -134,7 +140,9 @@ def load_result(folder: str | Path) -> TrainResult:
             import models.backbones  # noqa: F401  (registers their Preprocess layer)
 
             tuned[name] = keras.saving.load_model(tuned_file(folder, name), safe_mode=True)
-    return TrainResult(report["classes"], heads, report, tuned)
+    from models.ood import load_ood
+
+    return TrainResult(report["classes"], heads, report, tuned, load_ood(folder))
 
 
 # -- figures read from a report ----------------------------------------------------------------

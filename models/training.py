@@ -22,6 +22,7 @@ from models.heads import (Head, apply_temperature, decide_temperature, make_fold
                           train_and_cross_validate)
 from models.metrics import (brier, classification_report, expected_calibration_error,
                             fold_accuracies, log_loss, reliability)
+from models.ood import fit_ood
 from models.registry import get_spec
 from models.result import ENSEMBLE_NAMES, TrainResult, backbone_titles, combine_ensemble
 
@@ -234,6 +235,7 @@ def train(
     tuned: dict[str, object] = {}
     entries: dict[str, dict] = {}
     all_probs: dict[str, dict[str, np.ndarray | None]] = {}
+    embeddings: dict[str, np.ndarray] = {}  # head inputs, for "None of these" (models.ood)
     for b, name in enumerate(backbones):
         began = time.perf_counter()
         stage = f"fitting head ({get_spec(name).title})"
@@ -290,6 +292,8 @@ def train(
                                                                               y["train"])
         heads[name] = head
         all_probs[name] = probs
+        if name not in tuned:  # a tuned head reads the tuned network's features, not these
+            embeddings[name] = x[:n_train]
         entries[name] = _entry(probs, y, samples, classes, val_masks)
         entries[name]["hyperparameters"] = head.params
         entries[name]["calibration"] = calibration
@@ -302,6 +306,7 @@ def train(
 
     ensembles = _ensembles(all_probs, backbones, y, samples, classes, val_masks)
     chosen_key, why = _choose_ensemble(ensembles, len(backbones))
+    ood = fit_ood(embeddings, y["train"], [s.sha256 for s in train_samples], val_masks)
     report = {
         "classes": classes,
         "counts": {c: int((y["train"] == i).sum()) for i, c in enumerate(classes)},
@@ -319,10 +324,11 @@ def train(
         "ensemble": _chosen_ensemble(ensembles, chosen_key, why),
         "ensembles": ensembles,
         "backbone_titles": backbone_titles(backbones),
+        "ood": ood.info if ood else None,
     }
     if progress:
         progress(Progress("done", 1, 1, 1.0))
-    return TrainResult(classes, heads, report, tuned)
+    return TrainResult(classes, heads, report, tuned, ood)
 
 
 def _ensembles(all_probs, backbones, y, samples, classes, val_masks) -> dict:

@@ -113,7 +113,8 @@ def test_save_load_predict_and_export(trained, tmp_path, photo_test_folder):
     assert [a["ensemble"]["label"] for a in answers].count("cat") >= 2
     top = answers[0]["backbones"]["efficientnet_lite0"]
     assert len(top) == 3 and top[0]["score"] >= top[1]["score"]
-    assert set(answers[0]["ensemble"]) == {"label", "score", "method", "votes"}
+    assert set(answers[0]["ensemble"]) == {"label", "score", "method", "votes",
+                                           "ood_score", "ood_threshold", "unknown"}  # models.ood
     # The exported .keras takes a raw image of any size; preprocessing is inside.
     import keras
 

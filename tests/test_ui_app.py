@@ -529,7 +529,45 @@ def test_drop_image_to_classify(session, data):
 
 
 
-def test_threshold_setting_makes_unsure_answers_not_sure(session):
+def test_heat_map_toggles_over_the_image_and_nearest_training_images_show(session):
+    """"Why this answer" under the answer of test_drop_image_to_classify: a heat map drawn on a
+    canvas over the image when toggled on, and the 3 most similar training images."""
+    session.needs("classify")
+    page = session.page
+    toggle = page.wait_for_selector("#classify-result .explain #heat-toggle", timeout=60_000)
+    canvas = page.locator("#classify-result .heat-wrap canvas.heat-map")
+    assert canvas.is_hidden()
+    toggle.check()
+    assert canvas.is_visible()
+    painted = page.evaluate("""() => {
+        const c = document.querySelector('#classify-result canvas.heat-map');
+        const img = document.querySelector('#classify-result .heat-wrap img');
+        const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let opaque = 0;
+        for (let i = 3; i < data.length; i += 4) opaque += data[i] > 0;
+        return {opaque, w: c.width, h: c.height, iw: img.clientWidth, ih: img.clientHeight};
+    }""")
+    assert painted["opaque"] > 0 and (painted["w"], painted["h"]) == (painted["iw"], painted["ih"])
+    text = page.inner_text("#classify-result .explain")
+    assert "“cat”" in text and "Grad-CAM" in text
+    neighbours = page.locator("#classify-result .neighbour")
+    assert neighbours.count() == 3
+    assert page.locator("#classify-result .neighbour-label").first.inner_text() == "cat"
+    page.wait_for_function("""() => [
+        ...document.querySelectorAll('#classify-result .neighbour img')].every((im) => im.complete && im.naturalWidth > 0)""")
+    # Two backbones: the second one's map and neighbours on request, the toggle kept.
+    assert "EfficientNet-Lite0, Grad-CAM" in text
+    page.select_option("#explain-backbone", "efficientnet_lite1")
+    page.wait_for_selector("#classify-result .explain:has-text('EfficientNet-Lite1, Grad-CAM')")
+    assert canvas.is_visible() and neighbours.count() == 3
+    toggle.uncheck()
+    assert canvas.is_hidden()
+    session.assert_clean()
+
+
+def test_image_unlike_any_class_answers_unknown_and_threshold_says_why(session):
+    """A grey square is unlike both classes: "Unknown — unlike any class" even at threshold 0
+    (its softmax still picks a class); above the threshold the reason adds that too."""
     session.needs("classify")
     page = session.page
     gray = io.BytesIO()
@@ -541,12 +579,15 @@ def test_threshold_setting_makes_unsure_answers_not_sure(session):
         return page.wait_for_selector(".ensemble-answer", timeout=60_000)
 
     answer = classify_gray()
-    assert "unsure" not in (answer.get_attribute("class") or "")
+    assert "ood" in (answer.get_attribute("class") or "").split()
+    assert page.locator(".answer-label").inner_text() == "Unknown — unlike any class"
+    assert "unlike the training images of every class" in answer.inner_text()
+    assert "below the" not in answer.inner_text()
     page.fill("#threshold", "99")
     page.click("#threshold-form button[type=submit]")
     page.wait_for_selector("#threshold-status:has-text('below 99%')")
     answer = classify_gray()
-    assert page.locator(".answer-label").inner_text() == "Not sure"
+    assert page.locator(".answer-label").inner_text() == "Unknown — unlike any class"
     assert "below the 99.0%" in answer.inner_text()
     page.reload()
     page.wait_for_function("() => document.querySelector('#threshold').value === '99'")

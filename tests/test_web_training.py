@@ -179,19 +179,23 @@ def test_project_threshold_makes_unsure_answers_unknown(env, trained):
         assert r.status_code == 200, r.json
         return r.json["ensemble"]
 
+    # Grey is unlike every class (models.ood): "unknown" whatever the threshold, with its best
+    # guess; the threshold adds its own "threshold" (the reason the page gives) when not met.
     sure = classify()
-    assert sure["label"] != "unknown" and sure["score"] < 1
+    assert sure["unknown"] is True and "threshold" not in sure and sure["score"] < 1
+    guess = sure["best_guess"]
     above = (sure["score"] + 1) / 2  # more confidence than this answer has
     r = client.patch(f"/api/v1/projects/{pid}", json={"threshold": above})
     assert r.status_code == 200 and r.json["threshold"] == above
     unsure = classify()
-    assert unsure["label"] == "unknown" and unsure["best_guess"] == sure["label"]
-    assert classify("?threshold=0")["label"] == sure["label"]  # the request may override it
+    assert unsure["label"] == "unknown" and unsure["best_guess"] == guess
+    assert unsure["threshold"] == above
+    assert "threshold" not in classify("?threshold=0")  # the request may override it
     for bad in (1, -0.1, "0.5", True):
         r = client.patch(f"/api/v1/projects/{pid}", json={"threshold": bad})
         assert r.status_code == 400 and "threshold" in r.json["error"]
     r = client.patch(f"/api/v1/projects/{pid}", json={"threshold": 0})
-    assert r.json["threshold"] == 0 and classify()["label"] == sure["label"]
+    assert r.json["threshold"] == 0 and "threshold" not in classify()
 
 
 def test_retrain_reuses_cached_features(env, trained, web_photos):

@@ -9,7 +9,8 @@ Contract:
     TOKEN_LIMIT     POST /api/v1/tokens and /account/tokens, per account and address
     UPLOAD_LIMIT    POST /api/v1/projects/<id>/images and /api/v1/batches/<id>/label, per
                     account and address
-    PREDICT_LIMIT   POST /api/v1/projects/<id>/predict and /api/v1/imagenet/predict, likewise
+    PREDICT_LIMIT   POST /api/v1/projects/<id>/predict (and /explain) and
+                    /api/v1/imagenet/predict, likewise
     EXPORT_LIMIT    GET /api/v1/projects/<id>/iterations/<n>/export, likewise
   Counters live in RATELIMIT_STORAGE_URI: REDIS_URL when that is set (every web process
   shares them), else this process's memory; while Redis is unreachable, this process's memory
@@ -48,6 +49,7 @@ LIMITED: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "api.predict": ("PREDICT_LIMIT", "predictions", ("address", "account")),
     "api.imagenet_predict": ("PREDICT_LIMIT", "predictions", ("address", "account")),
     "api.export_iteration": ("EXPORT_LIMIT", "model exports", ("address", "account")),
+    "api.explain": ("PREDICT_LIMIT", "predictions", ("address", "account")),
 }
 CONCURRENT_UPLOADS = ("api.upload_images",)
 

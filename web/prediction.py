@@ -267,12 +267,15 @@ class PredictionService:
 
     def _run_batch(self, requests: list[_Request]) -> None:
         try:
+            from models.predictor import slice_ood
+
             predictor = self.predictor(requests[0].iteration_id, requests[0].folder)
-            probabilities = predictor.probabilities([r.image for r in requests])
+            probabilities, ood = predictor.outputs([r.image for r in requests])
             for i, request in enumerate(requests):
                 request.answer = predictor.answer(
                     {name: p[i:i + 1] for name, p in probabilities.items()},
-                    top_k=request.top_k, threshold=request.threshold)[0]
+                    top_k=request.top_k, threshold=request.threshold,
+                    ood=slice_ood(ood, i))[0]
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets it, none hangs
             for request in requests:
                 request.error = exc
@@ -285,6 +288,14 @@ class PredictionService:
         stats.merged += size if size > 1 else 0
         stats.largest = max(stats.largest, size)
         stats.sizes[size] = stats.sizes.get(size, 0) + 1
+
+    def explain(self, iteration_id: int, folder: str | Path, image, backbone: str | None = None,
+                label: str | None = None) -> dict:
+        """`models.explain.explain` with this iteration's predictor, on the TensorFlow thread."""
+        from models.explain import explain
+
+        return offload_tf(lambda: explain(self.predictor(iteration_id, folder), image,
+                                          backbone, label))
 
     def imagenet(self, images: Sequence, backbones: Sequence[str], top_k: int = 3):
         from models.imagenet import imagenet_labels

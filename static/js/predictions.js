@@ -1,5 +1,6 @@
 // Render a prediction answer: the image, each backbone's top-k with score bars, the ensemble.
 import { h, pct } from "./dom.js";
+import { attachExplain } from "./explain.js";
 
 function scoreRow(label, score, { strong = false } = {}) {
   const width = Math.max(0, Math.min(100, 100 * (score || 0)));
@@ -12,9 +13,11 @@ function scoreRow(label, score, { strong = false } = {}) {
 
 /**
  * answer: {"backbones": {name: [{label, score}]}, "ensemble": {label, score, method, votes}}
- * titles: optional {name: "Pretty name"}; imageUrl: object URL of the classified image.
+ *   (+ ensemble.unknown / best_guess when the image is out of distribution, see docs/API.md)
+ * titles: optional {name: "Pretty name"}; imageUrl: object URL of the classified image;
+ * explain: optional {url, file}: add "Why this answer" (explain.js) for that image.
  */
-export function renderPrediction(container, answer, { imageUrl, fileName, titles = {} } = {}) {
+export function renderPrediction(container, answer, { imageUrl, fileName, titles = {}, explain } = {}) {
   const backbones = (answer && answer.backbones) || {};
   const names = Object.keys(backbones);
   const ensemble = answer && answer.ensemble;
@@ -26,11 +29,15 @@ export function renderPrediction(container, answer, { imageUrl, fileName, titles
   const unsure = ensemble && ensemble.best_guess != null;
   const shown = unsure ? ensemble.best_guess : ensemble && ensemble.label;
   const voteText = `${votes[shown] ?? 0} of ${nVotes} ${nVotes === 1 ? "vote" : "votes"}`;
-  const ensembleBox = ensemble ? h("div", { class: `ensemble-answer${unsure ? " unsure" : ""}` },
+  // "None of these" (ensemble.unknown): the image is unlike every class's training images.
+  const ood = Boolean(ensemble && ensemble.unknown);
+  const why = [ensemble && ensemble.threshold != null ? `below the ${pct(ensemble.threshold)} needed to answer` : "",
+    ood ? "but the image is unlike the training images of every class" : ""].filter(Boolean).join(", ");
+  const ensembleBox = ensemble ? h("div", { class: `ensemble-answer${unsure ? " unsure" : ""}${ood ? " ood" : ""}` },
     h("p", { class: "eyebrow", text: `Ensemble (${method})` }),
-    h("p", { class: "answer-label", text: unsure ? "Not sure" : ensemble.label }),
+    h("p", { class: "answer-label", text: ood ? "Unknown — unlike any class" : unsure ? "Not sure" : ensemble.label }),
     unsure ? h("p", { class: "answer-guess" }, "Best guess ", h("strong", { text: ensemble.best_guess }),
-      ` at ${pct(ensemble.score)}, below the ${pct(ensemble.threshold)} needed to answer.`) : null,
+      ` at ${pct(ensemble.score)}, ${why}.`) : null,
     h("p", { class: "answer-meta" },
       isVote
         ? [voteText, ensemble.score != null ? ` · mean score ${pct(ensemble.score)}` : ""]
@@ -52,4 +59,5 @@ export function renderPrediction(container, answer, { imageUrl, fileName, titles
       h("img", { src: imageUrl, alt: fileName ? `Classified image ${fileName}` : "Classified image" }),
       fileName ? h("figcaption", { text: fileName }) : null) : null,
     h("div", { class: "prediction-body" }, ensembleBox, perBackbone)));
+  if (explain) attachExplain(container.querySelector(".prediction"), answer, { ...explain, titles });
 }

@@ -722,7 +722,8 @@ async function classify(files) {
   try {
     const body = await api(`${base}/predict`, { method: "POST", form });
     const answer = Array.isArray(body.results) ? body.results[0] : body;
-    renderPrediction(out, answer, { imageUrl: lastObjectUrl, fileName: file.name, titles: TITLES });
+    renderPrediction(out, answer, { imageUrl: lastObjectUrl, fileName: file.name, titles: TITLES,
+      explain: { url: `${base}/explain`, file } });
   } catch (err) {
     out.replaceChildren();
     reportError(err);

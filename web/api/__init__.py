@@ -31,6 +31,7 @@ from flask import Blueprint
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 from web.api import account, images, projects, results, training  # noqa: F401  (routes)
+from web.api import explain  # noqa: F401,E402  (routes: why this answer)
 from web.api import manage  # noqa: F401,E402  (routes: bulk image changes and their undo)
 from web.api import batches  # noqa: F401,E402  (routes)
 from web.api import exports  # noqa: F401,E402  (routes)
