@@ -34,7 +34,8 @@ class Entry(TypedDict, total=False):
     `cv`, `train`, `test`: a classification report per split (None where not measured);
     `predictions`: {split: [{"sha256", "source", "true", "pred", "score"}]};
     `per_class` and `confusion`: from the test split, else CV, else training.
-    A backbone's entry adds "hyperparameters", "calibration", "fine_tuning" (when asked for)
+    A backbone's entry adds "hyperparameters", "calibration", "fine_tuning" (when asked for),
+    "learning_curve" (`models.learning_curve.learning_curve`; None without CV)
     and "extract_seconds", "head_seconds", "train_seconds"; an ensemble's adds "method", the
     weighted one's "weights" ({backbone: weight}), the chosen one's "key" and "why".
     """
@@ -70,6 +71,7 @@ class Report(TypedDict, total=False):
     ensemble: Entry  # the chosen one, with "key" and "why"
     ensembles: dict[str, Entry]  # "vote", "mean", "weighted"
     backbone_titles: dict[str, str]  # {backbone: display name}
+    mislabelled: dict  # likeliest mislabelled training images: models.curation.mislabelled_report
 
 
 def head_file(folder: str | Path, backbone: str) -> Path:
