@@ -80,10 +80,12 @@ def mislabelled_report(cv_probs: Sequence[np.ndarray | None], labels: np.ndarray
 
     The backbones' (n, C) held-out probabilities are averaged (an image every backbone doubts
     ranks first). `samples` are the training images (`.sha256`, `.source`) in the rows'
-    order. Returns {"method", "source", "n_ranked", "images": [{"sha256", "source", "given",
-    "suggested", "given_probability", "suggested_probability", "rank"}] likeliest first,
-    `kept(n)` of them}, or with "images" empty and a "note" when there are no held-out
-    probabilities (a class with one image: no cross-validation).
+    order. Returns {"method", "source", "n_ranked", "n_disagreeing", "images": [{"sha256",
+    "source", "given", "suggested", "given_probability", "suggested_probability", "rank"}]
+    likeliest first}: among the top `kept(n)`, those whose held-out answer is not their given
+    label (an image the model agrees with is no suggestion, however low it ranks); or with
+    "images" empty and a "note" when there are no held-out probabilities (a class with one
+    image: no cross-validation).
     """
     parts = [p for p in cv_probs if p is not None]
     out = {"method": method, "source": "mean out-of-fold probability over the backbones",
@@ -92,8 +94,10 @@ def mislabelled_report(cv_probs: Sequence[np.ndarray | None], labels: np.ndarray
         return dict(out, note="needs cross-validation (at least 2 images per class)")
     probs = np.mean(parts, axis=0)
     score, suggested = suspicion(probs, labels, method)
-    order = np.argsort(score, kind="stable")[:kept(len(labels))]
+    disagree = probs.argmax(axis=1) != labels
+    order = [i for i in np.argsort(score, kind="stable")[:kept(len(labels))] if disagree[i]]
     out["n_ranked"] = len(labels)
+    out["n_disagreeing"] = int(disagree.sum())
     out["images"] = [{
         "sha256": samples[i].sha256,
         "source": samples[i].source,
@@ -102,5 +106,5 @@ def mislabelled_report(cv_probs: Sequence[np.ndarray | None], labels: np.ndarray
         "given_probability": round(float(probs[i, labels[i]]), 4),
         "suggested_probability": round(float(probs[i, suggested[i]]), 4),
         "rank": r + 1,
-    } for r, i in enumerate(order.tolist())]
+    } for r, i in enumerate(order)]
     return out

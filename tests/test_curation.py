@@ -82,6 +82,23 @@ def test_bad_input_is_refused_with_the_reason():
 
 
 @pytest.mark.unit
+def test_only_images_the_model_would_answer_otherwise_are_suggested():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.45, 0.55]])
+    samples = [Sample(f"{i:064x}", "x", f"{i}.png", b"") for i in range(4)]
+    report = mislabelled_report([probs], np.array([0, 0, 0, 1]), samples, ["a", "b"])
+    assert [r["sha256"][-1] for r in report["images"]] == ["2"]
+    assert report["images"][0] == {"sha256": f"{2:064x}", "source": "2.png", "given": "a",
+                                   "suggested": "b", "given_probability": 0.3,
+                                   "suggested_probability": 0.7, "rank": 1}
+    assert report["n_ranked"] == 4 and report["n_disagreeing"] == 1
+    # Backbones are averaged: a second one that doubts image 1 more (and 2 less) moves it up.
+    doubtful = probs.copy()
+    doubtful[1], doubtful[2] = [0.1, 0.9], [0.5, 0.5]
+    both = mislabelled_report([probs, doubtful], np.array([0, 0, 0, 1]), samples, ["a", "b"])
+    assert [r["sha256"][-1] for r in both["images"]] == ["1", "2"]
+
+
+@pytest.mark.unit
 def test_without_cross_validation_the_report_says_why():
     report = mislabelled_report([None], np.array([0, 1]), [], ["a", "b"])
     assert report["images"] == [] and "cross-validation" in report["note"]
@@ -100,7 +117,7 @@ def test_most_flipped_digit_labels_are_among_the_top_suggestions(tmp_path):
     result = train(samples, ["efficientnet_lite0"], FeatureCache(tmp_path),
                    lambda name: PixelBackbone(), view_policies=("none",))
     block = result.report["mislabelled"]
-    assert block["n_ranked"] == len(samples) and len(block["images"]) == kept(len(samples))
+    assert block["n_ranked"] == len(samples) and len(block["images"]) <= kept(len(samples))
     top = block["images"][:2 * len(truth)]
     found = [row for row in top if row["sha256"] in truth]
     assert len(found) >= 0.7 * len(truth), (len(found), len(truth))

@@ -732,6 +732,7 @@ async function main() {
   setupThreshold();
   setupFineTune();
   $("#iteration").addEventListener("change", (e) => loadResults(Number(e.target.value)));
+  document.addEventListener("images-changed", () => loadProject().catch(reportError)); // curation.js
 
   let project;
   try {

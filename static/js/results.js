@@ -1,6 +1,7 @@
 // Results: backbones side by side with the ensemble, per-class tables, confusion heatmaps
 // whose cells open the images behind them, and the misclassified images.
 import { thumbnailUrl } from "./api.js";
+import { curationPanels } from "./curation.js";
 import { fill, h, pct, plural, seconds } from "./dom.js";
 
 /** Display names of the backbones; pages add what the API says (`title`) with learnTitles. */
@@ -497,7 +498,8 @@ export function renderResults(container, report, ctx) {
       h("p", { text: `${plural(skipped.length, "test image")} left out of the test metrics:` }),
       h("ul", null, skipped.map((s) => h("li", { text: `${s.source}: ${s.reason}` })))) : null,
     h("p", { class: "hint", text: "Click a cell of a confusion matrix, or a top confusion, to see the images behind it." }),
-    cards);
+    cards,
+    curationPanels(report, title));
 }
 
 /** The images behind one confusion cell. */
