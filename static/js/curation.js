@@ -95,7 +95,8 @@ export function mislabelledPanel(report) {
   const box = h("section", { class: "curation mislabelled", "aria-labelledby": "mislabelled-h" },
     h("h3", { id: "mislabelled-h", text: "Likely mislabelled" }));
   if (!block.images || !block.images.length) {
-    box.append(h("p", { class: "muted", text: block.note ? `Not ranked: ${block.note}.` : "No training images to rank." }));
+    box.append(h("p", { class: "muted suspect-none", text: block.note ? `Not ranked: ${block.note}.`
+      : "None: the cross-validated model agrees with every training image's label." }));
     return box;
   }
   box.append(h("p", { class: "hint", text: "Training images whose label the cross-validated model believes least "
