@@ -12,8 +12,8 @@ The extrapolation fits acc(n) = a - b * n^-c (an inverse power law, the usual sh
 learning curves) by least squares: exactly, for each c on a grid, since a and b then enter
 linearly (3 parameters on 3-4 noisy points make a general optimiser wander). Its band is
 a bootstrap over the scored images (the points move together when an image is resampled, as
-they do in reality), widened by the binomial noise of measuring an accuracy on that many
-images. `bench/learning_curve.py` checks the band on galaxy4-dev: fitted on the <= 75 %
+they do in reality), widened by the binomial noise of measuring an accuracy on the target's
+number of images. `bench/learning_curve.py` checks the band on galaxy4-dev: fitted on the <= 75 %
 points, it should contain the measured 100 % figure.
 
 A class's gain per doubling is the least-squares slope of its recall against log2(n); the
@@ -76,21 +76,27 @@ def scored(x: np.ndarray, labels: np.ndarray, classes: list[str], val_masks: lis
 
 
 def fit_power_law(n: np.ndarray, acc: np.ndarray) -> np.ndarray:
-    """Least-squares (a, b, c) of acc = a - b * n^-c with b >= 0 and c on `C_GRID`, for one
-    curve (acc: (k,)) or many at once (acc: (B, k)) -> (3,) or (B, 3)."""
+    """Least-squares (a, b, c) of acc = a - b * n^-c with b >= 0, a <= 1 (no accuracy above
+    100 %, however many images) and c on `C_GRID`, for one curve (acc: (k,)) or many at once
+    (acc: (B, k)) -> (3,) or (B, 3)."""
+    single = np.ndim(acc) == 1
     acc = np.atleast_2d(acc)
     best = np.full((len(acc), 4), np.inf)  # sse, a, b, c
     for c in C_GRID:
-        design = np.stack([np.ones_like(n, float), -np.power(n, -c)], axis=1)
+        power = np.power(n, -c)
+        design = np.stack([np.ones_like(n, float), -power], axis=1)
         coef, *_ = np.linalg.lstsq(design, acc.T, rcond=None)  # (2, B)
         a, b = coef
+        capped = a > 1  # the best fit with a = 1: b alone, by least squares
+        a = np.where(capped, 1.0, a)
+        b = np.where(capped, ((1 - acc) @ power) / (power @ power), b)
         flat = b < 0  # a falling curve: the best non-increasing fit is the mean
         a = np.where(flat, acc.mean(axis=1), a)
         b = np.where(flat, 0.0, b)
         sse = ((a[:, None] - b[:, None] * np.power(n, -c) - acc) ** 2).sum(axis=1)
         better = sse < best[:, 0] - 1e-15
         best[better] = np.stack([sse, a, b, np.full_like(a, c)], axis=1)[better]
-    return best[:, 1:] if len(best) > 1 else best[0, 1:]
+    return best[0, 1:] if single else best[:, 1:]
 
 
 def power_law(params: np.ndarray, n: float | np.ndarray) -> np.ndarray:
@@ -109,8 +115,10 @@ def extrapolate(n: Sequence[float], right: np.ndarray, target: float, seed: int 
     resampled = right[:, rng.integers(0, right.shape[1], (BOOTSTRAP, right.shape[1]))]
     boot = power_law(fit_power_law(n, resampled.mean(axis=2).T), target)
     guess = float(power_law(params, target))
-    # A measurement at `target` would carry its own sampling noise on as many images as now.
-    noise = rng.binomial(right.shape[1], guess, BOOTSTRAP) / right.shape[1] - guess
+    # A CV measurement with `target` images carries its own sampling noise: binomial, over
+    # that many scored images.
+    count = max(int(round(target)), 1)
+    noise = rng.binomial(count, guess, BOOTSTRAP) / count - guess
     spread = boot - boot.mean() + noise
     tail = (1 - level) / 2
     return {"n_images": int(round(target)), "accuracy": round(guess, 4),
