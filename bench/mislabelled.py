@@ -15,7 +15,6 @@ Prints one JSON object: per method, recall mean/min over draws, and the machine.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -27,22 +26,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models.training  # noqa: E402
-from models.curation import METHODS, rank  # noqa: E402
+from models.curation import METHODS, flip_labels, rank  # noqa: E402
 from models.datasets import read_dataset  # noqa: E402
 from models.features import FeatureCache  # noqa: E402
 
 from machine import machine  # noqa: E402  (bench/machine.py, beside this script)
-
-
-def flip(samples, share, rng):
-    """(samples with `share` of their labels changed to another class, indices flipped)."""
-    classes = sorted({s.label for s in samples})
-    chosen = rng.choice(len(samples), round(share * len(samples)), replace=False)
-    out = list(samples)
-    for i in chosen:
-        others = [c for c in classes if c != samples[i].label]
-        out[i] = dataclasses.replace(samples[i], label=str(rng.choice(others)))
-    return out, set(chosen.tolist())
 
 
 def average_precision(order, flipped):
@@ -82,7 +70,8 @@ def main() -> None:
     stored, cv_accuracy, seconds = [], [], []
     for draw in range(args.draws):
         rng = np.random.default_rng(args.seed + draw)
-        samples, flipped = flip(data.samples, args.flip, rng)
+        samples, truth = flip_labels(data.samples, args.flip, rng)
+        flipped = {i for i, s in enumerate(samples) if s.sha256 in truth}
         began = time.process_time()
         result = models.training.train(samples, backbones, cache, load_backbone, seed=draw)
         seconds.append(time.process_time() - began)
@@ -93,9 +82,8 @@ def main() -> None:
             rows[method]["recall_1x"].append(len(flipped & set(order[:k])) / k)
             rows[method]["recall_2x"].append(len(flipped & set(order[:2 * k])) / k)
             rows[method]["average_precision"].append(average_precision(order, flipped))
-        shas = {samples[i].sha256 for i in flipped}
         top = [r["sha256"] for r in result.report["mislabelled"]["images"][:2 * k]]
-        stored.append(len(shas & set(top)) / k)
+        stored.append(len(truth.keys() & set(top)) / k)
         print(json.dumps({"draw": draw, "stored_recall_2x": stored[-1],
                           **{m: rows[m]["recall_2x"][-1] for m in METHODS}}), file=sys.stderr)
 

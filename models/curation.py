@@ -108,3 +108,18 @@ def mislabelled_report(cv_probs: Sequence[np.ndarray | None], labels: np.ndarray
         "rank": r + 1,
     } for r, i in enumerate(order)]
     return out
+
+
+def flip_labels(samples: Sequence, share: float, rng: np.random.Generator) -> tuple[list, dict]:
+    """For measuring a ranking (bench/mislabelled.py, tests): `samples` with `share` of them
+    given a label drawn uniformly from the other classes, and {sha256: original label} of
+    those flipped."""
+    import dataclasses
+
+    classes = sorted({s.label for s in samples})
+    chosen = rng.choice(len(samples), round(share * len(samples)), replace=False)
+    out = list(samples)
+    for i in chosen:
+        others = [c for c in classes if c != samples[i].label]
+        out[i] = dataclasses.replace(samples[i], label=str(rng.choice(others)))
+    return out, {samples[i].sha256: samples[i].label for i in chosen}

@@ -1,13 +1,12 @@
 """The "likely mislabelled" ranking: its contract, and the issue's acceptance rule end to end
 (flip 10 % of the labels of real handwritten digits, train as the app does: at least 70 % of
 the flipped images are among the top 2 x that many suggestions)."""
-import dataclasses
 import io
 
 import numpy as np
 import pytest
 
-from models.curation import METHODS, kept, mislabelled_report, rank, suspicion
+from models.curation import METHODS, flip_labels, kept, mislabelled_report, rank, suspicion
 from models.datasets import Sample
 from models.features import FeatureCache
 from models.images import sha256_hex
@@ -38,17 +37,6 @@ def digit_samples(per_class):
             data = buf.getvalue()
             out.append(Sample(sha256_hex(data), f"digit_{label}", f"{label}/{i}.png", data))
     return out
-
-
-def flipped(samples, share, seed):
-    rng = np.random.default_rng(seed)
-    classes = sorted({s.label for s in samples})
-    chosen = rng.choice(len(samples), round(share * len(samples)), replace=False)
-    out = list(samples)
-    for i in chosen:
-        others = [c for c in classes if c != samples[i].label]
-        out[i] = dataclasses.replace(samples[i], label=str(rng.choice(others)))
-    return out, {samples[i].sha256: samples[i].label for i in chosen}
 
 
 @pytest.mark.unit
@@ -113,7 +101,7 @@ def test_a_report_keeps_a_fifth_of_the_images_within_bounds():
 def test_most_flipped_digit_labels_are_among_the_top_suggestions(tmp_path):
     """The issue's acceptance rule, through `train` as the app runs it."""
     clean = digit_samples(30)
-    samples, truth = flipped(clean, 0.1, seed=3)
+    samples, truth = flip_labels(clean, 0.1, np.random.default_rng(3))
     result = train(samples, ["efficientnet_lite0"], FeatureCache(tmp_path),
                    lambda name: PixelBackbone(), view_policies=("none",))
     block = result.report["mislabelled"]
