@@ -43,7 +43,7 @@ function suspectRow(row, projectId, classes) {
     item.classList.add("suspect-done");
   };
   const act = async (button, request, done) => {
-    for (const b of actions.querySelectorAll("button")) b.disabled = true;
+    for (const b of actions.querySelectorAll("button, select")) b.disabled = true;
     try {
       await request();
       done();
@@ -52,7 +52,7 @@ function suspectRow(row, projectId, classes) {
       if (err.status === 404) settle("No longer in the project.");
       else {
         reportError(err);
-        for (const b of actions.querySelectorAll("button")) b.disabled = false;
+        for (const b of actions.querySelectorAll("button, select")) b.disabled = false;
         button.focus();
       }
     }
