@@ -230,7 +230,8 @@ def main(argv=None) -> int:
                     report = train([samples[i] for i in train_idx], backbones, cache, make,
                                    test_samples=[samples[i] for i in test_idx], seed=draw,
                                    fine_tune=name in FINE_TUNED).report
-                entry = report["backbones"][args.backbone] if single else report["ensemble"]
+                entry = (report["backbones"][args.backbone] if single
+                         else report["ensembles"][report["ensemble"]["key"]])
                 scores[name].append(entry["test_accuracy"])
                 ece[name]["calibrated"].append(entry["test"]["ece"])
                 pools[name]["calibrated"].add(entry["reliability"]["test"],
@@ -247,7 +248,7 @@ def main(argv=None) -> int:
                         cal["test_brier_uncalibrated"], entry["test"]["n"])
                     hp = entry["hyperparameters"]
                     picks[name]["l2"].append(hp["l2"])
-                    picks[name]["steps"].append(hp["steps"])
+                    picks[name]["steps"].append(hp.get("steps", hp.get("solver")))
                     picks[name]["temperature_kept"].append(cal.get("temperature_kept", True))
                     views[name].append(entry["hyperparameters"]["views"])
                     kinds[name].append(entry["hyperparameters"]["head"])

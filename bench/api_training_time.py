@@ -180,6 +180,9 @@ def train_and_wait(api: Api, project_id: int, timeout: float, server: Server) ->
     began = time.monotonic()
     job = api.post_json(f"/api/v1/projects/{project_id}/train", {})
     stages: dict[str, float] = {}
+    if job.get("nothing_changed"):  # same images, backbones and settings: answered at once
+        return {"job": {"features_computed": 0, "nothing_changed": True},
+                "seconds": round(time.monotonic() - began, 2), "stages": {}}
     while job["state"] in ("queued", "running"):
         if time.monotonic() - began > timeout:
             raise TimeoutError(f"job {job['job_id']} not finished after {timeout} s: {job}")

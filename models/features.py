@@ -51,23 +51,34 @@ DEFAULT_POLICIES = ("none", "dihedral")
 # EfficientNet-Lite backbone can afford all 8 dihedral views (Lite2: 8 x 1.8 = 14.4), while
 # ResNet50, VGG16 and Xception would pay 8x (62-246 GFLOPs) for them, and are offered "none".
 VIEW_BUDGET_GFLOPS = 16.0
+# The same budget for a whole training: training images x views x GFLOPs. A project of many
+# images pays 8x its extraction for the views (900 images through Lite0: 7,200 passes, about
+# two minutes on 2 cores instead of 15 s), so past this the views are not offered. 4,000 keeps
+# them up to 617 training images on Lite0, 396 on Lite1 and 277 on Lite2 (digits' 190 images
+# on Lite2: 2,736), and drops them for 300 classes x 3 images on Lite0 (5,832).
+TRAINING_VIEW_BUDGET_GFLOPS = 4000.0
 
 
 def view_policies_for(gflops: float, policies: Sequence[str] = DEFAULT_POLICIES,
-                      budget: float = VIEW_BUDGET_GFLOPS) -> tuple[str, ...]:
-    """The candidate view policies a backbone costing `gflops` per view is offered by default.
+                      budget: float = VIEW_BUDGET_GFLOPS, n_images: int = 0,
+                      training_budget: float = TRAINING_VIEW_BUDGET_GFLOPS) -> tuple[str, ...]:
+    """The candidate view policies a backbone costing `gflops` per view is offered by default,
+    for a training on `n_images` training images.
 
-    A policy is offered when its views fit the extraction budget (len(views) x gflops <=
-    `budget`); the cheapest policy is always offered, so a backbone dearer than the budget
-    still gets one. Among the offered policies, CV on the project's images picks the one the
-    head uses (a project where a view hurts does not use it): the choice stays data-driven
-    where it is affordable, and a heavy backbone never pays 8 forward passes per image for it.
+    A policy is offered when its views fit the extraction budget per image (len(views) x
+    gflops <= `budget`) and per training (n_images x len(views) x gflops <=
+    `training_budget`); the cheapest policy is always offered, so a backbone dearer than the
+    budget still gets one. Among the offered policies, CV on the project's images picks the
+    one the head uses (a project where a view hurts does not use it): the choice stays
+    data-driven where it is affordable, and neither a heavy backbone nor a project of
+    hundreds of images pays 8 forward passes per image for it.
     """
     unknown = [p for p in policies if p not in VIEW_POLICIES]
     if unknown or not policies:
         raise ValueError(f"unknown view policies {unknown}; choose from {list(VIEW_POLICIES)}")
     ordered = sorted(dict.fromkeys(policies), key=lambda p: len(VIEW_POLICIES[p]))
-    offered = [p for p in ordered if len(VIEW_POLICIES[p]) * gflops <= budget]
+    offered = [p for p in ordered if len(VIEW_POLICIES[p]) * gflops <= budget
+               and n_images * len(VIEW_POLICIES[p]) * gflops <= training_budget]
     return tuple(offered or ordered[:1])
 
 # Feature transforms a head may be given (chosen by CV, like the views). A transform sees the

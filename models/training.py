@@ -111,8 +111,39 @@ def _entry(probs: dict[str, np.ndarray | None], y: dict[str, np.ndarray],
         out["per_class"], out["confusion"] = {}, {"labels": [], "matrix": [], "source": None}
         return out
     out["per_class"] = out[shown]["per_class"]
-    out["confusion"] = dict(out[shown]["confusion"], source=shown)
+    if len(classes) > DENSE_CONFUSION_CLASSES:
+        for split in ("cv", "train", "test"):
+            if out[split] is not None:
+                out[split]["confusion"] = _sparse(out[split]["confusion"])
+    # Moved, not copied: at 300 classes one matrix is 90,000 numbers (issue 14).
+    out["confusion"] = dict(out[shown].pop("confusion"), source=shown)
     return out
+
+
+# Beyond this many classes a confusion matrix is written as its non-zero cells: at 300 classes
+# a dense one is 90,000 numbers for at most as many images as were scored (static/js/results.js
+# `confusionMatrix` reads either form).
+DENSE_CONFUSION_CLASSES = 30
+
+
+def _sparse(confusion: dict) -> dict:
+    """{"labels", "cells": [[true index, predicted index, count], ...]}, non-zero cells in
+    row-major order, for {"labels", "matrix"}."""
+    matrix = np.asarray(confusion["matrix"])
+    rows, cols = np.nonzero(matrix)
+    return {"labels": confusion["labels"],
+            "cells": [[int(i), int(j), int(matrix[i, j])] for i, j in zip(rows, cols)]}
+
+
+# What the report's "ensemble" (the chosen one) repeats of its entry in "ensembles": the
+# headline figures, not the matrices and per-image rows (those are in "ensembles"[key]).
+CHOSEN_ENSEMBLE_KEYS = ("method", "weights", "cv_accuracy", "cv_accuracy_std", "test_accuracy",
+                        "train_accuracy")
+
+
+def _chosen_ensemble(ensembles: dict, key: str, why: str) -> dict:
+    entry = ensembles[key]
+    return {**{k: entry[k] for k in CHOSEN_ENSEMBLE_KEYS if k in entry}, "key": key, "why": why}
 
 
 def train(
@@ -143,7 +174,8 @@ def train(
     and which ensemble (majority vote, mean, CV-weighted mean) the project answers with. The candidate view policies are
     `view_policies` for every backbone when given, else each backbone's affordable ones
     (`models.features.view_policies_for`: the dihedral views for the cheap EfficientNet-Lite
-    backbones, the image alone for ResNet50, VGG16 and Xception).
+    backbones up to a few hundred training images, the image alone for ResNet50, VGG16 and
+    Xception and for larger projects).
 
     With `fine_tune`, each EfficientNet-Lite backbone also has the top of its network trained
     end to end (`models.finetune`), kept only where its CV beats the frozen recipe's on the
@@ -164,7 +196,8 @@ def train(
             raise TrainingError(
                 f"unknown view policies {unknown}; choose from {list(VIEW_POLICIES)}")
     policies = {name: tuple(view_policies) if view_policies is not None
-                else view_policies_for(get_spec(name).gflops) for name in backbones}
+                else view_policies_for(get_spec(name).gflops, n_images=len(train_samples))
+                for name in backbones}
     index = {label: i for i, label in enumerate(classes)}
     test_kept = [s for s in test_samples if s.label in index]
     skipped = [{"source": s.source, "reason": f"class {s.label!r} has no training images"}
@@ -184,7 +217,8 @@ def train(
     for b, name in enumerate(backbones):
         began = time.perf_counter()
         views = list(dict.fromkeys(v for p in policies[name] for v in VIEW_POLICIES[p]))
-        stage = f"extracting features ({get_spec(name).title}, {len(views)} views)"
+        stage = (f"extracting features ({get_spec(name).title}, "
+                 f"{len(views)} view{'' if len(views) == 1 else 's'})")
         start = 0.8 * b / len(backbones)
         per_view[name] = cache.get_or_compute_views(
             name, todo, lambda: make_backbone(name), views,
@@ -286,7 +320,7 @@ def train(
         "view_policies_by_backbone": {n: list(ps) for n, ps in policies.items()},
         "near_duplicates": _near_duplicate_report(groups_all, samples, n_train),
         "backbones": entries,
-        "ensemble": dict(ensembles[chosen_key], key=chosen_key, why=why),
+        "ensemble": _chosen_ensemble(ensembles, chosen_key, why),
         "ensembles": ensembles,
         "backbone_titles": backbone_titles(backbones),
         "mislabelled": mislabelled_report([all_probs[n]["cv"] for n in backbones], y["train"],

@@ -54,7 +54,8 @@ def seeded(tmp_path_factory, web_photos):
 
 
 def _url(path: str, seeded, **ids) -> str:
-    values = {"project_id": seeded["pid"], "job_id": 1, "token_id": 1, "sha256": seeded["sha256"],
+    values = {"project_id": seeded["pid"], "job_id": 1, "token_id": 1, "number": 1,
+              "sha256": seeded["sha256"],
               **ids}
     return "/api/v1" + re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]), path)
 

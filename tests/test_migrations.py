@@ -139,3 +139,36 @@ def test_app_on_postgresql_creates_then_upgrades_a_baseline_database(postgres, t
     with fresh.app_context():
         assert schema.current_revision(db.session.connection()) == schema.head_revision()
         db.engine.dispose()
+
+
+@pytest.mark.unit
+def test_revision_0007_adds_the_published_iteration_keeping_projects(tmp_path):
+    """A database at 0006 with a project is upgraded: the project keeps its rows and serves
+    its latest iteration (nothing published), and publishing works on it."""
+    from alembic import command
+
+    from web import create_app, schema
+    from web.db import Project, db
+
+    instance = tmp_path / "inst"
+    instance.mkdir()
+    engine = sa.create_engine(f"sqlite:///{instance / 'transferlab.db'}")
+    with engine.begin() as conn:
+        command.upgrade(schema.alembic_config(conn), "0006")
+        conn.execute(sa.text("INSERT INTO projects (id, name, backbones, threshold, fine_tune, "
+                             "created_at, updated_at) VALUES (1, 'p', '[\"efficientnet_lite0\"]',"
+                             " 0, 0, '2026-01-01', '2026-01-01')"))
+        conn.execute(sa.text(
+            "INSERT INTO iterations (id, project_id, number, folder, classes, backbones, "
+            "n_train, n_test, features_computed, features_total, summary, created_at) VALUES "
+            "(1, 1, 1, 'p1/it1', '[\"a\", \"b\"]', '[]', 2, 0, 0, 0, '{}', '2026-01-01')"))
+    engine.dispose()
+    app = create_app({"INSTANCE_PATH": str(instance), "TESTING": True})
+    with app.app_context():
+        assert schema.current_revision(db.session.connection()) == schema.head_revision()
+        assert db.session.get(Project, 1).published_iteration is None
+    client = logged_in(app.test_client())
+    body = client.get("/api/v1/projects/1").get_json()
+    assert body["live_iteration"] == 1 and body["published_iteration"] is None
+    assert client.post("/api/v1/projects/1/iterations/1/publish").status_code == 200
+    assert client.get("/api/v1/projects/1").get_json()["published_iteration"] == 1

@@ -109,7 +109,7 @@ def target(fuzz_app, web_photos):
 
 def _path_values(operation, target, **override):
     """Path parameters that reach the route's own checks: the target project and its image."""
-    values = {"job_id": 1, "token_id": 1, **target, **override}
+    values = {"job_id": 1, "token_id": 1, "number": 1, **target, **override}
     return {p.name: values[p.name] for p in operation.path_parameters}
 
 

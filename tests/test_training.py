@@ -38,7 +38,11 @@ def test_report_has_honest_metrics_for_backbone_and_ensemble(trained):
     r = result.report
     assert r["classes"] == ["cat", "coffee", "rocket"]
     assert r["n_train"] == 18 and r["n_test"] == 9 and r["cv_folds"] == 5
-    for entry in (r["backbones"]["efficientnet_lite0"], r["ensemble"], r["ensembles"]["mean"]):
+    chosen = r["ensembles"][r["ensemble"]["key"]]
+    for key in ("cv_accuracy", "cv_accuracy_std", "test_accuracy", "train_accuracy", "method"):
+        assert r["ensemble"][key] == chosen[key]  # the chosen one's headline, not a copy of all
+    assert "predictions" not in r["ensemble"] and "confusion" not in r["ensemble"]
+    for entry in (r["backbones"]["efficientnet_lite0"], chosen, r["ensembles"]["vote"]):
         assert entry["cv_accuracy"] >= 0.8  # three very different photos
         assert len(entry["cv_fold_accuracies"]) == 5
         assert entry["cv_accuracy_std"] == pytest.approx(np.std(entry["cv_fold_accuracies"]))
@@ -47,6 +51,7 @@ def test_report_has_honest_metrics_for_backbone_and_ensemble(trained):
         assert entry["confusion"]["source"] == "test"
         assert np.sum(entry["confusion"]["matrix"]) == 9
         assert np.sum(entry["cv"]["confusion"]["matrix"]) == 18
+        assert "confusion" not in entry["test"]  # shown: under entry["confusion"] only
         assert set(entry["per_class"]) == {"cat", "coffee", "rocket"}
         assert {p["sha256"] for p in entry["predictions"]["test"]} == {s.sha256 for s in test.samples}
     assert r["ensemble"]["key"] == "mean" and "one backbone" in r["ensemble"]["why"]
@@ -232,8 +237,9 @@ def test_a_class_with_one_image_trains_without_cross_validation(tmp_path):
     report = result.report
     assert report["classes"] == ["many", "solo"] and report["cv_folds"] is None
     assert "at least 2 images per class" in report["cv_note"]
-    on_train = report["ensemble"]["predictions"]["train"]  # no CV: the training images say
-    assert len(on_train) == 4 and report["ensemble"]["confusion"]["source"] == "train"
+    chosen = report["ensembles"][report["ensemble"]["key"]]
+    on_train = chosen["predictions"]["train"]  # no CV: the training images say
+    assert len(on_train) == 4 and chosen["confusion"]["source"] == "train"
     assert report["ensemble"]["train_accuracy"] == np.mean([p["true"] == p["pred"] for p in on_train])
     assert report["ensembles"]["weighted"]["per_class"] == {}
 

@@ -693,7 +693,8 @@ def _many_class_report(shas, n=MANY, per=3):
     """A report in models/result.py's format for n classes of `per` CV images each; all
     right except: class 005's images all taken for class 007, two of class 020's for class
     021, and the last image of classes 100..159 for the next class. Backbone Lite0 carries a
-    reliability diagram, Lite1 does not (an older report)."""
+    reliability diagram and a sparse confusion (`cells`, as trained reports have beyond 30
+    classes), Lite1 neither (an older report: a dense `matrix`)."""
     labels = [f"class {i:03d}" for i in range(n)]
     preds, matrix = [], [[0] * n for _ in range(n)]
     for i in range(n):
@@ -717,11 +718,14 @@ def _many_class_report(shas, n=MANY, per=3):
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[label] = {"precision": precision, "recall": recall, "f1": f1, "support": per}
     accuracy = sum(matrix[i][i] for i in range(n)) / (n * per)
-    confusion = {"labels": labels, "matrix": matrix, "source": "cv"}
+    dense = {"labels": labels, "matrix": matrix, "source": "cv"}
+    # As models/training.py writes beyond 30 classes: the non-zero cells only.
+    sparse = {"labels": labels, "cells": [[i, j, c] for i, row in enumerate(matrix) for j, c in enumerate(row) if c],
+              "source": "cv"}
 
-    def entry(**extra):
+    def entry(confusion=dense, **extra):
         return {"cv_accuracy": accuracy, "cv_accuracy_std": 0.01, "train_accuracy": 1.0, "test_accuracy": None,
-                "per_class": per_class, "confusion": confusion, "cv": {"accuracy": accuracy, "confusion": confusion},
+                "per_class": per_class, "confusion": confusion, "cv": {"accuracy": accuracy},
                 "train": None, "test": None, "predictions": {"cv": preds}, "train_seconds": 1.5, **extra}
 
     reliability = {"cv": [{"confidence": 0.45, "accuracy": 0.2, "count": 60},
@@ -729,7 +733,7 @@ def _many_class_report(shas, n=MANY, per=3):
                           {"confidence": 0.95, "accuracy": 0.97, "count": 340}], "test": None}
     vote = entry(method="majority vote", key="vote", why="the only method")
     return {"classes": labels, "counts": {label: per for label in labels}, "n_train": n * per, "n_test": 0,
-            "cv_folds": 3, "backbones": {"efficientnet_lite0": entry(reliability=reliability),
+            "cv_folds": 3, "backbones": {"efficientnet_lite0": entry(sparse, reliability=reliability),
                                          "efficientnet_lite1": entry()},
             "ensemble": vote, "ensembles": {"vote": vote}}
 

@@ -678,3 +678,121 @@ def test_near_duplicates_are_listed_at_upload_including_across_train_and_test(cl
     assert all(i["thumbnail"].endswith("/thumbnail") for i in group["images"])
     listed = client.get(f"/api/v1/projects/{pid}/near-duplicates").json["groups"]
     assert [sorted(i["name"] for i in g["images"]) for g in listed] == [["cat-big.jpg", "cat.jpg"]]
+
+
+# -- the published (live) iteration ------------------------------------------------------------
+
+
+def test_publish_pins_the_live_iteration_and_rolls_back(app, client, web_photos, warmed):
+    pid = new_project(client)
+    upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
+    first = _fake_iteration(app, pid, number=1)
+    second = _fake_iteration(app, pid, number=2)
+    project = client.get(f"/api/v1/projects/{pid}").json
+    # nothing published: the latest is live
+    assert project["published_iteration"] is None and project["live_iteration"] == 2
+    assert [i["live"] for i in client.get(f"/api/v1/projects/{pid}/iterations").json] == [
+        False, True]
+
+    r = client.post(f"/api/v1/projects/{pid}/iterations/1/publish")  # roll back
+    assert r.status_code == 200, r.json
+    assert r.json["published_iteration"] == 1 and r.json["iteration"]["number"] == 1
+    assert warmed["iterations"][-1] == first  # the rolled-back one is loaded ahead
+    project = client.get(f"/api/v1/projects/{pid}").json
+    assert project["published_iteration"] == 1 and project["live_iteration"] == 1
+    assert [i["live"] for i in client.get(f"/api/v1/projects/{pid}/iterations").json] == [
+        True, False]
+    # a third training does not go live while 1 is pinned; a restart warms the pinned one
+    _fake_iteration(app, pid, number=3)
+    assert client.get(f"/api/v1/projects/{pid}").json["live_iteration"] == 1
+    from web.prediction import warm_recent_iterations
+
+    warm_recent_iterations(app, count=5)
+    assert warmed["iterations"][-1] == first
+
+    # PATCH publishes too, and null goes back to serving the latest
+    r = client.patch(f"/api/v1/projects/{pid}", json={"published_iteration": 2})
+    assert r.status_code == 200 and r.json["live_iteration"] == 2
+    with app.app_context():
+        job = Job(project_id=pid, state="succeeded", backbones=["efficientnet_lite0"],
+                  iteration_id=first)
+        db.session.add(job)
+        db.session.commit()
+        job_id = job.id
+    client.get(f"/api/v1/jobs/{job_id}")  # a finished job's poll warms the live one
+    assert warmed["iterations"][-1] == second
+    r = client.patch(f"/api/v1/projects/{pid}", json={"published_iteration": None})
+    assert r.status_code == 200 and r.json["published_iteration"] is None
+    assert r.json["live_iteration"] == 3
+
+
+def test_publish_errors_and_other_users_projects(app, client, web_photos):
+    pid = new_project(client)
+    r = client.post(f"/api/v1/projects/{pid}/iterations/1/publish")
+    assert r.status_code == 404 and "no iteration 1" in r.json["error"]
+    _fake_iteration(app, pid, number=1)
+    for bad in ("1", True, 1.5):
+        r = client.patch(f"/api/v1/projects/{pid}", json={"published_iteration": bad})
+        assert r.status_code == 400 and "published_iteration" in r.json["error"], bad
+    r = client.patch(f"/api/v1/projects/{pid}", json={"published_iteration": 7})
+    assert r.status_code == 404 and "no iteration 7" in r.json["error"]
+    assert client.post(f"/api/v1/projects/999/iterations/1/publish").status_code == 404
+
+    bob = logged_in(app.test_client(), "bob")
+    r = bob.post(f"/api/v1/projects/{pid}/iterations/1/publish")
+    assert r.status_code == 404 and r.json["error"] == f"no project with id {pid}"
+    assert bob.patch(f"/api/v1/projects/{pid}", json={"published_iteration": 1}).status_code == 404
+    assert client.get(f"/api/v1/projects/{pid}").json["published_iteration"] is None
+
+
+# -- batch predictions (queued here: test_batch_predict.py runs them through the worker) ------
+
+
+def test_a_zip_sent_to_predict_queues_a_batch_job_beside_training(app, client, web_photos):
+    pid = new_project(client)
+    upload(client, pid, [("c.jpg", web_photos["cat"][0])], label="cat")
+    upload(client, pid, [("k.jpg", web_photos["coffee"][0])], label="coffee")
+    _fake_iteration(app, pid, number=1)
+    batch = make_zip({"cat/1.jpg": web_photos["cat"][1], "coffee/2.jpg": web_photos["coffee"][2]})
+    r = client.post(f"/api/v1/projects/{pid}/predict",
+                    data={"file": (io.BytesIO(batch), "mixed.zip")})
+    assert r.status_code == 202, r.json
+    job_id = r.json["job_id"]
+    assert r.json["job"]["kind"] == "batch" and r.json["job"]["state"] == "queued"
+    assert r.json["job"]["total"] == 2 and r.json["iteration"] == 1
+    jobs = app.extensions["transferlab.jobs"]
+    assert [t.name for t in jobs.huey.pending()] == ["transferlab.batch"]
+    # not ready yet: the results say so instead of answering something half done
+    r = client.get(f"/api/v1/batches/{job_id}/results.csv")
+    assert r.status_code == 409 and "queued" in r.json["error"]
+    assert client.get(f"/api/v1/batches/{job_id}").json["job"]["state"] == "queued"
+    # a batch is not the project's training job: the project can still train
+    project = client.get(f"/api/v1/projects/{pid}").json
+    assert project["latest_job"] is None and project["can_train"] is True
+    r = client.post(f"/api/v1/projects/{pid}/train", json={"force": True})
+    assert r.status_code == 202
+    assert client.get(f"/api/v1/batches/{r.json['job_id']}").status_code == 404  # training's
+    # many loose files make a batch too; one image is still an ordinary prediction
+    r = client.post(f"/api/v1/projects/{pid}/predict", content_type="multipart/form-data",
+                    data={"file": [(io.BytesIO(web_photos["cat"][3]), "a.jpg"),
+                                   (io.BytesIO(web_photos["cat"][4]), "b.jpg")]})
+    assert r.status_code == 202 and r.json["job"]["total"] == 2
+    # cancelled while queued: it never runs
+    r = client.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json["state"] == "cancelled"
+    r = client.get(f"/api/v1/batches/{job_id}/results.json")
+    assert r.status_code == 409 and "cancelled" in r.json["error"]
+    with app.app_context():
+        from web.jobs.batch_run import run_batch
+
+        assert run_batch(app, job_id) == "skipped"
+
+
+def test_a_batch_needs_a_trained_iteration(client, web_photos):
+    pid = new_project(client)
+    z = make_zip({"cat/1.jpg": web_photos["cat"][1]})
+    r = client.post(f"/api/v1/projects/{pid}/predict", data={"file": (io.BytesIO(z), "b.zip")})
+    assert r.status_code == 404 and "train it first" in r.json["error"]
+    r = client.post(f"/api/v1/projects/{pid}/predict?iteration=3",
+                    data={"file": (io.BytesIO(z), "b.zip")})
+    assert r.status_code == 404 and "no iteration 3" in r.json["error"]

@@ -114,7 +114,8 @@ def test_train_through_worker(env, trained):
             "train_seconds"}
     entry = res["backbones"][BACKBONE]
     assert keys <= set(entry)
-    assert keys - {"train_seconds"} <= set(res["ensemble"])
+    assert keys - {"train_seconds"} <= set(res["ensembles"][res["ensemble"]["key"]])
+    assert {"key", "why", "cv_accuracy", "test_accuracy"} <= set(res["ensemble"])
     assert set(entry["per_class"]) == set(LABELS)
     assert set(entry["per_class"]["cat"]) >= {"precision", "recall", "f1"}
     assert entry["confusion"]["labels"] == list(LABELS)

@@ -54,6 +54,7 @@ DEFAULTS: dict = {
     "DISK_RESERVE_BYTES": 8 * 1024 * 1024,
     "WORKER_SHUTDOWN_SECONDS": 30,  # SIGTERM: the running job's time to finish, then re-queued
     "PREDICTOR_CACHE_SIZE": 4,  # trained iterations kept loaded per web process
+    "BATCH_PREDICT_CHUNK": 32,  # images per forward pass of a batch prediction (worker)
     "TOP_K": 3,
     "SQLALCHEMY_TRACK_MODIFICATIONS": False,
     # Accounts and sessions (web/auth/)
@@ -129,7 +130,7 @@ def finalize(app) -> None:
         options["connect_args"] = connect_args
         cfg["SQLALCHEMY_ENGINE_OPTIONS"] = options
     for key in ("MAX_CONTENT_LENGTH", "PORT", "THUMBNAIL_SIZE", "PREVIEW_SIZE", "WORKER_THREADS",
-                "PREDICTOR_CACHE_SIZE", "TOP_K"):
+                "PREDICTOR_CACHE_SIZE", "TOP_K", "BATCH_PREDICT_CHUNK"):
         if cfg.get(key) is not None:
             cfg[key] = int(cfg[key])
     cfg["WORKER"] = _truthy(cfg["WORKER"])

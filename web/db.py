@@ -128,6 +128,9 @@ class Project(db.Model):
     threshold: Mapped[float] = mapped_column(sa.Float, default=0.0, server_default="0")
     # Training also fine-tunes the top of EfficientNet-Lite backbones (kept where CV prefers it).
     fine_tune: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    # The iteration number predictions and exports use when none is asked for (NULL: the
+    # latest); pinned by publishing one, so a worse retrain can be rolled back.
+    published_iteration: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime, default=utcnow, onupdate=utcnow)
 

@@ -301,12 +301,12 @@ class PredictionService:
 
 
 def warm_recent_iterations(app, count: int | None = None) -> list[int]:
-    """At start (`python app.py`): warm, in the background, the latest iteration of the
-    `count` (`WARM_AT_START`, default 2) most recently trained projects, so the first
-    prediction after a restart does not load them. Returns the iteration ids started."""
-    import sqlalchemy as sa
-
-    from web.db import Iteration, db
+    """At start (`python app.py`): warm, in the background, the live iteration (published,
+    else latest: `web.publishing`) of the `count` (`WARM_AT_START`, default 2) most recently
+    trained projects, so the first prediction after a restart does not load them. Returns the
+    iteration ids started."""
+    from web.db import db
+    from web.publishing import live_iterations
 
     count = int(app.config.get("WARM_AT_START", 2) if count is None else count)
     if count <= 0:
@@ -314,13 +314,7 @@ def warm_recent_iterations(app, count: int | None = None) -> list[int]:
     service: PredictionService = app.extensions["transferlab.prediction"]
     storage = app.extensions["transferlab.storage"]
     with app.app_context():
-        latest = (sa.select(Iteration.project_id, sa.func.max(Iteration.number).label("n"))
-                  .group_by(Iteration.project_id).subquery())
-        rows = db.session.scalars(
-            sa.select(Iteration).join(latest, sa.and_(Iteration.project_id == latest.c.project_id,
-                                                      Iteration.number == latest.c.n))
-            .order_by(Iteration.created_at.desc()).limit(count)).all()
-        targets = [(it.id, storage.resolve(it.folder)) for it in rows]
+        targets = [(it.id, storage.resolve(it.folder)) for it in live_iterations(count)]
         db.session.remove()
     return [iteration_id for iteration_id, folder in targets if service.warm(iteration_id, folder)]
 

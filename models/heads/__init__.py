@@ -26,7 +26,8 @@ This module holds the public entry points (`train_head`, `train_and_cross_valida
 from `models.heads` only. Inside the package: `kinds` (the heads), `export` (their Keras
 form), `descent` (what the batched solver needs), `linear` (the solver), `fit` (heads of
 chosen params), `search` (folds, grids, CV with successive halving, the choice of input),
-`calibration` (temperature). Each constant is read in the module that defines it, so a test
+`calibration` (temperature), `ridge` (the closed-form solver for many classes). Each
+constant is read in the module that defines it, so a test
 that changes one sets it there (e.g. `models.heads.search.PRUNE_GAP`).
 """
 
@@ -46,6 +47,7 @@ from .calibration import (
 from .descent import one_blas_thread
 from .fit import fit_all
 from .kinds import Head, HiddenHead, LinearHead, softmax
+from .ridge import fit_ridge, many_classes, search_ridge
 from .search import (
     DEFAULT_PARAMS,
     L2_GRID,
@@ -120,7 +122,9 @@ def train_and_cross_validate(
     scores them: each fold's choices are exactly those `train_head(..., repeats=1)` makes on
     its training rows, with every descent batched together.
     `progress(fraction)` hears how far the search is, at least every `search.TICK_STEPS`
-    descent steps.
+    descent steps. Problems past `ridge.many_classes` (rows^2 x classes) are solved in closed
+    form by ridge regression instead (`ridge`: params "solver" "ridge", "l2", "logit_scale"
+    in place of "steps"), with the same folds, candidates and nesting.
     """
     candidates = as_candidates(features)
     n = len(labels)
@@ -133,18 +137,24 @@ def train_and_cross_validate(
         inner = repeated_folds(labels[rows], groups[rows] if groups is not None else None, seed,
                                repeats if o == 0 else 1)
         inners.append(None if inner is None else [spread(m, rows) for m in inner])
+    ridge = many_classes(n, len(classes))
     with one_blas_thread():
         searches = [Search(x, rows, inner) for rows, inner in zip(outers, inners)
                     for x in candidates.values()]
         # The final fits run up to 1,280 steps in float64: a few seconds on many classes.
         tick = (lambda f: progress(0.8 * f)) if progress else None
-        params = search_all(searches, labels, len(classes), tick=tick)
+        params = (search_ridge if ridge else search_all)(searches, labels, len(classes),
+                                                         tick=tick)
         k = len(candidates)
         picks = [pick(candidates, params[i * k:(i + 1) * k]) for i in range(len(outers))]
         chosen = [dict(p, head="linear") for _, p in picks]
-        heads = fit_all([(candidates[name], rows, p)
-                         for (name, _), rows, p in zip(picks, outers, chosen)], labels, classes,
-                        (lambda f: progress(0.8 + 0.2 * f)) if progress else None)
+        if ridge:
+            heads = [fit_ridge(candidates[name], rows, labels, classes, p)
+                     for (name, _), rows, p in zip(picks, outers, chosen)]
+        else:
+            heads = fit_all([(candidates[name], rows, p)
+                             for (name, _), rows, p in zip(picks, outers, chosen)], labels,
+                            classes, (lambda f: progress(0.8 + 0.2 * f)) if progress else None)
     if progress:
         progress(1.0)
     for head, (name, _), p in zip(heads, picks, chosen):
@@ -158,9 +168,12 @@ def train_and_cross_validate(
 
 
 def fit_head(features: np.ndarray, labels: np.ndarray, classes: list[str], params: dict) -> Head:
-    """Train one linear head on all rows with the given {"l2", "steps"}: no search, the fit
-    `train_head` ends with, on chosen params."""
+    """Train one linear head on all rows with the given {"l2", "steps"} (or, for a ridge
+    head, {"solver": "ridge", "l2", "logit_scale"}): no search, the fit `train_head` ends
+    with, on chosen params."""
     with one_blas_thread():
+        if params.get("solver") == "ridge":
+            return fit_ridge(features, np.ones(len(labels), bool), labels, classes, params)
         return fit_all([(features, np.ones(len(labels), bool), params)], labels, classes)[0]
 
 

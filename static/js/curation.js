@@ -62,7 +62,7 @@ function suspectRow(row, projectId, classes) {
   function offer() {
     item.classList.remove("suspect-done");
     status.textContent = "";
-    const remove = h("button", { type: "button", class: "btn btn-small btn-danger suspect-remove", text: "Remove" });
+    const remove = h("button", { type: "button", class: "btn btn-small btn-danger-outline suspect-remove", text: "Remove" });
     remove.addEventListener("click", (e) => {
       if (remove.dataset.armed !== "yes") { // destructive: a second click confirms
         remove.dataset.armed = "yes";

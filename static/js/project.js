@@ -2,10 +2,14 @@
 // compare results, and classify a dropped image.
 import { api, learnThumbnailUrl, reportError, showAlert, thumbnailUrl, upload } from "./api.js";
 import { $, fill, h, pct, plural } from "./dom.js";
+import { isBatch, runBatch } from "./batch.js";
 import { dropzone } from "./dropzone.js";
 import { renderPrediction } from "./predictions.js";
+import { setupPublish, showLive } from "./publish.js";
 import { formatElapsed, ProgressClock, progressParts } from "./progress.js";
 import { cellImages, learnTitles, renderResults, SOURCE_TITLES, thumb, TITLES } from "./results.js";
+import { webcam } from "./webcam.js";
+import { manage } from "./manage.js";
 
 const projectId = document.getElementById("main").dataset.projectId;
 const base = `/projects/${projectId}`;
@@ -16,6 +20,7 @@ const state = {
   project: null,
   iterations: [],
   iteration: null,
+  live: null, // the iteration predictions use (published, else latest)
   job: null,
   pollTimer: null,
 };
@@ -217,6 +222,7 @@ async function loadProject() {
   const rows = renderClasses(project);
   updateTrainControls(rows);
   loadNearDuplicates();
+  manager.refresh(project);
   if (document.activeElement !== $("#threshold")) $("#threshold").value = Math.round((project.threshold || 0) * 100);
   $("#fine-tune").checked = Boolean(project.fine_tune);
   return project;
@@ -639,6 +645,8 @@ async function loadResults(iteration) {
     $("#cell-detail").hidden = true;
     renderResults(container, report, ctx);
     performance.mark("results-rendered"); // how long a big report takes to draw (tests/test_ui_app.py)
+    state.live = report.live_iteration ?? null;
+    showLive({ shown: state.iteration, live: state.live, published: report.published_iteration ?? null });
     setClassifyEnabled(true);
   } catch (err) {
     if (err.status === 404) {
@@ -669,6 +677,7 @@ async function loadIterations(showLatest) {
     const acc = it && (it.cv_accuracy ?? (it.ensemble && it.ensemble.cv_accuracy));
     const bits = [`Iteration ${n}`];
     if (i === 0) bits.push("latest");
+    if (it && it.live) bits.push("live");
     if (acc != null) bits.push(`CV ${pct(acc)}`);
     if (when) bits.push(new Date(when).toLocaleString());
     return h("option", { value: String(n), text: bits.join(" · ") });
@@ -686,16 +695,20 @@ async function loadIterations(showLatest) {
 // ---- classify ------------------------------------------------------------------------------
 
 let classifyZone;
+let camera; // static/js/webcam.js: live classification and captures
+let manager; // static/js/manage.js: rename/delete the project, change images and classes
 let lastObjectUrl = null;
 
 function setClassifyEnabled(on) {
   classifyZone.setEnabled(on);
+  camera.setTrained(on);
   $("#classify-hint").textContent = on
-    ? `Uses iteration ${state.iterations.length ? Math.max(...state.iterations.map(iterationNumber)) : ""} (the latest).`
+    ? `Uses iteration ${state.live ?? Math.max(...state.iterations.map(iterationNumber))} (the live one).`
     : "Train the project first.";
 }
 
 async function classify(files) {
+  if (isBatch(files)) return runBatch(base, files, { titles: TITLES });
   const file = files.find((f) => !f.type || f.type.startsWith("image/")) || files[0];
   if (files.length > 1) showAlert("Classifying the first image only.", { kind: "info", timeout: 4000 });
   const busy = $("#classify-busy");
@@ -725,6 +738,9 @@ async function main() {
   dropzone($("#test-drop"), (files) => sendFiles(files, "test"));
   classifyZone = dropzone($("#classify-drop"), classify);
   classifyZone.setEnabled(false);
+  manager = manage({ base, actionsRoot: $("#project-actions"), panelRoot: $("#manage"),
+    onChanged: () => loadProject().catch(reportError) });
+  camera = webcam($("#camera"), { base, titles: TITLES, onCaptured: () => loadProject().catch(reportError) });
   $("#train-btn").addEventListener("click", startTraining);
   $("#backbone-edit").addEventListener("toggle", (e) => { if (e.target.open) fillBackboneEditor(); });
   $("#backbone-form").addEventListener("submit", saveBackbones);
@@ -732,6 +748,7 @@ async function main() {
   setupThreshold();
   setupFineTune();
   $("#iteration").addEventListener("change", (e) => loadResults(Number(e.target.value)));
+  setupPublish(base, { current: () => state.iteration, onPublished: () => loadIterations(false) });
   document.addEventListener("images-changed", () => loadProject().catch(reportError)); // curation.js
 
   let project;

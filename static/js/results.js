@@ -31,7 +31,7 @@ function cellColour(count, rowTotal, diagonal) {
  */
 export function heatmap(confusion, source, onCell, { caption } = {}) {
   const labels = confusion.labels || [];
-  const matrix = confusion.matrix || [];
+  const matrix = confusionMatrix(confusion);
   const heading = caption || `Confusion matrix · ${SOURCE_TITLES[source] || source}`;
   const table = h("table", { class: `heatmap${labels.length <= 4 ? " heatmap-small" : ""}`, dataset: { source } },
     h("caption", { class: "visually-hidden", text: `${heading} (rows: true class, columns: predicted class)` }),
@@ -79,7 +79,7 @@ function canvasColour(count, rowTotal, diagonal) {
  */
 export function heatmapCanvas(confusion, source, onCell, { caption } = {}) {
   const labels = confusion.labels || [];
-  const matrix = confusion.matrix || [];
+  const matrix = confusionMatrix(confusion);
   const n = labels.length;
   const cell = Math.max(4, Math.min(14, Math.floor(900 / Math.max(n, 1)))); // scrolls beyond 225 classes
   const size = cell * n;
@@ -138,11 +138,24 @@ export function heatmapCanvas(confusion, source, onCell, { caption } = {}) {
     h("div", { class: "heatmap-wrap" }, canvas), status);
 }
 
+/**
+ * A confusion's matrix as rows of counts: `matrix` as written, or built from `cells`
+ * ([[true index, predicted index, count], ...], the non-zero cells only), the form
+ * models/training.py writes beyond 30 classes to keep a many-class report small.
+ */
+export function confusionMatrix(confusion) {
+  if (confusion.matrix) return confusion.matrix;
+  const n = (confusion.labels || []).length;
+  const matrix = Array.from({ length: n }, () => new Array(n).fill(0));
+  for (const [i, j, count] of confusion.cells || []) if (i < n && j < n) matrix[i][j] = count;
+  return matrix;
+}
+
 /** The off-diagonal cells of a confusion matrix, biggest first: [{trueLabel, predLabel, count}]. */
 export function topConfusions(confusion, limit = 10) {
   const labels = confusion.labels || [];
   const out = [];
-  (confusion.matrix || []).forEach((row, i) => (row || []).forEach((count, j) => {
+  confusionMatrix(confusion).forEach((row, i) => (row || []).forEach((count, j) => {
     if (i !== j && count > 0) out.push({ trueLabel: labels[i], predLabel: labels[j], count });
   }));
   out.sort((a, b) => b.count - a.count || a.trueLabel.localeCompare(b.trueLabel) || a.predLabel.localeCompare(b.predLabel));

@@ -9,8 +9,10 @@ the bottom (microblog's `app/api/` shape):
     projects      /projects (list, create, read, change, delete), /backbones
     images        a project's images, uploads, near-duplicates; image files and thumbnails
     training      /projects/<id>/train, jobs, cancel
-    results       results, iterations, predict, ImageNet predict and backbones
+    results       results, iterations, publishing, predict, ImageNet predict and backbones
+    batches       batch predictions (a zip or many files sent to predict): follow, download
     account       /me, /tokens, /status, /openapi.yaml
+    manage        /projects/<id>/images/bulk: relabel, move, delete many images; undo
 
 Errors are RFC 9457 problem details plus `{"error": "..."}` (`web.problems`): 400 bad input
 (naming the file and the reason), 401 no or bad credentials, 403 refused, 404 unknown ids (and
@@ -27,6 +29,8 @@ from flask import Blueprint
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 from web.api import account, images, projects, results, training  # noqa: F401  (routes)
+from web.api import manage  # noqa: F401,E402  (routes: bulk image changes and their undo)
+from web.api import batches  # noqa: F401,E402  (routes)
 from web.api.errors import register_error_handlers
 
 __all__ = ["bp", "register_error_handlers"]

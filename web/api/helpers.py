@@ -61,5 +61,7 @@ def project_iterations(project_id: int) -> list[Iteration]:
 
 
 def latest_job(project_id: int) -> Job | None:
-    return db.session.scalar(sa.select(Job).where(Job.project_id == project_id)
+    """The project's latest training job (batch predictions are jobs too, of kind "batch")."""
+    return db.session.scalar(sa.select(Job).where(Job.project_id == project_id,
+                                                  Job.kind == "train")
                              .order_by(Job.id.desc()).limit(1))

@@ -1,4 +1,5 @@
-"""Projects: list, create, read, change (name, backbones, threshold, fine-tuning) and delete
+"""Projects: list, create, read, change (name, backbones, threshold, fine-tuning, the published
+iteration) and delete
 the caller's projects, with the checks of those fields; and the backbones a project can use.
 """
 from __future__ import annotations
@@ -66,6 +67,19 @@ def _check_fine_tune(value) -> bool:
     return value
 
 
+def _check_published(project_id: int, value) -> int | None:
+    """An iteration number of the project to publish, or null (serve the latest)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, f"invalid published_iteration {value!r}: an iteration number of "
+                            "this project, or null to serve the latest")
+    if db.session.scalar(sa.select(Iteration.id).where(Iteration.project_id == project_id,
+                                                       Iteration.number == value)) is None:
+        raise ApiError(404, f"project {project_id} has no iteration {value}")
+    return value
+
+
 @bp.get("/backbones")
 def list_backbones():
     defaults = default_backbones(weights_dir())
@@ -116,6 +130,8 @@ def update_project(project_id: int):
         project.threshold = _check_threshold(body["threshold"])
     if "fine_tune" in body:
         project.fine_tune = _check_fine_tune(body["fine_tune"])
+    if "published_iteration" in body:
+        project.published_iteration = _check_published(project_id, body["published_iteration"])
     project.updated_at = utcnow()
     db.session.commit()
     return jsonify(_with_warnings(project_json(project), project.backbones))

@@ -1,6 +1,8 @@
 """What training produced, and using it: a trained iteration's report (`results`), the list of
-iterations, predicting one uploaded image with a project's iteration, and predicting with
-the backbones' own ImageNet heads. Only the predict routes run TensorFlow, off the gevent loop.
+iterations, publishing one (the live iteration, `web.publishing`), predicting one uploaded
+image with a project's iteration (a zip or several files: a batch job, `web.api.batches`), and
+predicting with the backbones' own ImageNet heads. Only the predict routes run TensorFlow, off
+the gevent loop.
 """
 from __future__ import annotations
 
@@ -21,18 +23,26 @@ from web.api.helpers import (
     release_connection,
     weights_dir,
 )
+from web.api.batches import is_batch, start_batch
 from web.api.serializers import backbone_json, iteration_json, thumbnail_url
 from web.concurrency import offload, offload_tf
 from web.db import Iteration, db, iso
 from web.inputs import float_arg, int_arg
 from web.prediction import BackboneUnavailable, imagenet_backbones, imagenet_candidates
+from web.publishing import live_iteration
 
 
-def _iteration(project_id: int) -> Iteration:
+def _iteration(project_id: int, *, default: str = "live") -> Iteration:
+    """The iteration a request names with `?iteration=`, else `default`: "live" (the published
+    one, or the latest when none is: `web.publishing.live_iteration`), which predictions and
+    exports serve; or "latest", which the results page opens on. 404 when there is none."""
     number = int_arg(request.values, "iteration", None, 1)
     query = sa.select(Iteration).where(Iteration.project_id == project_id)
     if number is None:
-        it = db.session.scalar(query.order_by(Iteration.number.desc()).limit(1))
+        if default == "live":
+            it = live_iteration(get_project(project_id))
+        else:
+            it = db.session.scalar(query.order_by(Iteration.number.desc()).limit(1))
         if it is None:
             raise ApiError(404, f"project {project_id} has no trained iteration yet: train it first")
     else:
@@ -44,8 +54,9 @@ def _iteration(project_id: int) -> Iteration:
 
 @bp.get("/projects/<int:project_id>/results")
 def results(project_id: int):
-    get_project(project_id)
-    it = _iteration(project_id)
+    project = get_project(project_id)
+    it = _iteration(project_id, default="latest")
+    live = live_iteration(project)
     try:
         report = read_report(get_storage().resolve(it.folder))
     except (OSError, ValueError) as exc:
@@ -60,14 +71,39 @@ def results(project_id: int):
         "features_computed": it.features_computed, "features_total": it.features_total,
         "iterations": [i.number for i in project_iterations(project_id)],
         "thumbnail_url": pattern,
+        "published_iteration": project.published_iteration,
+        "live_iteration": live.number if live is not None else None,
     })
     return jsonify(report)
 
 
 @bp.get("/projects/<int:project_id>/iterations")
 def list_iterations(project_id: int):
-    get_project(project_id)
-    return jsonify([iteration_json(it) for it in project_iterations(project_id)])
+    live = live_iteration(get_project(project_id))
+    return jsonify([{**iteration_json(it), "live": live is not None and it.id == live.id}
+                    for it in project_iterations(project_id)])
+
+
+@bp.post("/projects/<int:project_id>/iterations/<int:number>/publish")
+def publish_iteration(project_id: int, number: int):
+    """Pin iteration `number` as the one served when a request names none (a rollback
+    when it is an earlier one); its predictor is warmed in the background."""
+    project = get_project(project_id)
+    it = db.session.scalar(sa.select(Iteration).where(Iteration.project_id == project_id,
+                                                      Iteration.number == number))
+    if it is None:
+        raise ApiError(404, f"project {project_id} has no iteration {number}")
+    project.published_iteration = it.number
+    db.session.commit()
+    warm_iteration(it)
+    return jsonify({"project_id": project_id, "published_iteration": it.number,
+                    "live_iteration": it.number, "iteration": iteration_json(it)})
+
+
+def warm_iteration(it: Iteration | None) -> None:
+    """Load `it`'s predictor in the background (unless warm-ups are off)."""
+    if it is not None and current_app.config.get("WARM_PREDICTORS", True):
+        get_predictions().warm(it.id, get_storage().resolve(it.folder))
 
 
 # -- prediction ----------------------------------------------------------------------------
@@ -95,6 +131,11 @@ def _uploaded_image():
 def predict(project_id: int):
     project = get_project(project_id)
     it = _iteration(project_id)
+    uploads = [f for f in request.files.getlist("file") if f and f.filename is not None]
+    if is_batch(uploads):  # a zip or several files: a background job (web.api.batches)
+        return start_batch(project, it, uploads)
+    live = request.values.get("iteration") is None or it.id == getattr(
+        live_iteration(project), "id", None)
     top_k = int_arg(request.values, "top_k", current_app.config["TOP_K"], 1, 20)
     threshold = float_arg(request.values, "threshold", project.threshold or 0.0, 0.0, 1.0)
     it_id, number, classes, folder = it.id, it.number, it.classes, get_storage().resolve(it.folder)
@@ -104,7 +145,8 @@ def predict(project_id: int):
         answer = get_predictions().classify(it_id, folder, image, top_k, threshold)
     except BackboneUnavailable as exc:
         raise ApiError(503, str(exc)) from None
-    return jsonify({**answer, "name": name, "iteration": number, "classes": classes})
+    return jsonify({**answer, "name": name, "iteration": number, "classes": classes,
+                    "live": live})
 
 
 @bp.post("/imagenet/predict")

@@ -11,6 +11,7 @@ from models.registry import BACKBONES, availability, default_backbones
 from web.api.helpers import latest_job, project_iterations, weights_dir
 from web.db import Iteration, Job, Project, ProjectImage, iso, utcnow
 from web.jobs import class_counts, live_workers
+from web.publishing import live_iteration
 
 
 def thumbnail_url(sha256: str) -> str:
@@ -59,6 +60,7 @@ def job_json(job: Job | None) -> dict | None:
     now = utcnow()
     return {
         "id": job.id, "job_id": job.id, "project_id": job.project_id, "state": job.state,
+        "kind": job.kind or "train",
         "progress": round(float(job.progress or 0.0), 4), "stage": job.stage,
         "done": job.done, "total": job.total, "error": job.error,
         "iteration": job.iteration.number if job.iteration is not None else None,
@@ -96,6 +98,7 @@ def project_json(project: Project, *, full: bool = True) -> dict:
     train, test = class_counts(project.id, "train"), class_counts(project.id, "test")
     latest = latest_job(project.id)
     iterations = project_iterations(project.id)
+    live = live_iteration(project)
     out = {
         "id": project.id, "name": project.name, "backbones": project.backbones,
         "threshold": project.threshold or 0.0,
@@ -104,6 +107,9 @@ def project_json(project: Project, *, full: bool = True) -> dict:
         "classes": train, "test_classes": test,
         "n_classes": len(train), "n_train": sum(train.values()), "n_test": sum(test.values()),
         "latest_iteration": iterations[-1].number if iterations else None,
+        # what predictions use when none is named (web.publishing): published, else latest
+        "published_iteration": project.published_iteration,
+        "live_iteration": live.number if live is not None else None,
         "status": latest.state if latest else None,
         "latest_job": job_json(latest),
         "can_train": len(train) >= 2 and not (latest and latest.state in ("queued", "running")),

@@ -21,6 +21,7 @@ from web.db import Iteration, Job, Project, db
 from web.inputs import MAX_ID
 from web.jobs import JobConflict, NotEnoughData, QueueUnavailable, active_job, load_samples
 from web.jobs.training_run import training_fingerprint
+from web.publishing import live_iteration
 
 
 def _train_options() -> dict:
@@ -115,15 +116,17 @@ def get_job(job_id: int):
 
 def warm_finished(job: Job | None) -> None:
     """Get this (web) process ready to predict with a job's iteration, in the background, as
-    the job's status is polled: its backbones while it runs, the iteration's predictor (heads
-    and one tiny image through it) once it succeeded. The first prediction then waits for
+    the job's status is polled: its backbones while it runs, once it succeeded the predictor
+    (heads and one tiny image through it) of the project's live iteration (the new one, unless
+    an earlier one is published). The first prediction then waits for
     neither."""
     if job is None or not current_app.config.get("WARM_PREDICTORS", True):
         return
     if job.state == "running":
         get_predictions().warm_backbones(job.backbones or [])
     elif job.state == "succeeded" and job.iteration is not None:
-        get_predictions().warm(job.iteration.id, get_storage().resolve(job.iteration.folder))
+        live = live_iteration(db.session.get(Project, job.project_id)) or job.iteration
+        get_predictions().warm(live.id, get_storage().resolve(live.folder))
 
 
 @bp.post("/jobs/<int:job_id>/cancel")

@@ -25,6 +25,7 @@ from web.storage import Storage
 log = logging.getLogger("transferlab.worker")
 
 TRAIN_TASK = "transferlab.train"
+BATCH_TASK = "transferlab.batch"  # a batch prediction (web.jobs.batch_run)
 GC_TASK = "transferlab.gc"
 
 
@@ -72,6 +73,7 @@ class Jobs:
         self.app = app
         self.huey = make_huey(app.config)
         self.train_task = self.huey.task(name=TRAIN_TASK)(self._train_task)
+        self.batch_task = self.huey.task(name=BATCH_TASK)(self._batch_task)
         self.gc_task = self.huey.periodic_task(crontab(minute="*/30"), name=GC_TASK)(
             self._gc_task)
         self.huey.signal(SIGNAL_INTERRUPTED)(self._on_interrupted)
@@ -95,6 +97,24 @@ class Jobs:
                 f"{len(counts)} ({have})")
         job = state.create(project, n_train=sum(counts.values()),
                            n_test=sum(class_counts(project.id, "test").values()))
+        return self._enqueue_new(job)
+
+    def start_batch(self, project: Project, iteration, folder: Path, total: int) -> Job:
+        """Queue a batch prediction of `project` with `iteration` on the files stored in the
+        temporary `folder` (`web.jobs.batch_run.store_batch`), which is moved to the job's
+        batch folder; raises QueueUnavailable."""
+        from web.jobs.batch_run import batch_relpath
+
+        job = state.create_batch(project, iteration, total)
+        try:
+            self.storage.commit_dir(folder, batch_relpath(project.id, job.id))
+        except OSError as exc:
+            state.finish(job.id, "failed", error=f"could not store the files: {exc}",
+                         from_states=("queued",))
+            raise
+        return self._enqueue_new(job)
+
+    def _enqueue_new(self, job: Job) -> Job:
         try:
             self.enqueue(job.id)
         except Exception as exc:  # the queue is down: do not leave a job that never runs
@@ -106,8 +126,10 @@ class Jobs:
         return job
 
     def enqueue(self, job_id: int) -> None:
-        """Put a message for the (queued) job on the queue and remember its id."""
-        task = self.train_task.s(job_id)
+        """Put a message for the (queued) job on the queue, as its kind's task, and remember
+        its id."""
+        kind = db.session.scalar(sa.select(Job.kind).where(Job.id == job_id))
+        task = (self.batch_task if kind == "batch" else self.train_task).s(job_id)
         self.huey.enqueue(task)
         state.set_queue_id(job_id, task.id)
 
@@ -155,6 +177,17 @@ class Jobs:
                 db.session.remove()
                 self.in_flight.discard(job_id)
 
+    def _batch_task(self, job_id: int) -> None:
+        from web.jobs.batch_run import run_batch
+
+        self.in_flight.add(job_id)
+        with self.app.app_context():
+            try:
+                run_batch(self.app, job_id)
+            finally:
+                db.session.remove()
+                self.in_flight.discard(job_id)
+
     def _gc_task(self) -> None:
         run_housekeeping(self.app)
 
@@ -162,7 +195,7 @@ class Jobs:
         """The worker is stopping while `task` runs (SIGINT, or SIGTERM's grace period is
         over): queue the job again for another worker; this stop is not counted as an
         attempt."""
-        if getattr(task, "name", None) != TRAIN_TASK or not task.args:
+        if getattr(task, "name", None) not in (TRAIN_TASK, BATCH_TASK) or not task.args:
             return
         with self.app.app_context():
             try:

@@ -54,6 +54,49 @@ def create(project: Project, n_train: int, n_test: int) -> Job:
     return job
 
 
+def create_batch(project: Project, iteration, total: int) -> Job:
+    """A new `queued` batch prediction job (kind "batch") of `project` with `iteration`. It
+    is not the project's active job (`active_project` stays NULL): batches never block a
+    training, nor each other."""
+    job = Job(project_id=project.id, kind="batch", state="queued", active_project=None,
+              backbones=list(iteration.backbones), iteration_id=iteration.id, progress=0.0,
+              stage="queued", done=0, total=total)
+    db.session.add(job)
+    db.session.commit()
+    return job
+
+
+def run_claimed(job_id: int, work, *, describe: str, error_message=None) -> str:
+    """Claim queued job `job_id` for this process and run `work(job, me)` (which returns the
+    final state, or raises JobCancelled); a cancellation or any exception becomes the job's
+    final state ("cancelled", "failed" with `error_message(exc)`, by default the exception's
+    type and message). Returns the final state, or "skipped" when the job was not queued.
+    What both job kinds share (`run_training`, `run_batch`); never raises for a failed job."""
+    import logging
+    import traceback
+
+    log = logging.getLogger("transferlab.worker")
+    me = worker_id()
+    if not claim(job_id, me):
+        log.info("job %s is not queued any more (cancelled?): skipped", job_id)
+        return "skipped"
+    job = db.session.get(Job, job_id)
+    log.info("job %s: %s for project %s", job_id, describe, job.project_id)
+    try:
+        return work(job, me)
+    except JobCancelled:
+        db.session.rollback()
+        finish(job_id, "cancelled", owner=me)
+        log.info("job %s cancelled", job_id)
+        return "cancelled"
+    except Exception as exc:
+        db.session.rollback()
+        message = error_message(exc) if error_message else f"{type(exc).__name__}: {exc}"
+        log.error("job %s failed: %s\n%s", job_id, message, traceback.format_exc())
+        finish(job_id, "failed", error=message, owner=me)
+        return "failed"
+
+
 def set_queue_id(job_id: int, queue_id: str) -> None:
     """Remember the id of the job's queue message (to revoke it, to find it lost)."""
     db.session.execute(sa.update(Job).where(Job.id == job_id).values(queue_id=queue_id))

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import shutil
-import traceback
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +26,7 @@ import sqlalchemy as sa
 from models.result import summarize, views_extracted
 from web.db import Iteration, Job, Project, ProjectImage, db
 from web.jobs import state
-from web.jobs.state import JobCancelled, worker_id
+from web.jobs.state import JobCancelled
 from web.storage import Storage
 
 log = logging.getLogger("transferlab.worker")
@@ -147,28 +146,14 @@ def _store_result(storage: Storage, project_id: int, result) -> tuple[int, str]:
 
 def run_training(app, job_id: int) -> str:
     """Run one training job in this (worker) process; returns the job's final state."""
-    me = worker_id()
-    if not state.claim(job_id, me):
-        log.info("job %s is not queued any more (cancelled?): skipped", job_id)
-        return "skipped"
-    job = db.session.get(Job, job_id)
-    project = db.session.get(Project, job.project_id)
-    log.info("job %s: training project %s", job_id, job.project_id)
-    try:
+    def work(job: Job, me: str) -> str:
+        project = db.session.get(Project, job.project_id)
         if project is None:
             raise JobCancelled()
         return _train_job(app, job, project, me)
-    except JobCancelled:
-        db.session.rollback()
-        state.finish(job_id, "cancelled", owner=me)
-        log.info("job %s cancelled", job_id)
-        return "cancelled"
-    except Exception as exc:
-        db.session.rollback()
-        message = _error_message(exc)
-        log.error("job %s failed: %s\n%s", job_id, message, traceback.format_exc())
-        state.finish(job_id, "failed", error=message, owner=me)
-        return "failed"
+
+    return state.run_claimed(job_id, work, describe="training",
+                             error_message=_error_message)
 
 
 def _train_job(app, job: Job, project: Project, me: str) -> str:
