@@ -127,3 +127,13 @@ def test_training_reports_a_cheap_learning_curve_per_backbone(tmp_path):
     assert curve["accuracy"][-1] > curve["accuracy"][0]
     assert curve["expected_at_2x"]["n_images"] == 400
     assert curve["cpu_seconds"] < 0.25 * spent, (curve["cpu_seconds"], spent)
+
+
+@pytest.mark.unit
+def test_many_class_ridge_heads_are_refitted_in_closed_form():
+    """The many-class path's head (`models.heads.ridge`: no "steps") gets a curve too."""
+    x, y = blobs()
+    params = {"solver": "ridge", "l2": 0.01, "logit_scale": 10.0}
+    curve = learning_curve(x, y, ["a", "b", "c"], make_folds(y, seed=0), params)
+    assert len(curve["accuracy"]) == 4 and curve["accuracy"][-1] >= 0.8
+    assert curve["accuracy"][-1] > curve["accuracy"][0]
