@@ -36,7 +36,8 @@ class Entry(TypedDict, total=False):
     `predictions`: {split: [{"sha256", "source", "true", "pred", "score"}]};
     `per_class` and `confusion`: from the test split, else CV, else training (`confusion`'s
     "source" says which; that split's report does not repeat its confusion matrix).
-    A backbone's entry adds "hyperparameters", "calibration", "fine_tuning" (when asked for)
+    A backbone's entry adds "hyperparameters", "calibration", "fine_tuning" (when asked for),
+    "learning_curve" (`models.learning_curve.learning_curve`; None without CV)
     and "extract_seconds", "head_seconds", "train_seconds"; an ensemble's adds "method", the
     weighted one's "weights" ({backbone: weight}), the chosen one's "key" and "why".
     """
@@ -75,6 +76,7 @@ class Report(TypedDict, total=False):
     ensembles: dict[str, Entry]  # "vote", "mean", "weighted"
     backbone_titles: dict[str, str]  # {backbone: display name}
     ood: dict | None  # "None of these" calibration (models.ood.OodModel.info), None without CV
+    mislabelled: dict  # likeliest mislabelled training images: models.curation.mislabelled_report
 
 
 def head_file(folder: str | Path, backbone: str) -> Path:

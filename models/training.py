@@ -12,6 +12,7 @@ from functools import partial
 
 import numpy as np
 
+from models.curation import mislabelled_report
 from models.datasets import Sample
 from models.duplicates import near_duplicate_groups
 from models.ensemble import cross_fit_weighted, fit_weights
@@ -20,6 +21,7 @@ from models.features import (VIEW_POLICIES, FeatureCache, Item, head_input, head
 from models.finetune import fine_tune as fine_tune_backbone
 from models.heads import (Head, apply_temperature, decide_temperature, make_folds, softmax,
                           train_and_cross_validate)
+from models.learning_curve import learning_curve
 from models.metrics import (brier, classification_report, expected_calibration_error,
                             fold_accuracies, log_loss, reliability)
 from models.ood import fit_ood
@@ -251,6 +253,7 @@ def train(
                             lambda f, stage=stage, start=head_start, width=0.95 * head_width:
                             report_progress(stage, round(100 * f), 100, start, width)))
         x = candidates[head.params["views"]]
+        curve = learning_curve(x[:n_train], y["train"], classes, val_masks, head.params, seed)
         calibration = {}
         cv_probs = None
         if val_masks:
@@ -297,6 +300,7 @@ def train(
         entries[name] = _entry(probs, y, samples, classes, val_masks)
         entries[name]["hyperparameters"] = head.params
         entries[name]["calibration"] = calibration
+        entries[name]["learning_curve"] = curve  # of the frozen features' head
         if tuning is not None:
             entries[name]["fine_tuning"] = tuning.report
         entries[name]["extract_seconds"] = round(seconds[name], 3)
@@ -325,6 +329,8 @@ def train(
         "ensembles": ensembles,
         "backbone_titles": backbone_titles(backbones),
         "ood": ood.info if ood else None,
+        "mislabelled": mislabelled_report([all_probs[n]["cv"] for n in backbones], y["train"],
+                                          samples["train"], classes),
     }
     if progress:
         progress(Progress("done", 1, 1, 1.0))

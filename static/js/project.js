@@ -750,6 +750,7 @@ async function main() {
   setupFineTune();
   $("#iteration").addEventListener("change", (e) => loadResults(Number(e.target.value)));
   setupPublish(base, { current: () => state.iteration, onPublished: () => loadIterations(false) });
+  document.addEventListener("images-changed", () => loadProject().catch(reportError)); // curation.js
 
   let project;
   try {

@@ -1,6 +1,7 @@
 // Results: backbones side by side with the ensemble, per-class tables, confusion heatmaps
 // whose cells open the images behind them, and the misclassified images.
 import { thumbnailUrl } from "./api.js";
+import { curationPanels } from "./curation.js";
 import { fill, h, pct, plural, seconds } from "./dom.js";
 import { exportControl } from "./exports.js";
 
@@ -512,7 +513,8 @@ export function renderResults(container, report, ctx) {
       h("ul", null, skipped.map((s) => h("li", { text: `${s.source}: ${s.reason}` })))) : null,
     h("p", { class: "hint", text: "Click a cell of a confusion matrix, or a top confusion, to see the images behind it." }),
     cards,
-    exportControl(report, title));
+    exportControl(report, title),
+    curationPanels(report, title));
 }
 
 /** The images behind one confusion cell. */

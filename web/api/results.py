@@ -13,6 +13,7 @@ from models.datasets import stream_name
 from models.registry import DEFAULT_BACKBONES, OFFLINE_BACKBONE
 from models.result import prediction_rows, read_report
 from web.api import bp
+from web.api.curation import annotate_mislabelled
 from web.api.errors import ApiError
 from web.api.helpers import (
     get_predictions,
@@ -63,6 +64,7 @@ def results(project_id: int):
     pattern = thumbnail_url("0" * 64).replace("0" * 64, "{sha256}")
     for p in prediction_rows(report):
         p.setdefault("thumbnail", pattern.replace("{sha256}", p["sha256"]))
+    annotate_mislabelled(project_id, report)
     report.update({
         "iteration": it.number, "iteration_id": it.id, "project_id": project_id,
         "job_id": it.job_id, "created_at": iso(it.created_at),
