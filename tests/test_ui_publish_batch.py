@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 
 import pytest
 from helpers import logged_in, make_zip
@@ -169,4 +170,27 @@ def test_label_the_suggestions_of_an_unlabelled_zip(session, pinned, worker, pho
     suggestions = page.request.get(f"/api/v1/batches/{job_id}").json()["suggestions"]
     labelled = sorted(s["in_project"]["label"] for s in suggestions if s["in_project"])
     assert labelled == ["Mug", "cat"]
+    session.assert_clean()
+
+
+def test_choose_a_folder_to_classify_every_image_in_it(session, pinned, worker,
+                                                        photo_test_folder, tmp_path):
+    """"Choose a folder…" (a webkitdirectory input) sends every image under the folder, its
+    class subfolders included and hidden files left out, as one batch."""
+    folder = tmp_path / "to-sort"
+    shutil.copytree(photo_test_folder, folder)
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    expected = sorted(p.name for p in folder.rglob("*.jpg"))
+    page = session.page
+    page.goto(f"/projects/{pinned}")
+    page.wait_for_selector("#results .model-card")
+    assert page.is_enabled("#classify-drop .pick-folder")
+    page.set_input_files("#classify-drop input[webkitdirectory]", folder)
+    rows = page.locator(".batch-table tbody tr")
+    rows.first.wait_for(timeout=180_000)
+    page.wait_for_function(f"() => document.querySelectorAll('.batch-table tbody tr').length === {len(expected)}")
+    batch_id = page.locator(".batch-csv").get_attribute("href").split("/batches/")[1].split("/")[0]
+    body = page.request.get(f"/api/v1/batches/{batch_id}").json()
+    assert sorted(r["name"] for r in body["images"]) == expected
+    assert body["rejected"] == []  # .DS_Store never left the browser
     session.assert_clean()

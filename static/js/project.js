@@ -737,7 +737,7 @@ async function classify(files) {
 async function main() {
   dropzone($("#train-drop"), (files) => sendFiles(files, "train"));
   dropzone($("#test-drop"), (files) => sendFiles(files, "test"));
-  classifyZone = dropzone($("#classify-drop"), classify);
+  classifyZone = dropzone($("#classify-drop"), classify, { folders: true });
   classifyZone.setEnabled(false);
   manager = manage({ base, actionsRoot: $("#project-actions"), panelRoot: $("#manage"),
     onChanged: () => loadProject().catch(reportError) });
