@@ -87,7 +87,8 @@ def predict_batch(predictor, files: Sequence[BatchFile], *, chunk: int = 32,
     the ensemble's two best [{"label", "score"}]}, ...] (up to `suggestions` unlabelled
     images, first copies only, in the order to label them; see `models.active`)}; a row is
     {"name", "sha256", "file" (index of its file in `files`), "label" (true class or None),
-    "prediction" (ensemble answer, "unknown" below `threshold`), "score", "correct" (None
+    "prediction" (ensemble answer, "unknown" below `threshold` or when unlike every class:
+    `Predictor.ood_part`), "score", "correct" (None
     without a label), "backbones": {name: {"label", "score"}}, "ensemble": the full ensemble
     answer, "duplicate_of"}.
     """
@@ -111,7 +112,8 @@ def predict_batch(predictor, files: Sequence[BatchFile], *, chunk: int = 32,
         inputs = predictor.head_inputs(images)
         probabilities = predictor.head_probabilities(inputs)
         clock["forward"] += time.perf_counter() - start
-        answers = predictor.answer(probabilities, top_k=1, threshold=threshold)
+        answers = predictor.answer(probabilities, top_k=1, threshold=threshold,
+                                   ood=predictor.ood_part(inputs))
         ensemble = ensemble_probabilities(probabilities, predictor.result.report.get("ensemble"))
         uncertainty, embeddings = margins(ensemble), embed(inputs)
         for i, ((sample, _, label), answer) in enumerate(zip(pending, answers)):

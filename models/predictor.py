@@ -107,9 +107,13 @@ class Predictor:
         forward pass per backbone and view. The second is `OodModel.answer`'s dict, None for
         an iteration saved without an OOD model."""
         x = self.head_inputs(images)
-        probs = self.head_probabilities(x)
+        return self.head_probabilities(x), self.ood_part(x)
+
+    def ood_part(self, inputs: dict[str, np.ndarray]) -> dict | None:
+        """The OOD part of the answers for `head_inputs`' {backbone: (n, d)} (`with_ood`'s
+        `ood`), or None for an iteration saved without an OOD model."""
         ood = self.result.ood
-        return probs, (ood.answer(ood.scores(x)) if ood is not None else None)
+        return ood.answer(ood.scores(inputs)) if ood is not None else None
 
     def answer(self, probabilities: dict[str, np.ndarray], top_k: int = 3,
                threshold: float = 0.0, ood: dict | None = None) -> list[dict]:

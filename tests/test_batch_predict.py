@@ -154,7 +154,12 @@ def test_batch_zip_with_labels_runs_through_the_worker(env, pinned, test_images)
     copy = rows["held-out.zip:batch/rocket/zz_again.jpg"]
     assert copy["duplicate_of"] == "held-out.zip:batch/rocket/rocket_0.jpg"
     assert copy["ensemble"] == rows[copy["duplicate_of"]]["ensemble"]
-    assert rows["held-out.zip:batch/zebra/z.png"]["label"] is None  # not a project class
+    zebra = rows["held-out.zip:batch/zebra/z.png"]
+    assert zebra["label"] is None  # not a project class
+    # a flat picture is unlike every class: the batch says so as /predict does
+    alone = predict(client, pid, png_bytes())
+    assert zebra["prediction"] == alone["ensemble"]["label"] == "unknown"
+    assert zebra["ensemble"]["reason"] == "unlike any class" and zebra["ensemble"]["unknown"]
     assert rows["held-out.zip:batch/cat/cat_0.jpg"]["label"] == "cat"
     assert body["labelled"] == 10
     # only the image without a true label is suggested for labelling
