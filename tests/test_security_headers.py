@@ -12,7 +12,7 @@ from helpers import TEST_PASSWORD, api_token, logged_in, page_csrf_token
 from PIL import Image
 
 from web import create_app
-from web.security import PAGE_POLICY
+from web.security import PAGE_POLICY, PERMISSIONS_POLICY
 
 pytestmark = pytest.mark.unit
 
@@ -50,6 +50,8 @@ def test_pages_carry_a_strict_content_security_policy(client):
         assert r.headers["X-Frame-Options"] == "DENY"
         assert r.headers["X-Content-Type-Options"] == "nosniff"
         assert r.headers["Referrer-Policy"] == "same-origin"
+        assert r.headers["Permissions-Policy"] == PERMISSIONS_POLICY  # camera: this site only
+        assert "camera=(self)" in PERMISSIONS_POLICY and "microphone=()" in PERMISSIONS_POLICY
     anonymous = client.application.test_client()
     r = anonymous.get("/login")
     assert r.status_code == 200 and r.headers["Content-Security-Policy"] == PAGE_POLICY

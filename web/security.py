@@ -1,8 +1,8 @@
 """Browser-facing defences: security headers on every answer, and an Origin check on writes.
 
 Contract:
-- Every response carries `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY` and
-  `Referrer-Policy: same-origin`. HTML pages carry PAGE_POLICY as their
+- Every response carries `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`,
+  `Referrer-Policy: same-origin` and PERMISSIONS_POLICY (the camera for this site only). HTML pages carry PAGE_POLICY as their
   Content-Security-Policy: scripts, styles, fonts and requests only from this site (the
   pages load their own ES modules; no inline script, style attribute or handler), images
   also from blob: (previews of dropped images), no plugins, no <base>, forms post only
@@ -33,8 +33,10 @@ PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
                "img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
                "form-action 'self'; frame-ancestors 'none'")
 OTHER_POLICY = "default-src 'none'; frame-ancestors 'none'"
+# The camera is for this site's own pages only ("Use camera"); the rest is never needed.
+PERMISSIONS_POLICY = "camera=(self), microphone=(), geolocation=(), payment=(), usb=()"
 HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
-           "Referrer-Policy": "same-origin"}
+           "Referrer-Policy": "same-origin", "Permissions-Policy": PERMISSIONS_POLICY}
 
 
 def init_app(app) -> None:
