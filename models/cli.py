@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from models.exporting.formats import FORMATS
 from models.registry import BACKBONES, availability, default_backbones
 from models.result import REPORT_FILE
 
@@ -122,16 +123,17 @@ def cmd_imagenet(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from models.predictor import export_classifier, result_backbone
-    from models.result import load_result
+    import shutil
 
-    result = load_result(args.result)
-    if args.backbone not in result.heads:
-        raise SystemExit(f"error: {args.result} has no head for {args.backbone}; "
-                         f"it has {', '.join(result.heads)}")
-    backbone = result_backbone(result, args.backbone, _loader(args.weights_dir))
-    path = export_classifier(backbone, result.heads[args.backbone], args.output)
-    print(f"saved {path}: image -> probabilities of {', '.join(result.classes)}", file=sys.stderr)
+    from models.exporting.bundle import export_zip
+
+    try:
+        built = export_zip(args.result, args.target, args.format, _loader(args.weights_dir))
+    except ValueError as exc:
+        raise SystemExit(f"error: {args.result}: {exc}") from None
+    shutil.copyfile(built, args.output)
+    print(f"saved {args.output}: {args.format} model of {args.target} with labels.txt, "
+          "model.json and predict.py (runs without Transferlab)", file=sys.stderr)
     return 0
 
 
@@ -180,10 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3)
     p.set_defaults(func=cmd_imagenet)
 
-    p = sub.add_parser("export", help="save one backbone's classifier as a standalone .keras")
+    p = sub.add_parser("export", help="a portable model as a zip (the results page's Download "
+                       "model): the model, labels.txt, model.json and a predict.py")
     p.add_argument("result")
-    p.add_argument("backbone")
-    p.add_argument("output")
+    p.add_argument("target", help="a backbone of the result, or 'ensemble'")
+    p.add_argument("output", help="the zip to write")
+    p.add_argument("--format", default="keras", choices=list(FORMATS),
+                   help="keras (default), savedmodel, tflite, onnx or openvino")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("backbones", help="list backbones and whether their weights are here")

@@ -118,6 +118,20 @@ def test_the_bundle_holds_what_runs_it_and_is_built_once(result, tmp_path):
         export_zip(result, "resnet50", "keras", load_backbone)
 
 
+def test_the_command_line_writes_the_same_zip(result, tmp_path, capsys):
+    """`python -m models export RESULT TARGET OUT.zip --format F`: the page's bundle, copied."""
+    from models.cli import main
+
+    built = export_zip(result, "efficientnet_lite0", "onnx", load_backbone)
+    out = tmp_path / "mine.zip"
+    assert main(["export", str(result), "efficientnet_lite0", str(out), "--format", "onnx"]) == 0
+    assert out.read_bytes() == built.read_bytes()
+    assert "onnx model of efficientnet_lite0" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown backbone 'resnet50'"):
+        main(["export", str(result), "resnet50", str(tmp_path / "no.zip")])
+    assert not (tmp_path / "no.zip").exists()
+
+
 # -- the API -----------------------------------------------------------------------------------
 
 
