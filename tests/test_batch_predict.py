@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import time
+import zipfile
 
 import pytest
 from helpers import logged_in, make_zip
@@ -99,8 +100,17 @@ def test_predict_uses_the_published_iteration_not_the_latest(env, pinned, test_i
     body = predict(client, pid, cat, "?iteration=2")  # a named one still answers
     assert body["iteration"] == 2 and body["live"] is False
 
+    # an export without an iteration is of the live one too
+    r = client.get(f"/api/v1/projects/{pid}/export?format=keras&backbone={BACKBONE}")
+    assert r.status_code == 200, r.get_data()[:300]
+    assert "iteration1" in r.headers["Content-Disposition"]
+    with zipfile.ZipFile(io.BytesIO(r.get_data())) as archive:
+        assert archive.read("labels.txt").decode().split() == ["cat", "coffee"]
+
     client.patch(f"/api/v1/projects/{pid}", json={"published_iteration": None})
     assert predict(client, pid, cat)["iteration"] == 2
+    r = client.get(f"/api/v1/projects/{pid}/export?format=keras&backbone={BACKBONE}")
+    assert r.status_code == 200 and "iteration2" in r.headers["Content-Disposition"]
 
 
 def wait_batch(env, job_id, timeout=240):

@@ -11,7 +11,7 @@ Contract:
                     account and address
     PREDICT_LIMIT   POST /api/v1/projects/<id>/predict (and /explain) and
                     /api/v1/imagenet/predict, likewise
-    EXPORT_LIMIT    GET /api/v1/projects/<id>/iterations/<n>/export, likewise
+    EXPORT_LIMIT    GET /api/v1/projects/<id>/[iterations/<n>/]export, likewise
   Counters live in RATELIMIT_STORAGE_URI: REDIS_URL when that is set (every web process
   shares them), else this process's memory; while Redis is unreachable, this process's memory
   (logged). RATELIMIT_ENABLED=false turns them off.

@@ -2,6 +2,9 @@
 one of `models.exporting.formats.FORMATS`, zipped with labels.txt, model.json and predict.py
 (`models.exporting.bundle`).
 
+`GET /projects/<id>/export` exports the live iteration (the published one, else the latest;
+`?iteration=` names another), as predictions do; `…/iterations/<n>/export` names it in the path.
+
 A zip is built once, on the TensorFlow thread (`offload_tf`: seconds to minutes, the ONNX
 conversion the slowest), and kept in the iteration's folder, so later downloads are a file read.
 """
@@ -16,18 +19,24 @@ from models.result import read_report
 from web.api import bp
 from web.api.errors import ApiError
 from web.api.helpers import get_predictions, get_project, get_storage, release_connection
+from web.api.results import _iteration as live_or_named_iteration
 from web.concurrency import offload_tf
 from web.db import Iteration, db
 from web.prediction import BackboneUnavailable
 
 
+@bp.get("/projects/<int:project_id>/export")
 @bp.get("/projects/<int:project_id>/iterations/<int:number>/export")
-def export_iteration(project_id: int, number: int):
+def export_iteration(project_id: int, number: int | None = None):
     project = get_project(project_id)
-    it = db.session.scalar(sa.select(Iteration).where(Iteration.project_id == project_id,
-                                                      Iteration.number == number))
-    if it is None:
-        raise ApiError(404, f"project {project_id} has no iteration {number}")
+    if number is None:
+        it = live_or_named_iteration(project_id)
+    else:
+        it = db.session.scalar(sa.select(Iteration).where(Iteration.project_id == project_id,
+                                                          Iteration.number == number))
+        if it is None:
+            raise ApiError(404, f"project {project_id} has no iteration {number}")
+    number = it.number
     fmt = request.args.get("format", "")
     if fmt not in FORMATS:
         raise ApiError(400, f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
