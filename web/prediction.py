@@ -178,7 +178,7 @@ class PredictionService:
                 self._backbones_warm.discard(name)
                 continue
             try:
-                offload_tf(self._make_backbone, name)
+                offload_tf(self.make_backbone, name)
             except Exception as exc:  # noqa: BLE001 - a later request reports it
                 self._backbones_warm.discard(name)
                 logging.getLogger("transferlab.prediction").warning(
@@ -192,7 +192,7 @@ class PredictionService:
         """Whether a background warm-up is still running."""
         return bool(self._warming)
 
-    def _make_backbone(self, name: str):
+    def make_backbone(self, name: str):
         from models.weights import WeightsNotFound
 
         try:
@@ -221,7 +221,7 @@ class PredictionService:
                     return self._predictors[iteration_id]
             from models.predictor import Predictor
 
-            predictor = Predictor(Path(folder), self._make_backbone)
+            predictor = Predictor(Path(folder), self.make_backbone)
             with self._lock:
                 self._predictors[iteration_id] = predictor
                 self._loading.pop(iteration_id, None)
@@ -302,7 +302,7 @@ class PredictionService:
         from models.predictor import imagenet_predict
         from models.weights import WeightsNotFound
 
-        loaded = {name: self._make_backbone(name) for name in backbones}
+        loaded = {name: self.make_backbone(name) for name in backbones}
         try:
             return imagenet_predict(list(images), loaded, imagenet_labels(), top_k=top_k)
         except WeightsNotFound as exc:  # the classifier (top) weights are a separate file

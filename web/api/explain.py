@@ -7,8 +7,14 @@ from flask import jsonify, request
 
 from web.api import bp
 from web.api.errors import ApiError
-from web.api.helpers import get_predictions, get_project, get_storage, release_connection
-from web.api.results import _iteration, _uploaded_image
+from web.api.helpers import (
+    get_predictions,
+    get_project,
+    get_storage,
+    release_connection,
+    requested_iteration,
+    uploaded_image,
+)
 from web.api.serializers import thumbnail_url
 from web.prediction import BackboneUnavailable
 
@@ -16,7 +22,7 @@ from web.prediction import BackboneUnavailable
 @bp.post("/projects/<int:project_id>/explain")
 def explain(project_id: int):
     get_project(project_id)
-    it = _iteration(project_id)
+    it = requested_iteration(project_id)
     backbone = request.values.get("backbone") or None
     label = request.values.get("label") or None
     if backbone is not None and backbone not in (it.backbones or []):
@@ -26,7 +32,7 @@ def explain(project_id: int):
         raise ApiError(400, f"label: {label!r} is not a class of iteration {it.number}")
     it_id, number, folder = it.id, it.number, get_storage().resolve(it.folder)
     release_connection()
-    name, image = _uploaded_image()
+    name, image = uploaded_image()
     try:
         answer = get_predictions().explain(it_id, folder, image, backbone, label)
     except BackboneUnavailable as exc:

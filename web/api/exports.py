@@ -18,8 +18,13 @@ from models.exporting.formats import FORMATS
 from models.result import read_report
 from web.api import bp
 from web.api.errors import ApiError
-from web.api.helpers import get_predictions, get_project, get_storage, release_connection
-from web.api.results import _iteration as live_or_named_iteration
+from web.api.helpers import (
+    get_predictions,
+    get_project,
+    get_storage,
+    release_connection,
+    requested_iteration,
+)
 from web.concurrency import offload_tf
 from web.db import Iteration, db
 from web.prediction import BackboneUnavailable
@@ -30,7 +35,7 @@ from web.prediction import BackboneUnavailable
 def export_iteration(project_id: int, number: int | None = None):
     project = get_project(project_id)
     if number is None:
-        it = live_or_named_iteration(project_id)
+        it = requested_iteration(project_id)
     else:
         it = db.session.scalar(sa.select(Iteration).where(Iteration.project_id == project_id,
                                                           Iteration.number == number))
@@ -56,7 +61,7 @@ def export_iteration(project_id: int, number: int | None = None):
         service = get_predictions()
         try:
             # The service's loader: the same backbones (and weights) as /predict uses.
-            path = offload_tf(export_zip, folder, target, fmt, service._make_backbone, threshold)
+            path = offload_tf(export_zip, folder, target, fmt, service.make_backbone, threshold)
         except BackboneUnavailable as exc:
             raise ApiError(503, str(exc)) from None
         except ValueError as exc:  # a head the formats cannot express (the 'zoom' view)

@@ -1,19 +1,24 @@
 """What the API's route modules share: the app's services (storage, job queue, prediction,
 weights folder), the caller's project (`get_project`, scoped by `web.auth.owned_project`),
-the JSON body of a request (`json_body`), a project's iterations and latest job, and
-`release_connection` before slow work.
+the JSON body of a request (`json_body`), a project's iterations and latest job, the
+iteration a request names (`requested_iteration`: the live one by default), a predict
+request's uploads (`uploaded_files`, `uploaded_image`), and `release_connection` before slow
+work.
 """
 from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import current_app, request
 
+from models.datasets import stream_name
 from web import auth
 from web.api.errors import ApiError
+from web.concurrency import offload
 from web.db import Iteration, Job, Project, db
-from web.inputs import read_json_object
+from web.inputs import int_arg, read_json_object
 from web.jobs import Jobs
 from web.prediction import PredictionService
+from web.publishing import live_iteration
 from web.storage import Storage
 
 
@@ -65,3 +70,46 @@ def latest_job(project_id: int) -> Job | None:
     return db.session.scalar(sa.select(Job).where(Job.project_id == project_id,
                                                   Job.kind == "train")
                              .order_by(Job.id.desc()).limit(1))
+
+
+def requested_iteration(project_id: int, *, default: str = "live") -> Iteration:
+    """The iteration a request names with `?iteration=`, else `default`: "live" (the published
+    one, or the latest when none is: `web.publishing.live_iteration`), which predictions and
+    exports serve; or "latest", which the results page opens on. 404 when there is none."""
+    number = int_arg(request.values, "iteration", None, 1)
+    query = sa.select(Iteration).where(Iteration.project_id == project_id)
+    if number is None:
+        if default == "live":
+            it = live_iteration(get_project(project_id))
+        else:
+            it = db.session.scalar(query.order_by(Iteration.number.desc()).limit(1))
+        if it is None:
+            raise ApiError(404, f"project {project_id} has no trained iteration yet: train it first")
+    else:
+        it = db.session.scalar(query.where(Iteration.number == number))
+        if it is None:
+            raise ApiError(404, f"project {project_id} has no iteration {number}")
+    return it
+
+
+def uploaded_files() -> list:
+    """The request's multipart `file` fields that carry a file name (a predict request's)."""
+    return [f for f in request.files.getlist("file") if f and f.filename is not None]
+
+
+def uploaded_image():
+    """The one image of a predict request, decoded (400 naming the file when unusable)."""
+    files = uploaded_files()
+    if not files:
+        raise ApiError(400, "no file: send one image as multipart/form-data field 'file'")
+    if len(files) > 1:
+        raise ApiError(400, f"send one image per request, got {len(files)}")
+    upload = files[0]
+    name = stream_name(upload.filename, 0)
+    data = upload.stream.read()
+    from models.images import ImageRejected, decode_image
+
+    try:
+        return name, offload(decode_image, data)
+    except ImageRejected as exc:
+        raise ApiError(400, f"{name}: {exc.reason}", name=name, reason=exc.reason) from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import current_app, jsonify, request
 
-from models.datasets import stream_name
 from models.registry import DEFAULT_BACKBONES, OFFLINE_BACKBONE
 from models.result import prediction_rows, read_report
 from web.api import bp
@@ -21,41 +20,24 @@ from web.api.helpers import (
     get_storage,
     project_iterations,
     release_connection,
+    requested_iteration,
+    uploaded_files,
+    uploaded_image,
     weights_dir,
 )
 from web.api.batches import is_batch, start_batch
 from web.api.serializers import backbone_json, iteration_json, thumbnail_url
-from web.concurrency import offload, offload_tf
+from web.concurrency import offload_tf
 from web.db import Iteration, db, iso
 from web.inputs import float_arg, int_arg
 from web.prediction import BackboneUnavailable, imagenet_backbones, imagenet_candidates
 from web.publishing import live_iteration
 
 
-def _iteration(project_id: int, *, default: str = "live") -> Iteration:
-    """The iteration a request names with `?iteration=`, else `default`: "live" (the published
-    one, or the latest when none is: `web.publishing.live_iteration`), which predictions and
-    exports serve; or "latest", which the results page opens on. 404 when there is none."""
-    number = int_arg(request.values, "iteration", None, 1)
-    query = sa.select(Iteration).where(Iteration.project_id == project_id)
-    if number is None:
-        if default == "live":
-            it = live_iteration(get_project(project_id))
-        else:
-            it = db.session.scalar(query.order_by(Iteration.number.desc()).limit(1))
-        if it is None:
-            raise ApiError(404, f"project {project_id} has no trained iteration yet: train it first")
-    else:
-        it = db.session.scalar(query.where(Iteration.number == number))
-        if it is None:
-            raise ApiError(404, f"project {project_id} has no iteration {number}")
-    return it
-
-
 @bp.get("/projects/<int:project_id>/results")
 def results(project_id: int):
     project = get_project(project_id)
-    it = _iteration(project_id, default="latest")
+    it = requested_iteration(project_id, default="latest")
     live = live_iteration(project)
     try:
         report = read_report(get_storage().resolve(it.folder))
@@ -85,7 +67,7 @@ def list_iterations(project_id: int):
 
 
 @bp.post("/projects/<int:project_id>/iterations/<int:number>/publish")
-def publish_iteration(project_id: int, number: int):
+def publishrequested_iteration(project_id: int, number: int):
     """Pin iteration `number` as the one served when a request names none (a rollback
     when it is an earlier one); its predictor is warmed in the background."""
     project = get_project(project_id)
@@ -109,29 +91,11 @@ def warm_iteration(it: Iteration | None) -> None:
 # -- prediction ----------------------------------------------------------------------------
 
 
-def _uploaded_image():
-    """The one image of a predict request, decoded (400 naming the file when unusable)."""
-    files = [f for f in request.files.getlist("file") if f and f.filename is not None]
-    if not files:
-        raise ApiError(400, "no file: send one image as multipart/form-data field 'file'")
-    if len(files) > 1:
-        raise ApiError(400, f"send one image per request, got {len(files)}")
-    upload = files[0]
-    name = stream_name(upload.filename, 0)
-    data = upload.stream.read()
-    from models.images import ImageRejected, decode_image
-
-    try:
-        return name, offload(decode_image, data)
-    except ImageRejected as exc:
-        raise ApiError(400, f"{name}: {exc.reason}", name=name, reason=exc.reason) from None
-
-
 @bp.post("/projects/<int:project_id>/predict")
 def predict(project_id: int):
     project = get_project(project_id)
-    it = _iteration(project_id)
-    uploads = [f for f in request.files.getlist("file") if f and f.filename is not None]
+    it = requested_iteration(project_id)
+    uploads = uploaded_files()
     if is_batch(uploads):  # a zip or several files: a background job (web.api.batches)
         return start_batch(project, it, uploads)
     live = request.values.get("iteration") is None or it.id == getattr(
@@ -140,7 +104,7 @@ def predict(project_id: int):
     threshold = float_arg(request.values, "threshold", project.threshold or 0.0, 0.0, 1.0)
     it_id, number, classes, folder = it.id, it.number, it.classes, get_storage().resolve(it.folder)
     release_connection()
-    name, image = _uploaded_image()
+    name, image = uploaded_image()
     try:
         answer = get_predictions().classify(it_id, folder, image, top_k, threshold)
     except BackboneUnavailable as exc:
@@ -158,7 +122,7 @@ def imagenet_predict():
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
     top_k = int_arg(request.values, "top_k", current_app.config["TOP_K"], 1, 20)
-    name, image = _uploaded_image()
+    name, image = uploaded_image()
     try:
         answers = offload_tf(get_predictions().imagenet, [image], backbones, top_k)
     except BackboneUnavailable as exc:
