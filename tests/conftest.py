@@ -27,6 +27,23 @@ def _no_network(monkeypatch):
 
 
 @pytest.fixture
+def app(tmp_path):
+    """An app on a fresh instance folder (SQLite, local storage); a test file needing other
+    settings defines its own `app`."""
+    from web import create_app
+
+    return create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    """Logged in as the page's user: session cookie plus the CSRF header (helpers.logged_in)."""
+    from helpers import logged_in
+
+    return logged_in(app.test_client())
+
+
+@pytest.fixture
 def empty_keras_home(tmp_path, monkeypatch):
     """A KERAS_HOME with no cached weights, and no configured weights folder."""
     home = tmp_path / "keras_home"

@@ -29,11 +29,6 @@ def app(tmp_path):
                        "MAX_JSON_BYTES": 5000})
 
 
-@pytest.fixture
-def client(app):
-    return logged_in(app.test_client())
-
-
 def test_openapi_description_is_valid_openapi():
     spec = yaml.safe_load(OPENAPI.read_text())
     validate(spec)  # raises, naming the first invalid part

@@ -8,20 +8,9 @@ import io
 import pytest
 from helpers import logged_in, make_zip
 
-from web import create_app
 from web.db import db
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def app(tmp_path):
-    return create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "TESTING": True})
-
-
-@pytest.fixture
-def client(app):
-    return logged_in(app.test_client())
 
 
 @pytest.fixture

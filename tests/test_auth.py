@@ -28,11 +28,6 @@ from web import create_app
 from web.db import ApiToken, Iteration, Job, LoginSession, Project, User, db, utcnow
 
 
-@pytest.fixture
-def app(tmp_path):
-    return create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "TESTING": True})
-
-
 def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 

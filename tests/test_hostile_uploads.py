@@ -21,14 +21,8 @@ import pytest
 from helpers import logged_in, make_zip
 from PIL import Image
 
-from web import create_app
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def app(tmp_path):
-    return create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "TESTING": True})
 
 
 def _client(app):

@@ -13,7 +13,6 @@ from helpers import logged_in
 from PIL import Image
 
 from models.datasets import read_zip
-from web import create_app
 from web.db import Blob, ProjectImage, db
 from web.ingest import ingest
 
@@ -89,11 +88,6 @@ def test_streaming_read_memory_does_not_grow_with_the_zip(tmp_path):
     # the same measure sees the bytes when they are all kept (a read without streaming)
     kept = _peak_bytes(lambda: read_zip(large, name="d.zip"))
     assert kept - _peak_bytes(lambda: read_zip(small, name="d.zip")) > 0.9 * extra_bytes
-
-
-@pytest.fixture
-def app(tmp_path):
-    return create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "TESTING": True})
 
 
 class _Upload:

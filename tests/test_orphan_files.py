@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 from helpers import logged_in, make_zip
 
-from web import create_app
 from web.jobs import collect_orphan_files
 from web.storage import IMAGE_KINDS
 
@@ -58,11 +57,6 @@ def _age(path: Path, mtime: float = OLD) -> None:
 
 def _files(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()}
-
-
-@pytest.fixture
-def app(tmp_path):
-    return create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "TESTING": True})
 
 
 def _upload(app, images: dict[str, bytes]) -> list[str]:

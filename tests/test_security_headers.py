@@ -8,25 +8,14 @@ from __future__ import annotations
 import io
 
 import pytest
-from helpers import TEST_PASSWORD, api_token, logged_in, page_csrf_token
+from helpers import TEST_PASSWORD, api_token, page_csrf_token
 from PIL import Image
 
-from web import create_app
 from web.security import PAGE_POLICY, PERMISSIONS_POLICY
 
 pytestmark = pytest.mark.unit
 
 SITE = "http://localhost"  # the test client's host
-
-
-@pytest.fixture
-def app(tmp_path):
-    return create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "TESTING": True})
-
-
-@pytest.fixture
-def client(app):
-    return logged_in(app.test_client())
 
 
 def _directives(policy: str) -> dict[str, list[str]]:

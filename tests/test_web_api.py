@@ -19,17 +19,6 @@ from web.db import Job, db
 pytestmark = pytest.mark.unit
 
 
-@pytest.fixture
-def app(tmp_path):
-    return create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "TESTING": True})
-
-
-@pytest.fixture
-def client(app):
-    """Logged in as the page's user: session cookie plus the CSRF header (see helpers.logged_in)."""
-    return logged_in(app.test_client())
-
-
 def new_project(client, name="Pets", backbones=("efficientnet_lite0",)) -> int:
     r = client.post("/api/v1/projects", json={"name": name, "backbones": list(backbones)})
     assert r.status_code == 201, r.json
