@@ -28,6 +28,7 @@ from PIL import Image
 
 from models.features import parse_head_input
 from models.features import transform as transform_features
+from models.features import unit_length
 from models.images import resize_for_model
 from models.ood import Embeddings
 
@@ -38,7 +39,7 @@ def nearest(embeddings: Embeddings, query: np.ndarray, classes: Sequence[str],
             k: int = 3) -> list[dict]:
     """The `k` training images most like `query` (d,) by cosine similarity, most alike first:
     [{"sha256", "label", "similarity"}]."""
-    x = embeddings.x / np.maximum(np.linalg.norm(embeddings.x, axis=1, keepdims=True), 1e-12)
+    x = unit_length(embeddings.x)
     q = np.asarray(query, np.float64).ravel()
     sims = x @ (q / max(np.linalg.norm(q), 1e-12))
     order = np.argsort(-sims, kind="stable")[:k]

@@ -91,7 +91,8 @@ def _top(x: np.ndarray, blocks: Sequence[int]) -> np.ndarray:
     return x[..., :blocks[0]]
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_length(x: np.ndarray) -> np.ndarray:
+    """`x` with each row (last axis) scaled to unit length (zero rows stay zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
@@ -99,7 +100,7 @@ def _multiscale(x: np.ndarray, blocks: Sequence[int]) -> np.ndarray:
     ends = np.cumsum(blocks)
     parts = [np.sqrt(np.maximum(_top(x, blocks), 0.0))]
     parts += [x[..., start:end] for start, end in zip(ends[:-1], ends[1:])]
-    return np.concatenate([_unit(p) for p in parts], axis=-1)
+    return np.concatenate([unit_length(p) for p in parts], axis=-1)
 
 
 TRANSFORMS: dict[str, Callable[[np.ndarray, Sequence[int]], np.ndarray]] = {

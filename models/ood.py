@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.features import unit_length
+
 OOD_FILE = "ood.json"
 EMBEDDINGS_DIR = "embeddings"
 METHODS = ("knn", "mahalanobis")
@@ -39,8 +41,7 @@ K = 5
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit_length(np.asarray(x, np.float64))
 
 
 @dataclass
@@ -188,11 +189,3 @@ def load_ood(folder: str | Path) -> OodModel | None:
     info = json.loads((folder / OOD_FILE).read_text())
     return OodModel(info, {n: Embeddings.load(embeddings_file(folder, n))
                            for n in info["backbones"]})
-
-
-def load_embeddings(folder: str | Path) -> dict[str, Embeddings]:
-    """{backbone: training embeddings} saved in an iteration folder ({} for an old one)."""
-    root = Path(folder) / EMBEDDINGS_DIR
-    if not root.is_dir():
-        return {}
-    return {p.name[:-4]: Embeddings.load(p) for p in sorted(root.glob("*.npz"))}
