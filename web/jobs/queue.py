@@ -169,21 +169,19 @@ class Jobs:
     # -- worker side ---------------------------------------------------------------------
 
     def _train_task(self, job_id: int) -> None:
-        self.in_flight.add(job_id)
-        with self.app.app_context():
-            try:
-                run_training(self.app, job_id)
-            finally:
-                db.session.remove()
-                self.in_flight.discard(job_id)
+        self._run_job(run_training, job_id)
 
     def _batch_task(self, job_id: int) -> None:
         from web.jobs.batch_run import run_batch
 
+        self._run_job(run_batch, job_id)
+
+    def _run_job(self, run, job_id: int) -> None:
+        """`run(app, job_id)` in an app context, counted in `in_flight` while it runs."""
         self.in_flight.add(job_id)
         with self.app.app_context():
             try:
-                run_batch(self.app, job_id)
+                run(self.app, job_id)
             finally:
                 db.session.remove()
                 self.in_flight.discard(job_id)
