@@ -25,6 +25,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from models.features import unit_length
+
 SUGGESTIONS = 20  # images suggested per batch
 POOL_FACTOR = 5  # candidates per suggestion: the pool is the POOL_FACTOR * k least certain
 
@@ -47,9 +49,7 @@ def embed(per_backbone: Mapping[str, np.ndarray]) -> np.ndarray:
     scale = 1.0 / np.sqrt(len(parts))
     out = []
     for x in parts:
-        x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
-        norm = np.linalg.norm(x, axis=1, keepdims=True)
-        out.append(scale * x / np.maximum(norm, 1e-12))
+        out.append(scale * unit_length(np.asarray(x, dtype=np.float32).reshape(len(x), -1)))
     return np.concatenate(out, axis=1)
 
 
