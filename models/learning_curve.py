@@ -59,8 +59,7 @@ def scored(x: np.ndarray, labels: np.ndarray, classes: list[str], val_masks: lis
     rows (`repeats` draws below 100 %: default REPEATS, 1 beyond MANY_CLASSES classes), scored
     on its validation rows."""
     from models.heads.descent import one_blas_thread
-    from models.heads.fit import fit_all
-    from models.heads.ridge import fit_ridge
+    from models.heads.fit import fit_chosen
 
     if repeats is None:
         repeats = REPEATS if len(classes) <= MANY_CLASSES else 1
@@ -75,15 +74,12 @@ def scored(x: np.ndarray, labels: np.ndarray, classes: list[str], val_masks: lis
                 where.append((fold, fractions.index(f)))
     heads = [None] * len(fits)
     with one_blas_thread():
-        if params.get("solver") == "ridge":  # the many-class head: closed form, fit by fit
-            heads = [fit_ridge(x, rows, labels, classes, params) for x, rows, _ in fits]
-        else:
-            # One batch per fraction: a batch descends at its largest subset's rank, so the
-            # 25 % fits batched with the 100 % ones would cost as much as they do.
-            for p in range(len(fractions)):
-                mine = [i for i, (_, q) in enumerate(where) if q == p]
-                for i, head in zip(mine, fit_all([fits[i] for i in mine], labels, classes)):
-                    heads[i] = head
+        # One batch per fraction: a batch descends at its largest subset's rank, so the
+        # 25 % fits batched with the 100 % ones would cost as much as they do.
+        for p in range(len(fractions)):
+            mine = [i for i, (_, q) in enumerate(where) if q == p]
+            for i, head in zip(mine, fit_chosen([fits[i] for i in mine], labels, classes)):
+                heads[i] = head
     right = np.zeros((len(fractions), len(labels)))
     draws = np.zeros((len(fractions), len(labels)))
     for head, (fold, p) in zip(heads, where):

@@ -45,9 +45,9 @@ from .calibration import (
     fit_temperature,
 )
 from .descent import one_blas_thread
-from .fit import fit_all
+from .fit import fit_chosen
 from .kinds import Head, HiddenHead, LinearHead, softmax
-from .ridge import fit_ridge, many_classes, search_ridge
+from .ridge import many_classes, search_ridge
 from .search import (
     DEFAULT_PARAMS,
     L2_GRID,
@@ -148,13 +148,9 @@ def train_and_cross_validate(
         k = len(candidates)
         picks = [pick(candidates, params[i * k:(i + 1) * k]) for i in range(len(outers))]
         chosen = [dict(p, head="linear") for _, p in picks]
-        if ridge:
-            heads = [fit_ridge(candidates[name], rows, labels, classes, p)
-                     for (name, _), rows, p in zip(picks, outers, chosen)]
-        else:
-            heads = fit_all([(candidates[name], rows, p)
-                             for (name, _), rows, p in zip(picks, outers, chosen)], labels,
-                            classes, (lambda f: progress(0.8 + 0.2 * f)) if progress else None)
+        heads = fit_chosen([(candidates[name], rows, p)
+                            for (name, _), rows, p in zip(picks, outers, chosen)], labels,
+                           classes, (lambda f: progress(0.8 + 0.2 * f)) if progress else None)
     if progress:
         progress(1.0)
     for head, (name, _), p in zip(heads, picks, chosen):
@@ -172,9 +168,7 @@ def fit_head(features: np.ndarray, labels: np.ndarray, classes: list[str], param
     head, {"solver": "ridge", "l2", "logit_scale"}): no search, the fit `train_head` ends
     with, on chosen params."""
     with one_blas_thread():
-        if params.get("solver") == "ridge":
-            return fit_ridge(features, np.ones(len(labels), bool), labels, classes, params)
-        return fit_all([(features, np.ones(len(labels), bool), params)], labels, classes)[0]
+        return fit_chosen([(features, np.ones(len(labels), bool), params)], labels, classes)[0]
 
 
 def head_from_keras(path_or_model, classes: list[str], params: dict | None = None) -> Head:

@@ -1,4 +1,5 @@
-"""Fitting linear heads with chosen hyper-parameters, many descended together (`fit_all`)."""
+"""Fitting linear heads with chosen hyper-parameters: many descended together (`fit_all`), or
+for the many-class ridge head in closed form; `fit_chosen` picks by the parameters."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from .descent import common_rank, gather, prepare
 from .kinds import LinearHead
 from .linear import LinearDescent
+from .ridge import fit_ridge
 from .search import TICK_STEPS
 
 
@@ -40,3 +42,14 @@ def fit_all(fits: list[tuple[np.ndarray, np.ndarray, dict]], labels: np.ndarray,
             descent.keep(~done)
             left = left[~done]
     return heads
+
+
+def fit_chosen(fits: list[tuple[np.ndarray, np.ndarray, dict]], labels: np.ndarray,
+               classes: list[str], tick: Callable[[float], None] | None = None
+               ) -> list[LinearHead]:
+    """One head per (features, training rows, chosen params): ridge heads ({"solver":
+    "ridge", "l2", "logit_scale"}) in closed form one by one, descent heads ({"l2",
+    "steps"}) together by `fit_all` (with its `tick`). One search never mixes the two."""
+    if fits and all(p.get("solver") == "ridge" for _, _, p in fits):
+        return [fit_ridge(x, rows, labels, classes, p) for x, rows, p in fits]
+    return fit_all(fits, labels, classes, tick)
